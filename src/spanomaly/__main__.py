@@ -1,0 +1,5 @@
+"""`python -m spanomaly` runs the CLI."""
+
+from spanomaly.cli import main
+
+main()

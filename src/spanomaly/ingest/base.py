@@ -1,0 +1,64 @@
+"""What decoders hand to the store: chunks of rows for one table, and rejected records.
+
+A decoder reads one file (or a group of files of one format) and yields `Chunk`s. A chunk
+holds either an Arrow table in the table's schema (see `spanomaly.schema`) or, for formats
+DuckDB reads faster itself (CSV), a `SqlSource`: a SELECT that yields every input row once,
+with the table's columns plus `_reject` (null, or why the row is rejected), `_source` (file
+name) and `_record` (which record, for messages). Every
+chunk is written in one transaction, so a bad chunk never changes what the store holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+
+TableName = Literal["spans", "metrics", "logs", "faults", "fault_traces"]
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One record (or one whole file) that could not be accepted, and why."""
+
+    source: str
+    record: str
+    reason: str
+
+    def message(self) -> str:
+        """One line naming the file, the record and the reason."""
+        return f"{self.source}: {self.record}: {self.reason}" if self.record else (
+            f"{self.source}: {self.reason}"
+        )
+
+
+@dataclass(frozen=True)
+class SqlSource:
+    """A DuckDB SELECT producing a table's columns plus `_reject`, `_source` and `_record`."""
+
+    sql: str
+    # CSV reader errors (bad lines) are collected by DuckDB's reject tables when set
+    reader_rejects: bool = False
+
+
+@dataclass
+class Chunk:
+    """Rows for one table, with the records of the same input that were rejected."""
+
+    table: TableName
+    data: pa.Table | SqlSource | None
+    rejects: list[Reject] = field(default_factory=list)
+    # records read from the input for this chunk, where the decoder knows it cheaply
+    records: int | None = None
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Options that change how files are decoded."""
+
+    column_map: dict[str, str] = field(default_factory=dict)
+    time_unit: str = "ns"  # unit of time columns mapped from CSV: s|ms|us|ns
+    duration_unit: str = "ns"
+    fault_duration_s: float = 180.0
+    batch_rows: int = 131_072

@@ -1,0 +1,218 @@
+"""CSV spans through DuckDB's CSV reader: a column map (or a preset) turned into one SELECT.
+
+Users map our span fields to their columns: `--map trace_id=TraceID,span_id=SpanID,...`.
+Time columns take a unit (`time_unit`, `duration_unit`: s, ms, us or ns). A span needs either
+`duration` or `end`. The `nezha` preset reads the TrainTicket layout of the Nezha study:
+service from the Kubernetes pod name, `root` as the parent of a root span, microsecond
+durations. All files of one header are read in one query, which keeps CSV import close to
+DuckDB's own speed; bad lines (wrong column count, invalid UTF-8) are collected by DuckDB's
+reject tables with their line numbers, bad values are rejected row by row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+from spanomaly.errors import InputError
+from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
+from spanomaly.ingest.files import head
+from spanomaly.schema import KIND_VALUES, SPANS
+
+UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+# our field -> meaning; every other SPANS column may be mapped as well
+REQUIRED = ("trace_id", "span_id", "operation", "start")
+TIME_FIELDS = ("start", "end", "duration")
+# `status` takes error|ok|unset or OTLP codes (2|1|0, STATUS_CODE_*); `error` a boolean column
+MAPPABLE = tuple(n for n in SPANS.names if n not in ("start_ns", "duration_ns")) + TIME_FIELDS + (
+    "error",
+)
+NEZHA_TRACE_COLUMNS = ("TraceID", "SpanID", "ParentID", "PodName", "OperationName")
+NEZHA_MAP = {
+    "trace_id": "TraceID",
+    "span_id": "SpanID",
+    "parent_id": "ParentID",
+    "instance": "PodName",
+    "operation": "OperationName",
+    "start": "StartTimeUnixNano",
+    "duration": "Duration",
+}
+# Kubernetes pod names: <deployment>-<replica-set hash>-<pod hash>
+POD_SUFFIX = r"-[0-9a-z]{5,10}-[0-9a-z]{5}$"
+_ROOT_MARKERS = ("", "root", "0", "0000000000000000", "null", "none")
+
+
+def parse_map(text: str) -> dict[str, str]:
+    """`field=column,...` to a dict, checking the field names."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise InputError(f"--map: {part!r} is not field=column")
+        key, col = (s.strip() for s in part.split("=", 1))
+        if key not in MAPPABLE:
+            raise InputError(f"--map: unknown field {key!r}; fields: {', '.join(MAPPABLE)}")
+        out[key] = col
+    return out
+
+
+def header(path: Path) -> list[str]:
+    """Column names of a CSV file (first line)."""
+    first = head(path, 65536).split(b"\n", 1)[0].decode("utf-8", "replace").strip("\r\ufeff")
+    return next(csv.reader(io.StringIO(first)))
+
+
+def is_nezha_traces(columns: list[str]) -> bool:
+    """Whether a header is the Nezha / TrainTicket trace layout."""
+    return all(c in columns for c in NEZHA_TRACE_COLUMNS) and "Duration" in columns
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _id(expr: str) -> str:
+    return f"lower(trim({expr}))"
+
+
+def _int(expr: str, unit: str) -> str:
+    factor = UNITS_NS[unit]
+    # decimals allowed (seconds with a fraction, say), rounded to whole ns
+    return (
+        f"CASE WHEN strpos({expr}, '.') > 0 OR strpos(lower({expr}), 'e') > 0 "
+        f"THEN CAST(round(TRY_CAST({expr} AS DOUBLE) * {factor}) AS BIGINT) "
+        f"ELSE TRY_CAST({expr} AS BIGINT) * {factor} END"
+    )
+
+
+def span_select(files: list[Path], mapping: dict[str, str], options: DecodeOptions) -> str:
+    """The SELECT that reads the files and yields SPANS columns plus _reject/_source/_record."""
+    m = {k: _q(v) for k, v in mapping.items()}
+    if "duration" not in m and "end" not in m:
+        raise InputError("--map: a span needs 'duration' or 'end' mapped")
+    start = _int(m["start"], options.time_unit)
+    duration = (
+        _int(m["duration"], options.duration_unit)
+        if "duration" in m
+        else f"({_int(m['end'], options.time_unit)} - {start})"
+    )
+    parent = (
+        f"CASE WHEN lower(trim({m['parent_id']})) IN ({', '.join(map(_lit, _ROOT_MARKERS))}) "
+        f"THEN NULL ELSE {_id(m['parent_id'])} END"
+        if "parent_id" in m
+        else "NULL"
+    )
+    if "service" in m:
+        service = f"nullif(trim({m['service']}), '')"
+    elif "instance" in m:
+        service = f"regexp_replace({m['instance']}, {_lit(POD_SUFFIX)}, '')"
+    else:
+        raise InputError("--map: map 'service' (or 'instance', to derive it from a pod name)")
+    status = "'unset'"
+    if "status" in m:
+        status = (
+            f"CASE WHEN lower({m['status']}) IN ('error', 'err', '2', 'status_code_error') "
+            f"THEN 'error' WHEN lower({m['status']}) IN ('ok', '1', 'status_code_ok') "
+            "THEN 'ok' ELSE 'unset' END"
+        )
+    if "error" in m:
+        status = (
+            f"CASE WHEN lower(trim({m['error']})) IN ('true', '1', 'yes', 'y', 't') "
+            f"THEN 'error' ELSE {status} END"
+        )
+    kind = (
+        f"CASE WHEN lower({m['kind']}) IN ({', '.join(map(_lit, KIND_VALUES))}) "
+        f"THEN lower({m['kind']}) ELSE 'unspecified' END"
+        if "kind" in m
+        else "NULL"
+    )
+    cols = {
+        "trace_id": _id(m["trace_id"]),
+        "span_id": _id(m["span_id"]),
+        "parent_id": parent,
+        "service": service,
+        "instance": m.get("instance", "NULL"),
+        "version": m.get("version", "NULL"),
+        "host": m.get("host", "NULL"),
+        "operation": m["operation"],
+        "kind": kind,
+        "start_ns": start,
+        "duration_ns": duration,
+        "status": status,
+        "status_message": m.get("status_message", "NULL"),
+        "http_method": m.get("http_method", "NULL"),
+        "http_route": m.get("http_route", "NULL"),
+        "http_status_code": f"TRY_CAST({m['http_status_code']} AS INTEGER)"
+        if "http_status_code" in m
+        else "NULL",
+        "http_url": m.get("http_url", "NULL"),
+        "peer_service": m.get("peer_service", "NULL"),
+        "attributes": m.get("attributes", "NULL"),
+    }
+    typed = {
+        name: f"CAST({expr} AS {'BIGINT' if name.endswith('_ns') else 'INTEGER' if name == 'http_status_code' else 'VARCHAR'}) AS {name}"
+        for name, expr in cols.items()
+    }
+    reject = f"""CASE
+        WHEN NOT regexp_full_match(coalesce(trace_id, ''), '[0-9a-f]{{32}}') THEN 'trace_id must be 32 hex characters'
+        WHEN trace_id = '{"0" * 32}' THEN 'trace_id is all zeros'
+        WHEN NOT regexp_full_match(coalesce(span_id, ''), '[0-9a-f]{{16}}') THEN 'span_id must be 16 hex characters'
+        WHEN span_id = '{"0" * 16}' THEN 'span_id is all zeros'
+        WHEN parent_id IS NOT NULL AND NOT regexp_full_match(parent_id, '[0-9a-f]{{16}}') THEN 'parent_id must be 16 hex characters'
+        WHEN start_ns IS NULL THEN 'start time is missing or not a number'
+        WHEN duration_ns IS NULL THEN 'duration is missing or not a number'
+        WHEN duration_ns < 0 THEN 'duration is negative'
+        WHEN service IS NULL THEN 'service is missing'
+        WHEN operation IS NULL THEN 'operation is missing'
+    END"""
+    file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    reader = (
+        f"read_csv({file_list}, header = true, all_varchar = true, delim = ',', quote = '\"', "
+        "escape = '\"', filename = '_file', store_rejects = true)"
+    )
+    inner = f"SELECT {', '.join(typed.values())}, _file AS _source, {m['trace_id']} AS _raw_trace, {m['span_id']} AS _raw_span FROM {reader}"
+    return (
+        f"SELECT * EXCLUDE (_raw_trace, _raw_span), {reject} AS _reject, "
+        "'trace_id=' || coalesce(_raw_trace, 'null') || ', span_id=' || coalesce(_raw_span, 'null') AS _record "
+        f"FROM ({inner})"
+    )
+
+
+def check_columns(path: Path, columns: list[str], mapping: dict[str, str]) -> None:
+    """Every mapped column exists in the file, else an InputError naming file and column."""
+    missing = [f"{col} (for {field})" for field, col in mapping.items() if col not in columns]
+    if missing:
+        raise InputError(f"{path}: line 1: missing column {', '.join(missing)}; header has {', '.join(columns)}")
+    absent = [f for f in REQUIRED if f not in mapping]
+    if absent:
+        raise InputError(f"{path}: no column mapped for {', '.join(absent)} (use --map field=column)")
+
+
+def decode_files(files: list[Path], options: DecodeOptions, preset: str | None = None) -> Iterator[Chunk]:
+    """Chunks of CSV spans: one SELECT per group of files that share a header."""
+    groups: dict[tuple[str, ...], list[Path]] = {}
+    for f in files:
+        groups.setdefault(tuple(header(f)), []).append(f)
+    for columns, group in groups.items():
+        mapping = dict(options.column_map) if options.column_map else {}
+        if preset == "nezha" or (not mapping and is_nezha_traces(list(columns))):
+            mapping = {**NEZHA_MAP, **mapping}
+            opts = DecodeOptions(
+                column_map=mapping, time_unit="ns", duration_unit="us",
+                fault_duration_s=options.fault_duration_s, batch_rows=options.batch_rows,
+            )
+        else:
+            opts = options
+        if not mapping:
+            raise InputError(
+                f"{group[0]}: CSV of unknown layout (columns {', '.join(columns)}); "
+                "give --map field=column,... or --format nezha"
+            )
+        for f in group:
+            check_columns(f, list(columns), mapping)
+        yield Chunk("spans", SqlSource(span_select(group, mapping, opts), reader_rejects=True))

@@ -1,0 +1,146 @@
+"""Finding input files, opening them through gzip/zstd, and telling their format by content."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from spanomaly.errors import FormatError, InputError
+
+FORMATS = ("otlp", "jaeger", "zipkin", "csv", "nezha")
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_SKIP_SUFFIXES = {".md", ".txt", ".tar", ".zip", ".py", ".duckdb", ".wal"}
+_SNIFF_BYTES = 65536
+
+
+def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files named by paths, folders (recursively) and globs, sorted, without repeats."""
+    out: dict[Path, None] = {}
+    for raw in paths:
+        text = str(raw)
+        matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))] if glob.has_magic(
+            text
+        ) else [Path(text)]
+        if not matches:
+            raise InputError(f"{text}: no file matches this pattern")
+        for p in matches:
+            if p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    if f.is_file() and not f.name.startswith(".") and _wanted(f):
+                        out[f] = None
+            elif p.is_file():
+                out[p] = None
+            else:
+                raise InputError(f"{p}: no such file or folder")
+    return list(out)
+
+
+def _wanted(path: Path) -> bool:
+    suffixes = [s.lower() for s in path.suffixes]
+    return not (suffixes and suffixes[-1] in _SKIP_SUFFIXES)
+
+
+def compression(path: Path) -> str | None:
+    """'gzip', 'zstd' or None, from the file's first bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    return None
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed on the fly where it is gzip or zstd."""
+    kind = compression(path)
+    if kind == "gzip":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def read_all(path: Path) -> bytes:
+    """The whole decompressed content; a damaged archive is a FormatError naming the file."""
+    try:
+        with open_binary(path) as fh:
+            return fh.read()
+    except (EOFError, OSError) as exc:
+        raise FormatError(f"{path}: cannot decompress: {exc}") from exc
+    except Exception as exc:  # zstandard.ZstdError and friends
+        raise FormatError(f"{path}: cannot decompress: {exc}") from exc
+
+
+def head(path: Path, size: int = _SNIFF_BYTES) -> bytes:
+    """The first bytes of the decompressed content (for format detection)."""
+    try:
+        with open_binary(path) as fh:
+            return fh.read(size)
+    except Exception as exc:
+        raise FormatError(f"{path}: cannot decompress: {exc}") from exc
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of a text file, decompressed; empty lines skipped."""
+    try:
+        with open_binary(path) as raw:
+            for no, line in enumerate(io.BufferedReader(raw), start=1):  # type: ignore[arg-type]
+                if line.strip():
+                    yield no, line
+    except (EOFError, OSError) as exc:
+        raise FormatError(f"{path}: cannot decompress: {exc}") from exc
+
+
+def sniff(path: Path) -> str:
+    """The content kind of a file, decided by its first bytes, not its name.
+
+    Returns one of: 'otlp-json', 'otlp-jsonl', 'otlp-pb', 'jaeger', 'zipkin', 'nezha-labels',
+    'csv'. Raises FormatError when nothing fits.
+    """
+    data = head(path)
+    text = data.lstrip()
+    if not text:
+        raise FormatError(f"{path}: empty file")
+    if text[:1] in (b"{", b"["):
+        return _sniff_json(path, text)
+    if _looks_like_text(data):
+        return "csv"
+    return "otlp-pb"
+
+
+def _looks_like_text(data: bytes) -> bool:
+    sample = data[:4096]
+    if b"\x00" in sample:
+        return False
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in sample)
+    return printable >= 0.95 * len(sample) and b"," in sample and b"\n" in sample
+
+
+def _sniff_json(path: Path, text: bytes) -> str:
+    window = text[:_SNIFF_BYTES]
+    if text[:1] == b"{":
+        first_line = window.split(b"\n", 1)[0]
+        multi = window.count(b"\n{") > 0 and first_line.rstrip().endswith(b"}")
+        if b'"resourceSpans"' in window or b'"resourceMetrics"' in window or (
+            b'"resourceLogs"' in window
+        ):
+            return "otlp-jsonl" if multi else "otlp-json"
+        if b'"traceID"' in window or b'"data"' in window and b'"spans"' in window:
+            return "jaeger"
+        if b'"inject_pod"' in window or b'"inject_type"' in window:
+            return "nezha-labels"
+    else:
+        if b'"localEndpoint"' in window or (b'"traceId"' in window and b'"timestamp"' in window):
+            return "zipkin"
+        if b'"traceID"' in window:
+            return "jaeger"
+    raise FormatError(f"{path}: JSON of an unknown kind (not OTLP, Jaeger, Zipkin or labels)")

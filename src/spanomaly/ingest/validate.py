@@ -1,0 +1,62 @@
+"""Vectorised checks of decoded span tables: bad rows become Rejects, good rows go on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spanomaly.ingest.base import Reject
+from spanomaly.schema import SPANS
+
+_HEX32 = "^[0-9a-f]{32}$"
+_HEX16 = "^[0-9a-f]{16}$"
+_ZERO32 = "0" * 32
+_ZERO16 = "0" * 16
+MAX_REJECT_MESSAGES = 20
+
+
+def span_problems(table: pa.Table) -> pa.Array:
+    """Per row: null when the span is valid, else the first problem found, as text."""
+    trace, span, parent = table["trace_id"], table["span_id"], table["parent_id"]
+    checks: list[tuple[pa.Array, str]] = [
+        (pc.invert(pc.fill_null(pc.match_substring_regex(trace, _HEX32), False)),
+         "trace_id must be 32 hex characters"),
+        (pc.fill_null(pc.equal(trace, _ZERO32), False), "trace_id is all zeros"),
+        (pc.invert(pc.fill_null(pc.match_substring_regex(span, _HEX16), False)),
+         "span_id must be 16 hex characters"),
+        (pc.fill_null(pc.equal(span, _ZERO16), False), "span_id is all zeros"),
+        (pc.fill_null(pc.invert(pc.match_substring_regex(parent, _HEX16)), False),
+         "parent_id must be 16 hex characters"),
+        (pc.is_null(table["start_ns"]), "start time is missing"),
+        (pc.fill_null(pc.less(table["duration_ns"], 0), True), "duration is negative or missing"),
+        (pc.is_null(table["service"]), "service is missing"),
+        (pc.is_null(table["operation"]), "operation (span name) is missing"),
+    ]
+    problem = pa.nulls(table.num_rows, pa.string())
+    for bad, text in reversed(checks):
+        problem = pc.if_else(bad, pa.scalar(text), problem)
+    return problem
+
+
+def split_valid(
+    table: pa.Table, source: str, label: Callable[[int], str] | None = None
+) -> tuple[pa.Table, list[Reject]]:
+    """The valid rows (in SPANS schema) and one Reject per invalid row."""
+    table = table.select(SPANS.names)
+    if table.num_rows == 0:
+        return table.cast(SPANS), []
+    problem = span_problems(table)
+    bad = pc.is_valid(problem)
+    if not pc.any(bad).as_py():
+        return table.cast(SPANS), []
+    idx = pc.indices_nonzero(bad).to_pylist()
+    texts = pc.take(problem, pa.array(idx)).to_pylist()
+    traces = pc.take(table["trace_id"], pa.array(idx)).to_pylist()
+    spans = pc.take(table["span_id"], pa.array(idx)).to_pylist()
+    rejects = [
+        Reject(source, label(i) if label else f"span {i + 1} (trace_id={t!r}, span_id={s!r})", p)
+        for i, p, t, s in zip(idx, texts, traces, spans, strict=True)
+    ]
+    return table.filter(pc.invert(bad)).cast(SPANS), rejects

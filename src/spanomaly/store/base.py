@@ -1,0 +1,88 @@
+"""The Store port: what every storage backend offers the stages to its right."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+
+from spanomaly.ingest.base import Chunk, Reject
+
+
+@dataclass
+class WriteResult:
+    """What one write did: rows stored, rows already stored (duplicates), rows rejected."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A half-open time range [start_ns, end_ns); None leaves that side open."""
+
+    start_ns: int | None = None
+    end_ns: int | None = None
+
+
+@dataclass
+class Stats:
+    """Counts over the whole store, as `spanomaly stats --json` reports them."""
+
+    spans: int
+    traces: int
+    services: list[str]
+    instances: int
+    metrics: int
+    logs: int
+    faults: int
+    start_ns: int | None
+    end_ns: int | None
+
+
+class Store(Protocol):
+    """Storage of spans, metrics, logs, labels and findings; writes are idempotent by key."""
+
+    def write(self, chunk: Chunk) -> WriteResult:
+        """Store a chunk in one transaction; rows whose key is stored already are skipped."""
+        ...
+
+    def spans(self, window: TimeRange = TimeRange(), services: list[str] | None = None) -> pa.Table:
+        """Spans that start in the window, optionally of some services only."""
+        ...
+
+    def traces(self, trace_ids: list[str]) -> pa.Table:
+        """All spans of the given traces."""
+        ...
+
+    def metrics(self, window: TimeRange = TimeRange(), names: list[str] | None = None) -> pa.Table:
+        """Metric points in the window, optionally of some metric names only."""
+        ...
+
+    def table(self, name: str) -> pa.Table:
+        """A whole small table (faults, fault_traces, findings)."""
+        ...
+
+    def services(self) -> list[str]:
+        """Names of the services that have spans, sorted."""
+        ...
+
+    def stats(self) -> Stats:
+        """Counts over the whole store."""
+        ...
+
+    def orphans(self, trace_ids: pa.Array | None = None) -> pa.Table:
+        """Spans whose parent is not stored (optionally among some traces only)."""
+        ...
+
+    def export_parquet(self, out_dir: Path) -> dict[str, int]:
+        """Write every table as Hive-partitioned Parquet under out_dir; rows per table."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the store."""
+        ...

@@ -1,0 +1,302 @@
+"""The default store: one DuckDB file, its tables public and queryable with SQL."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from spanomaly.errors import FormatError, StoreError, StoreLockedError
+from spanomaly.ingest.base import Chunk, Reject, SqlSource
+from spanomaly.schema import KEYS, TABLES
+from spanomaly.store.base import Stats, TimeRange, WriteResult
+
+log = logging.getLogger(__name__)
+
+MAX_REJECT_MESSAGES = 50
+_HOUR_NS = 3_600_000_000_000
+# Tables partitioned by hour in the Parquet export, and their time column.
+_TIME_COLUMNS = {"spans": "start_ns", "metrics": "time_ns", "logs": "time_ns"}
+
+
+def _duck_type(typ: pa.DataType) -> str:
+    if pa.types.is_list(typ):
+        return _duck_type(typ.value_type) + "[]"
+    return {
+        pa.string(): "VARCHAR",
+        pa.int64(): "BIGINT",
+        pa.int32(): "INTEGER",
+        pa.float64(): "DOUBLE",
+        pa.bool_(): "BOOLEAN",
+    }[typ]
+
+
+def ddl(name: str) -> str:
+    """CREATE TABLE statement of a store table, from its Arrow schema."""
+    cols = ", ".join(
+        f'"{f.name}" {_duck_type(f.type)}{"" if f.nullable else " NOT NULL"}'
+        for f in TABLES[name]
+    )
+    return f"CREATE TABLE IF NOT EXISTS {name} ({cols})"
+
+
+def _open(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(path, read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            pid = re.search(r"PID (\d+)", text)
+            who = f" (PID {pid.group(1)})" if pid else ""
+            raise StoreLockedError(
+                f"{path}: the store is open for writing by another process{who}; "
+                "stop it, or talk to it through its HTTP API"
+            ) from exc
+        raise StoreError(f"{path}: cannot open the store: {text.splitlines()[0]}") from exc
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: cannot open the store: {str(exc).splitlines()[0]}") from exc
+
+
+class DuckDBStore:
+    """Spans, metrics, logs, labels and findings in a DuckDB file (or in memory)."""
+
+    def __init__(self, path: str | Path = ":memory:", read_only: bool = False) -> None:
+        self.path = str(path)
+        if self.path != ":memory:" and not read_only:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if read_only and self.path != ":memory:" and not Path(self.path).exists():
+            raise StoreError(f"{self.path}: no store here (ingest something first)")
+        self._con = _open(self.path, read_only)
+        self._con.execute("SET preserve_insertion_order = false")
+        if not read_only:
+            for name in TABLES:
+                self._con.execute(ddl(name))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, chunk: Chunk) -> WriteResult:
+        """Store a chunk in one transaction; rows whose key is stored already are skipped."""
+        result = WriteResult(rejected=len(chunk.rejects), rejects=list(chunk.rejects))
+        if chunk.data is None:
+            return result
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if isinstance(chunk.data, SqlSource):
+                self._write_sql(chunk.table, chunk.data, result)
+            else:
+                self._write_arrow(chunk.table, chunk.data, result)
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            con.execute("ROLLBACK")
+            first = str(exc).splitlines()[0]
+            if isinstance(chunk.data, SqlSource):  # DuckDB read the input itself: input's fault
+                raise FormatError(first) from exc
+            raise StoreError(f"{self.path}: cannot store {chunk.table}: {first}") from exc
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return result
+
+    def _insert_sql(self, table: str, source: str) -> str:
+        cols = ", ".join(f'"{c}"' for c in TABLES[table].names)
+        keys = KEYS[table]
+        if not keys:
+            return f"INSERT INTO {table} SELECT {cols} FROM {source}"
+        on = ", ".join(keys)
+        distinct = f"SELECT DISTINCT ON ({on}) {cols} FROM {source}"
+        if self._is_empty(table):
+            return f"INSERT INTO {table} {distinct}"
+        match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM b.{k}" for k in keys)
+        return (
+            f"INSERT INTO {table} SELECT {cols} FROM ({distinct}) b "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+        )
+
+    def _is_empty(self, table: str) -> bool:
+        return self._con.execute(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)").fetchone()[0]
+
+    def _write_arrow(self, table: str, data: pa.Table, result: WriteResult) -> None:
+        data = data.select(TABLES[table].names).cast(TABLES[table])
+        self._con.register("_batch", data)
+        try:
+            inserted = self._con.execute(self._insert_sql(table, "_batch")).fetchone()[0]
+        finally:
+            self._con.unregister("_batch")
+        result.inserted += inserted
+        result.duplicates += data.num_rows - inserted
+
+    def _write_sql(self, table: str, data: SqlSource, result: WriteResult) -> None:
+        con = self._con
+        total, bad = con.execute(f"SELECT count(*), count(_reject) FROM ({data.sql})").fetchone()
+        if bad:
+            rows = con.execute(
+                f"SELECT _source, _record, _reject FROM ({data.sql}) WHERE _reject IS NOT NULL "
+                f"LIMIT {MAX_REJECT_MESSAGES}"
+            ).fetchall()
+            result.rejects.extend(Reject(s, r, why) for s, r, why in rows)
+            result.rejected += bad
+        good = f"(SELECT * FROM ({data.sql}) WHERE _reject IS NULL)"
+        inserted = con.execute(self._insert_sql(table, good)).fetchone()[0]
+        if data.reader_rejects:
+            self._collect_reader_rejects(result)
+        result.inserted += inserted
+        result.duplicates += total - bad - inserted
+
+    def _collect_reader_rejects(self, result: WriteResult) -> None:
+        """Lines DuckDB's CSV reader refused (wrong column count, bad UTF-8, bad numbers)."""
+        try:
+            rows = self._con.execute(
+                "SELECT s.file_path, e.line, e.column_name, e.error_type, e.error_message "
+                "FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id) ORDER BY 1, 2"
+            ).fetchall()
+        except duckdb.CatalogException:
+            return
+        lines = {(path, line) for path, line, *_ in rows}
+        result.rejected += len(lines)
+        seen: set[tuple[str, int]] = set()
+        for path, line, column, _etype, message in rows:
+            if (path, line) in seen:
+                continue
+            seen.add((path, line))
+            if len(result.rejects) < MAX_REJECT_MESSAGES:
+                where = f"line {line}" + (f", column {column}" if column else "")
+                result.rejects.append(Reject(path, where, str(message).splitlines()[0]))
+        self._con.execute("DROP TABLE IF EXISTS reject_errors")
+        self._con.execute("DROP TABLE IF EXISTS reject_scans")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _arrow(self, sql: str, params: list[object] | None = None) -> pa.Table:
+        return self._con.sql(sql, params=params or None).to_arrow_table()
+
+    @staticmethod
+    def _window(column: str, window: TimeRange, params: list[object]) -> str:
+        where = []
+        if window.start_ns is not None:
+            where.append(f"{column} >= ?")
+            params.append(window.start_ns)
+        if window.end_ns is not None:
+            where.append(f"{column} < ?")
+            params.append(window.end_ns)
+        return " AND ".join(where) or "TRUE"
+
+    def spans(self, window: TimeRange = TimeRange(), services: list[str] | None = None) -> pa.Table:
+        """Spans that start in the window, optionally of some services only."""
+        params: list[object] = []
+        where = self._window("start_ns", window, params)
+        if services:
+            where += " AND service IN (SELECT unnest(?))"
+            params.append(services)
+        return self._arrow(f"SELECT * FROM spans WHERE {where} ORDER BY start_ns", params)
+
+    def traces(self, trace_ids: list[str]) -> pa.Table:
+        """All spans of the given traces, ordered by trace and start time."""
+        return self._arrow(
+            "SELECT * FROM spans WHERE trace_id IN (SELECT unnest(?)) ORDER BY trace_id, start_ns",
+            [trace_ids],
+        )
+
+    def metrics(self, window: TimeRange = TimeRange(), names: list[str] | None = None) -> pa.Table:
+        """Metric points in the window, optionally of some metric names only."""
+        params: list[object] = []
+        where = self._window("time_ns", window, params)
+        if names:
+            where += " AND name IN (SELECT unnest(?))"
+            params.append(names)
+        return self._arrow(f"SELECT * FROM metrics WHERE {where} ORDER BY time_ns", params)
+
+    def table(self, name: str) -> pa.Table:
+        """A whole table by name (faults, fault_traces, findings, ...)."""
+        if name not in TABLES:
+            raise StoreError(f"no table {name!r}; tables: {', '.join(TABLES)}")
+        return self._arrow(f"SELECT * FROM {name}")
+
+    def services(self) -> list[str]:
+        """Names of the services that have spans, sorted."""
+        return [r[0] for r in self._con.execute("SELECT DISTINCT service FROM spans ORDER BY 1").fetchall()]
+
+    def stats(self) -> Stats:
+        """Counts over the whole store."""
+        con = self._con
+        spans, traces, instances, lo, hi = con.execute(
+            "SELECT count(*), count(DISTINCT trace_id), count(DISTINCT instance), min(start_ns), "
+            "max(start_ns + duration_ns) FROM spans"
+        ).fetchone()
+        mlo, mhi, metrics = con.execute("SELECT min(time_ns), max(time_ns), count(*) FROM metrics").fetchone()
+        logs = con.execute("SELECT count(*) FROM logs").fetchone()[0]
+        faults = con.execute("SELECT count(*) FROM faults").fetchone()[0]
+        lows = [v for v in (lo, mlo) if v is not None]
+        highs = [v for v in (hi, mhi) if v is not None]
+        return Stats(
+            spans=spans,
+            traces=traces,
+            services=self.services(),
+            instances=instances,
+            metrics=metrics,
+            logs=logs,
+            faults=faults,
+            start_ns=min(lows) if lows else None,
+            end_ns=max(highs) if highs else None,
+        )
+
+    def orphans(self, trace_ids: pa.Array | None = None) -> pa.Table:
+        """Spans whose parent span is not stored (optionally among some traces only)."""
+        scope = "TRUE"
+        if trace_ids is not None:
+            self._con.register("_scope", pa.table({"trace_id": trace_ids}))
+            scope = "s.trace_id IN (SELECT trace_id FROM _scope)"
+        try:
+            return self._arrow(
+                "SELECT s.trace_id, s.span_id, s.parent_id, s.service FROM spans s "
+                f"WHERE s.parent_id IS NOT NULL AND {scope} AND NOT EXISTS "
+                "(SELECT 1 FROM spans p WHERE p.trace_id = s.trace_id AND p.span_id = s.parent_id)"
+            )
+        finally:
+            if trace_ids is not None:
+                self._con.unregister("_scope")
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export_parquet(self, out_dir: Path) -> dict[str, int]:
+        """Every table as Parquet under out_dir/<table>/, time tables Hive-partitioned by hour."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        counts: dict[str, int] = {}
+        for name in TABLES:
+            target = out_dir / name
+            counts[name] = self._con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+            if target.exists() and any(target.iterdir()):
+                raise StoreError(f"{target}: folder exists and is not empty; choose another --parquet DIR")
+            target.mkdir(parents=True, exist_ok=True)
+            column = _TIME_COLUMNS.get(name)
+            if column:
+                hour = f"strftime(make_timestamp(({column} // {_HOUR_NS}) * 3600000000), '%Y-%m-%dT%H')"
+                self._con.execute(
+                    f"COPY (SELECT *, {hour} AS hour FROM {name}) TO '{target}' "
+                    "(FORMAT parquet, PARTITION_BY (hour), OVERWRITE_OR_IGNORE)"
+                )
+            else:
+                self._con.execute(f"COPY {name} TO '{target / 'data.parquet'}' (FORMAT parquet)")
+        return counts
+
+    def sql(self, query: str, params: list[object] | None = None) -> pa.Table:
+        """Run a read query against the store's tables (for stages that need aggregates)."""
+        return self._arrow(query, params)
+
+    def close(self) -> None:
+        """Checkpoint and close the file."""
+        try:
+            self._con.execute("CHECKPOINT")
+        except duckdb.Error:
+            pass
+        self._con.close()
+
+    def __enter__(self) -> DuckDBStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,32 @@
+"""Shared fixtures: the real data sets of ../shared/data (skipped where absent), stores."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SPANOMALY_SHARED_DATA", REPO.parent / "shared" / "data"))
+TT_ARCHIVE = SHARED_DATA / "trainticket-2023-01-30.tar.zst"
+
+
+def unpack_zst_tar(archive: Path, dest: Path) -> None:
+    """Unpack a .tar.zst with the zstandard module (no zstd binary needed)."""
+    import zstandard
+
+    with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            tar.extractall(dest, filter="data")
+
+
+@pytest.fixture(scope="session")
+def trainticket(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unpacked TrainTicket folder, or a skip saying why."""
+    if not TT_ARCHIVE.exists():
+        pytest.skip(f"TrainTicket data not found at {TT_ARCHIVE} (set SPANOMALY_SHARED_DATA)")
+    dest = tmp_path_factory.mktemp("tt")
+    unpack_zst_tar(TT_ARCHIVE, dest)
+    return dest / "trainticket-2023-01-30"
