@@ -17,9 +17,12 @@ def unpack_zst_tar(archive: Path, dest: Path) -> None:
     """Unpack a .tar.zst with the zstandard module (no zstd binary needed)."""
     import zstandard
 
-    with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            tar.extractall(dest, filter="data")
+    with (
+        open(archive, "rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        tar.extractall(dest, filter="data")
 
 
 @pytest.fixture(scope="session")

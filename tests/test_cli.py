@@ -16,7 +16,11 @@ from tests.ingest.test_csv import GOOD, NEZHA_HEADER
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SPANOMALY_DB": str(cwd / "s.duckdb")}
     return subprocess.run(
-        [sys.executable, "-m", "spanomaly", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "spanomaly", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
@@ -33,7 +37,16 @@ def test_ingest_stats_export_json(tmp_path: Path, csv_dir: Path) -> None:
     out = run("ingest", str(csv_dir), "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert {"spans", "metrics", "logs", "faults", "duplicates", "rejected", "files", "errors"} <= set(doc)
+    assert {
+        "spans",
+        "metrics",
+        "logs",
+        "faults",
+        "duplicates",
+        "rejected",
+        "files",
+        "errors",
+    } <= set(doc)
     assert doc["spans"] == 3 and doc["files"] == 1
     stats = json.loads(run("stats", "--json", cwd=tmp_path).stdout)
     assert stats["spans"] == 3 and stats["traces"] == 2

@@ -18,7 +18,11 @@ def _metric_cells(folder: Path) -> int:
         with open(f, newline="") as fh:
             rows = csv.reader(fh)
             header = next(rows)
-            skip = {i for i, c in enumerate(header) if c in ("Time", "TimeStamp", "PodName", "ServiceName")}
+            skip = {
+                i
+                for i, c in enumerate(header)
+                if c in ("Time", "TimeStamp", "PodName", "ServiceName")
+            }
             cells += sum(1 for r in rows for i, v in enumerate(r) if i not in skip and v != "")
     return cells
 
@@ -39,6 +43,8 @@ def test_trainticket_folder_imports_exactly(trainticket: Path, tmp_path: Path) -
     assert stats.metrics == report.metrics == _metric_cells(trainticket)
     faults = store.table("faults")
     assert sorted(set(faults.column("kind").to_pylist())) == ["cpu_contention", "network_delay"]
-    root = store.sql("SELECT count(*) AS n FROM spans WHERE parent_id IS NULL").column("n")[0].as_py()
+    root = (
+        store.sql("SELECT count(*) AS n FROM spans WHERE parent_id IS NULL").column("n")[0].as_py()
+    )
     assert root == 27_364
     store.close()

@@ -109,7 +109,9 @@ def ingest(
         str | None,
         typer.Option("--map", help="CSV column map: trace_id=TraceID,span_id=SpanID,..."),
     ] = None,
-    time_unit: Annotated[str, typer.Option(help="unit of mapped CSV time columns: s|ms|us|ns")] = "ns",
+    time_unit: Annotated[
+        str, typer.Option(help="unit of mapped CSV time columns: s|ms|us|ns")
+    ] = "ns",
     duration_unit: Annotated[str, typer.Option(help="unit of a mapped CSV duration column")] = "ns",
     fault_duration: Annotated[
         float, typer.Option(help="seconds a labelled fault lasts (label files)")
@@ -151,8 +153,10 @@ def ingest(
                 typer.echo(f"  {message}", err=True)
 
         _emit(doc, as_json, human)
-        if report.files and not (report.spans or report.metrics or report.logs or report.faults) and (
-            report.rejected
+        if (
+            report.files
+            and not (report.spans or report.metrics or report.logs or report.faults)
+            and (report.rejected)
         ):
             raise typer.Exit(2)
 

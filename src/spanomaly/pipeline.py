@@ -95,8 +95,18 @@ def _classify(path: Path, fmt: str, options: DecodeOptions) -> str:
             f"{path}: CSV of unknown layout (columns {', '.join(columns[:12])}); "
             "give --format csv --map field=column,... or --format nezha"
         )
-    wanted = {"otlp": "otlp", "jaeger": "jaeger", "zipkin": "zipkin", "csv": "csv", "nezha": "nezha"}
-    if fmt != "auto" and not kind.startswith(wanted[fmt]) and not (fmt == "nezha" and kind == "nezha-labels"):
+    wanted = {
+        "otlp": "otlp",
+        "jaeger": "jaeger",
+        "zipkin": "zipkin",
+        "csv": "csv",
+        "nezha": "nezha",
+    }
+    if (
+        fmt != "auto"
+        and not kind.startswith(wanted[fmt])
+        and not (fmt == "nezha" and kind == "nezha-labels")
+    ):
         raise FormatError(f"{path}: looks like {kind}, not {fmt}")
     return kind
 
@@ -132,7 +142,9 @@ def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestRep
         if kind in csv_files:
             csv_files[kind].append(path)
         else:
-            units.append(_Unit(path.name, [path], path.stat().st_size, _decoder(kind, path, options)))
+            units.append(
+                _Unit(path.name, [path], path.stat().st_size, _decoder(kind, path, options))
+            )
     for kind, paths in csv_files.items():
         for group in _groups(paths):
             units.append(_csv_unit(kind, group, options))
@@ -145,7 +157,9 @@ def _csv_unit(kind: str, group: list[Path], options: DecodeOptions) -> _Unit:
     else:
         headers = {f: csv_spans.header(f) for f in group}
         decode = lambda: csv_metrics.decode_files(group, headers)  # noqa: E731
-    label = group[0].name if len(group) == 1 else f"{len(group)} CSV files ({group[0].parent.name}/)"
+    label = (
+        group[0].name if len(group) == 1 else f"{len(group)} CSV files ({group[0].parent.name}/)"
+    )
     return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind)
 
 
@@ -217,4 +231,3 @@ def open_store(path: str | Path, read_only: bool = False) -> Store:
     from spanomaly.store.duckdb import DuckDBStore
 
     return DuckDBStore(path, read_only=read_only)
-

@@ -107,7 +107,7 @@ def test_bad_map_and_missing_columns_are_clear_errors(tmp_path: Path) -> None:
             "service": "a",
         }
     )
-    report, store = ingest([f], fmt="csv", options=opts)
+    report, _ = ingest([f], fmt="csv", options=opts)
     assert report.spans == 0 and report.rejected == 1
     assert "x.csv: line 1: missing column op (for operation)" in report.errors[0]
 
@@ -126,7 +126,7 @@ def test_bad_rows_are_rejected_one_by_one_and_good_rows_kept(tmp_path: Path) -> 
         f"{T1},5555555555555555,root,ts-a,op,notanumber,1,1\n",
         f"{T1},6666666666666666,root,ts-a\n",  # too few columns: DuckDB's reader rejects the line
     ]
-    report, store = ingest([write(tmp_path / "t.csv", NEZHA_HEADER + "".join(GOOD + bad))])
+    report, _ = ingest([write(tmp_path / "t.csv", NEZHA_HEADER + "".join(GOOD + bad))])
     assert report.spans == 3
     assert report.rejected == 6
     text = "\n".join(report.errors)
@@ -142,7 +142,7 @@ def test_bad_rows_are_rejected_one_by_one_and_good_rows_kept(tmp_path: Path) -> 
 def test_non_utf8_line_is_rejected_by_line(tmp_path: Path) -> None:
     bad = f"{T1},7777777777777777,root,ts-\xff-x,op,1,2,3\n".encode("latin-1")
     f = write(tmp_path / "u.csv", (NEZHA_HEADER + "".join(GOOD)).encode() + bad)
-    report, store = ingest([f])
+    report, _ = ingest([f])
     assert report.spans == 3 and report.rejected == 1
     assert "u.csv: line 5" in report.errors[0]
 
@@ -161,7 +161,7 @@ def test_orphans_are_kept_and_reported(tmp_path: Path) -> None:
     orphan = row(
         T1, "9999999999999999", "abababababababab", "ts-a-service-5dc8d4f9fd-llznp", "op", 10**18, 5
     )
-    report, store = ingest([write(tmp_path / "o.csv", NEZHA_HEADER + "".join(GOOD) + orphan)])
+    report, _ = ingest([write(tmp_path / "o.csv", NEZHA_HEADER + "".join(GOOD) + orphan)])
     assert report.spans == 4 and report.orphans == 1 and report.rejected == 0
     assert any("parent abababababababab never arrived" in e for e in report.errors)
 

@@ -58,16 +58,15 @@ def test_write_is_idempotent_on_trace_and_span_id(store: Store) -> None:
 
 def test_a_failing_write_changes_nothing(store: Store) -> None:
     store.write(Chunk("spans", spans(3)))
-    cols = ", ".join(
-        f"NULL::{'BIGINT' if n.endswith('_ns') else 'INTEGER' if n == 'http_status_code' else 'VARCHAR'} AS {n}"
-        for n in SPANS.names
-        if n not in ("trace_id", "span_id")
-    )
-    # rows stream in, then the source fails half way: nothing of it may stay
+    cols = {n: f"NULL AS {n}" for n in SPANS.names}
+    cols |= {
+        "trace_id": "lpad(i::VARCHAR, 32, '0') AS trace_id",
+        "span_id": "lpad(i::VARCHAR, 16, '0') AS span_id",
+        # rows stream in, then the source fails half way: nothing of it may stay
+        "operation": "CASE WHEN i = 150000 THEN error('boom') ELSE 'op' END AS operation",
+    }
     failing = SqlSource(
-        f"SELECT lpad(i::VARCHAR, 32, '0') AS trace_id, lpad(i::VARCHAR, 16, '0') AS span_id, "
-        f"{cols}, CASE WHEN i = 150000 THEN error('boom') END AS _reject, 'f' AS _source, "
-        "'r' AS _record FROM range(1, 200000) t(i)"
+        f"SELECT {', '.join(cols.values())}, 'f' AS _source FROM range(1, 200000) t(i)"
     )
     with pytest.raises(FormatError, match="boom"):
         store.write(Chunk("spans", failing))
@@ -100,7 +99,10 @@ def test_stats_metrics_faults_and_orphans(store: Store) -> None:
     assert store.write(Chunk("metrics", pa.table(full).cast(METRICS))).inserted == 2
     assert store.write(Chunk("metrics", pa.table(full).cast(METRICS))).inserted == 0
     fault = {n: [None] for n in FAULTS.names} | {
-        "fault_id": ["f1"], "kind": ["delay"], "start_ns": [T0], "end_ns": [T0 + 1]
+        "fault_id": ["f1"],
+        "kind": ["delay"],
+        "start_ns": [T0],
+        "end_ns": [T0 + 1],
     }
     store.write(Chunk("faults", pa.table(fault, schema=FAULTS)))
     s = store.stats()
@@ -117,7 +119,9 @@ def test_parquet_export_is_partitioned_by_hour(store: Store, tmp_path: Path) -> 
     hours = sorted(p.name for p in (tmp_path / "out" / "spans").iterdir())
     assert hours == [f"hour=2023-01-30T{h}" for h in (12, 13, 14, 15)]
     back = pq.read_table(tmp_path / "out" / "spans")
-    assert sorted(back.column("span_id").to_pylist()) == sorted(spans(4).column("span_id").to_pylist())
+    assert sorted(back.column("span_id").to_pylist()) == sorted(
+        spans(4).column("span_id").to_pylist()
+    )
     with pytest.raises(StoreError, match="not empty"):
         store.export_parquet(tmp_path / "out")
 
@@ -125,14 +129,21 @@ def test_parquet_export_is_partitioned_by_hour(store: Store, tmp_path: Path) -> 
 def test_a_store_open_in_another_process_gives_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "locked.duckdb"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import duckdb,sys,time; c=duckdb.connect({str(path)!r}); print('ready', flush=True); "
-         "sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb,sys,time; c=duckdb.connect({str(path)!r}); print('ready', flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout and holder.stdout.readline().strip() == "ready"
-        with pytest.raises(StoreLockedError, match=r"open for writing by another process \(PID \d+\)"):
+        with pytest.raises(
+            StoreLockedError, match=r"open for writing by another process \(PID \d+\)"
+        ):
             DuckDBStore(path)
     finally:
         holder.communicate("", timeout=30)

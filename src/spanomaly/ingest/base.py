@@ -3,8 +3,10 @@
 A decoder reads one file (or a group of files of one format) and yields `Chunk`s. A chunk
 holds either an Arrow table in the table's schema (see `spanomaly.schema`) or, for formats
 DuckDB reads faster itself (CSV), a `SqlSource`: a SELECT that yields every input row once,
-with the table's columns plus `_reject` (null, or why the row is rejected), `_source` (file
-name) and `_record` (which record, for messages). Every
+with the table's columns plus `_source` (file name), and a `reject` expression over the
+table's columns that says why a row is refused (or is null). The store checks the rows it
+has just written with it, inside the write's transaction, which costs one pass over the new
+columns instead of a second pass over the files. Every
 chunk is written in one transaction, so a bad chunk never changes what the store holds.
 """
 
@@ -28,18 +30,21 @@ class Reject:
 
     def message(self) -> str:
         """One line naming the file, the record and the reason."""
-        return f"{self.source}: {self.record}: {self.reason}" if self.record else (
-            f"{self.source}: {self.reason}"
+        return (
+            f"{self.source}: {self.record}: {self.reason}"
+            if self.record
+            else (f"{self.source}: {self.reason}")
         )
 
 
 @dataclass(frozen=True)
 class SqlSource:
-    """A DuckDB SELECT producing a table's columns plus `_reject`, `_source` and `_record`."""
+    """A DuckDB SELECT producing a table's columns plus `_source`, and its reject check."""
 
     sql: str
-    # CSV reader errors (bad lines) are collected by DuckDB's reject tables when set
-    reader_rejects: bool = False
+    reject: str = "NULL"  # SQL over the table's columns: why a row is refused, or NULL
+    rows: int | None = None  # rows the SELECT yields, if the decoder counted them cheaply
+    reader_rejects: bool = False  # CSV lines refused by DuckDB's reader sit in reject_errors
 
 
 @dataclass

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
-from spanomaly.ingest.files import head
+from spanomaly.ingest.files import head, read_all
+from spanomaly.ingest.validate import SPAN_REJECT_SQL
 from spanomaly.schema import KIND_VALUES, SPANS
 
 UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -26,8 +27,8 @@ UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 REQUIRED = ("trace_id", "span_id", "operation", "start")
 TIME_FIELDS = ("start", "end", "duration")
 # `status` takes error|ok|unset or OTLP codes (2|1|0, STATUS_CODE_*); `error` a boolean column
-MAPPABLE = tuple(n for n in SPANS.names if n not in ("start_ns", "duration_ns")) + TIME_FIELDS + (
-    "error",
+MAPPABLE = (
+    tuple(n for n in SPANS.names if n not in ("start_ns", "duration_ns")) + TIME_FIELDS + ("error",)
 )
 NEZHA_TRACE_COLUMNS = ("TraceID", "SpanID", "ParentID", "PodName", "OperationName")
 NEZHA_MAP = {
@@ -82,16 +83,18 @@ def _id(expr: str) -> str:
 
 def _int(expr: str, unit: str) -> str:
     factor = UNITS_NS[unit]
-    # decimals allowed (seconds with a fraction, say), rounded to whole ns
+    if factor == 1:  # nanoseconds: a decimal fraction rounds to the nearest ns
+        return f"TRY_CAST({expr} AS BIGINT)"
+    # coarser units may carry a fraction (1.5 ms), kept by going through DOUBLE
     return (
-        f"CASE WHEN strpos({expr}, '.') > 0 OR strpos(lower({expr}), 'e') > 0 "
+        f"CASE WHEN contains({expr}, '.') OR contains({expr}, 'e') OR contains({expr}, 'E') "
         f"THEN CAST(round(TRY_CAST({expr} AS DOUBLE) * {factor}) AS BIGINT) "
         f"ELSE TRY_CAST({expr} AS BIGINT) * {factor} END"
     )
 
 
 def span_select(files: list[Path], mapping: dict[str, str], options: DecodeOptions) -> str:
-    """The SELECT that reads the files and yields SPANS columns plus _reject/_source/_record."""
+    """The SELECT that reads the files and yields SPANS columns plus _source."""
     m = {k: _q(v) for k, v in mapping.items()}
     if "duration" not in m and "end" not in m:
         raise InputError("--map: a span needs 'duration' or 'end' mapped")
@@ -158,42 +161,43 @@ def span_select(files: list[Path], mapping: dict[str, str], options: DecodeOptio
         name: f"CAST({expr} AS {'BIGINT' if name.endswith('_ns') else 'INTEGER' if name == 'http_status_code' else 'VARCHAR'}) AS {name}"
         for name, expr in cols.items()
     }
-    reject = f"""CASE
-        WHEN NOT regexp_full_match(coalesce(trace_id, ''), '[0-9a-f]{{32}}') THEN 'trace_id must be 32 hex characters'
-        WHEN trace_id = '{"0" * 32}' THEN 'trace_id is all zeros'
-        WHEN NOT regexp_full_match(coalesce(span_id, ''), '[0-9a-f]{{16}}') THEN 'span_id must be 16 hex characters'
-        WHEN span_id = '{"0" * 16}' THEN 'span_id is all zeros'
-        WHEN parent_id IS NOT NULL AND NOT regexp_full_match(parent_id, '[0-9a-f]{{16}}') THEN 'parent_id must be 16 hex characters'
-        WHEN start_ns IS NULL THEN 'start time is missing or not a number'
-        WHEN duration_ns IS NULL THEN 'duration is missing or not a number'
-        WHEN duration_ns < 0 THEN 'duration is negative'
-        WHEN service IS NULL THEN 'service is missing'
-        WHEN operation IS NULL THEN 'operation is missing'
-    END"""
     file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
     reader = (
         f"read_csv({file_list}, header = true, all_varchar = true, delim = ',', quote = '\"', "
         "escape = '\"', filename = '_file', store_rejects = true)"
     )
-    inner = f"SELECT {', '.join(typed.values())}, _file AS _source, {m['trace_id']} AS _raw_trace, {m['span_id']} AS _raw_span FROM {reader}"
-    return (
-        f"SELECT * EXCLUDE (_raw_trace, _raw_span), {reject} AS _reject, "
-        "'trace_id=' || coalesce(_raw_trace, 'null') || ', span_id=' || coalesce(_raw_span, 'null') AS _record "
-        f"FROM ({inner})"
-    )
+    return f"SELECT {', '.join(typed.values())}, _file AS _source FROM {reader}"
+
+
+def count_rows(files: list[Path]) -> int | None:
+    """Data rows of the files by counting lines, or None where quoting could hide newlines."""
+    rows = 0
+    for f in files:
+        data = read_all(f)
+        if b'"' in data:
+            return None
+        lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+        rows += lines - data.count(b"\n\n") - data.count(b"\n\r\n") - 1  # minus the header
+    return rows
 
 
 def check_columns(path: Path, columns: list[str], mapping: dict[str, str]) -> None:
     """Every mapped column exists in the file, else an InputError naming file and column."""
     missing = [f"{col} (for {field})" for field, col in mapping.items() if col not in columns]
     if missing:
-        raise InputError(f"{path}: line 1: missing column {', '.join(missing)}; header has {', '.join(columns)}")
+        raise InputError(
+            f"{path}: line 1: missing column {', '.join(missing)}; header has {', '.join(columns)}"
+        )
     absent = [f for f in REQUIRED if f not in mapping]
     if absent:
-        raise InputError(f"{path}: no column mapped for {', '.join(absent)} (use --map field=column)")
+        raise InputError(
+            f"{path}: no column mapped for {', '.join(absent)} (use --map field=column)"
+        )
 
 
-def decode_files(files: list[Path], options: DecodeOptions, preset: str | None = None) -> Iterator[Chunk]:
+def decode_files(
+    files: list[Path], options: DecodeOptions, preset: str | None = None
+) -> Iterator[Chunk]:
     """Chunks of CSV spans: one SELECT per group of files that share a header."""
     groups: dict[tuple[str, ...], list[Path]] = {}
     for f in files:
@@ -203,8 +207,11 @@ def decode_files(files: list[Path], options: DecodeOptions, preset: str | None =
         if preset == "nezha" or (not mapping and is_nezha_traces(list(columns))):
             mapping = {**NEZHA_MAP, **mapping}
             opts = DecodeOptions(
-                column_map=mapping, time_unit="ns", duration_unit="us",
-                fault_duration_s=options.fault_duration_s, batch_rows=options.batch_rows,
+                column_map=mapping,
+                time_unit="ns",
+                duration_unit="us",
+                fault_duration_s=options.fault_duration_s,
+                batch_rows=options.batch_rows,
             )
         else:
             opts = options
@@ -215,4 +222,7 @@ def decode_files(files: list[Path], options: DecodeOptions, preset: str | None =
             )
         for f in group:
             check_columns(f, list(columns), mapping)
-        yield Chunk("spans", SqlSource(span_select(group, mapping, opts), reader_rejects=True))
+        sql = span_select(group, mapping, opts)
+        yield Chunk(
+            "spans", SqlSource(sql, SPAN_REJECT_SQL, count_rows(group), reader_rejects=True)
+        )

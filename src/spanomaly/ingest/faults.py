@@ -39,7 +39,13 @@ def decode_nezha_labels(path: Path, fault_duration_s: float) -> Iterator[Chunk]:
                 pod = str(entry["inject_pod"])
                 kind = str(entry["inject_type"])
             except (KeyError, TypeError, ValueError) as exc:
-                rejects.append(Reject(str(path), record, f"needs inject_timestamp, inject_pod, inject_type ({exc!r})"))
+                rejects.append(
+                    Reject(
+                        str(path),
+                        record,
+                        f"needs inject_timestamp, inject_pod, inject_type ({exc!r})",
+                    )
+                )
                 continue
             rows["fault_id"].append(f"{kind}:{pod}:{start // 1_000_000_000}")
             rows["kind"].append(kind)

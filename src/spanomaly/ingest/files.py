@@ -24,9 +24,11 @@ def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     out: dict[Path, None] = {}
     for raw in paths:
         text = str(raw)
-        matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))] if glob.has_magic(
-            text
-        ) else [Path(text)]
+        matches = (
+            [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+            if glob.has_magic(text)
+            else [Path(text)]
+        )
         if not matches:
             raise InputError(f"{text}: no file matches this pattern")
         for p in matches:
@@ -130,11 +132,13 @@ def _sniff_json(path: Path, text: bytes) -> str:
     if text[:1] == b"{":
         first_line = window.split(b"\n", 1)[0]
         multi = window.count(b"\n{") > 0 and first_line.rstrip().endswith(b"}")
-        if b'"resourceSpans"' in window or b'"resourceMetrics"' in window or (
-            b'"resourceLogs"' in window
+        if (
+            b'"resourceSpans"' in window
+            or b'"resourceMetrics"' in window
+            or (b'"resourceLogs"' in window)
         ):
             return "otlp-jsonl" if multi else "otlp-json"
-        if b'"traceID"' in window or b'"data"' in window and b'"spans"' in window:
+        if b'"traceID"' in window or (b'"data"' in window and b'"spans"' in window):
             return "jaeger"
         if b'"inject_pod"' in window or b'"inject_type"' in window:
             return "nezha-labels"

@@ -10,6 +10,7 @@ from spanomaly.ingest.csv import POD_SUFFIX, _lit, _q
 
 # columns that identify the row rather than measure something
 ID_COLUMNS = ("Time", "TimeStamp", "PodName", "ServiceName")
+REJECT = "CASE WHEN time_ns IS NULL THEN 'TimeStamp is not a number' END"
 
 
 def is_nezha_metrics(columns: list[str]) -> bool:
@@ -18,7 +19,7 @@ def is_nezha_metrics(columns: list[str]) -> bool:
 
 
 def metric_select(files: list[Path], columns: list[str]) -> str:
-    """The SELECT that unpivots the files into METRICS columns plus _reject/_source/_record."""
+    """The SELECT that unpivots the files into METRICS columns plus _source."""
     measures = [c for c in columns if c not in ID_COLUMNS]
     file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
     types = ", ".join(f"{_lit(c)}: 'DOUBLE'" for c in measures)
@@ -27,16 +28,16 @@ def metric_select(files: list[Path], columns: list[str]) -> str:
         f"types = {{{types}, 'TimeStamp': 'VARCHAR'}}, filename = '_file', store_rejects = true)"
     )
     if "PodName" in columns:
-        who = "PodName AS instance, regexp_replace(PodName, " + _lit(POD_SUFFIX) + ", '') AS service"
+        who = (
+            "PodName AS instance, regexp_replace(PodName, " + _lit(POD_SUFFIX) + ", '') AS service"
+        )
     else:
         who = "NULL::VARCHAR AS instance, lower(ServiceName) AS service"
     unpivot = (
         f"UNPIVOT (SELECT TimeStamp, {who}, _file, {', '.join(map(_q, measures))} FROM {reader}) "
         f"ON {', '.join(map(_q, measures))} INTO NAME name VALUE value"
     )
-    units = (
-        "CASE WHEN name LIKE '%(%)' THEN regexp_extract(name, '\\(([^)]*)\\)$', 1) END"
-    )
+    units = "CASE WHEN name LIKE '%(%)' THEN regexp_extract(name, '\\(([^)]*)\\)$', 1) END"
     return f"""SELECT
         CAST(round(TRY_CAST(TimeStamp AS DOUBLE) * 1e9) AS BIGINT) AS time_ns,
         service, instance, NULL::VARCHAR AS host,
@@ -44,8 +45,7 @@ def metric_select(files: list[Path], columns: list[str]) -> str:
         'gauge' AS kind, {units} AS unit, value,
         NULL::BIGINT AS count, NULL::DOUBLE AS sum, NULL::DOUBLE[] AS bounds,
         NULL::BIGINT[] AS bucket_counts, NULL::VARCHAR AS attributes,
-        CASE WHEN TRY_CAST(TimeStamp AS DOUBLE) IS NULL THEN 'TimeStamp is not a number' END AS _reject,
-        _file AS _source, 'metric ' || name || ' at ' || coalesce(TimeStamp, 'null') AS _record
+        _file AS _source
       FROM ({unpivot})"""
 
 
@@ -55,4 +55,5 @@ def decode_files(files: list[Path], headers: dict[Path, list[str]]) -> Iterator[
     for f in files:
         groups.setdefault(tuple(headers[f]), []).append(f)
     for columns, group in groups.items():
-        yield Chunk("metrics", SqlSource(metric_select(group, list(columns)), reader_rejects=True))
+        sql = metric_select(group, list(columns))
+        yield Chunk("metrics", SqlSource(sql, REJECT, reader_rejects=True))

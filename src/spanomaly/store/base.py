@@ -51,7 +51,7 @@ class Store(Protocol):
         """Store a chunk in one transaction; rows whose key is stored already are skipped."""
         ...
 
-    def spans(self, window: TimeRange = TimeRange(), services: list[str] | None = None) -> pa.Table:
+    def spans(self, window: TimeRange | None = None, services: list[str] | None = None) -> pa.Table:
         """Spans that start in the window, optionally of some services only."""
         ...
 
@@ -59,7 +59,7 @@ class Store(Protocol):
         """All spans of the given traces."""
         ...
 
-    def metrics(self, window: TimeRange = TimeRange(), names: list[str] | None = None) -> pa.Table:
+    def metrics(self, window: TimeRange | None = None, names: list[str] | None = None) -> pa.Table:
         """Metric points in the window, optionally of some metric names only."""
         ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -36,10 +37,9 @@ def _duck_type(typ: pa.DataType) -> str:
 
 def ddl(name: str) -> str:
     """CREATE TABLE statement of a store table, from its Arrow schema."""
-    cols = ", ".join(
-        f'"{f.name}" {_duck_type(f.type)}{"" if f.nullable else " NOT NULL"}'
-        for f in TABLES[name]
-    )
+    # No NOT NULL: rows are validated by the decoders and the reject checks; a refused row
+    # may sit in the table for a moment inside the transaction that deletes it.
+    cols = ", ".join(f'"{f.name}" {_duck_type(f.type)}' for f in TABLES[name])
     return f"CREATE TABLE IF NOT EXISTS {name} ({cols})"
 
 
@@ -101,23 +101,25 @@ class DuckDBStore:
             raise
         return result
 
-    def _insert_sql(self, table: str, source: str) -> str:
+    def _insert_sql(self, table: str, source: str, reject: str | None = None) -> str:
         cols = ", ".join(f'"{c}"' for c in TABLES[table].names)
-        keys = KEYS[table]
+        keys = list(KEYS[table])
         if not keys:
             return f"INSERT INTO {table} SELECT {cols} FROM {source}"
-        on = ", ".join(keys)
-        distinct = f"SELECT DISTINCT ON ({on}) {cols} FROM {source}"
+        if reject:  # a bad row must not shadow a good one with the same key
+            keys.append(f"({reject}) IS NULL")
+        distinct = f"SELECT DISTINCT ON ({', '.join(keys)}) {cols} FROM {source}"
         if self._is_empty(table):
             return f"INSERT INTO {table} {distinct}"
-        match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM b.{k}" for k in keys)
+        match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM b.{k}" for k in KEYS[table])
         return (
             f"INSERT INTO {table} SELECT {cols} FROM ({distinct}) b "
             f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
         )
 
     def _is_empty(self, table: str) -> bool:
-        return self._con.execute(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)").fetchone()[0]
+        sql = f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)"
+        return bool(self._con.execute(sql).fetchone()[0])
 
     def _write_arrow(self, table: str, data: pa.Table, result: WriteResult) -> None:
         data = data.select(TABLES[table].names).cast(TABLES[table])
@@ -130,23 +132,44 @@ class DuckDBStore:
         result.duplicates += data.num_rows - inserted
 
     def _write_sql(self, table: str, data: SqlSource, result: WriteResult) -> None:
-        con = self._con
-        total, bad = con.execute(f"SELECT count(*), count(_reject) FROM ({data.sql})").fetchone()
-        if bad:
-            rows = con.execute(
-                f"SELECT _source, _record, _reject FROM ({data.sql}) WHERE _reject IS NOT NULL "
-                f"LIMIT {MAX_REJECT_MESSAGES}"
-            ).fetchall()
-            result.rejects.extend(Reject(s, r, why) for s, r, why in rows)
-            result.rejected += bad
-        good = f"(SELECT * FROM ({data.sql}) WHERE _reject IS NULL)"
-        inserted = con.execute(self._insert_sql(table, good)).fetchone()[0]
-        if data.reader_rejects:
-            self._collect_reader_rejects(result)
-        result.inserted += inserted
-        result.duplicates += total - bad - inserted
+        """Insert what DuckDB reads, then take back the new rows the reject check refuses.
 
-    def _collect_reader_rejects(self, result: WriteResult) -> None:
+        Checking the rows just written (inside the transaction) costs one pass over a few
+        columns; checking the input first would read every file twice.
+        """
+        con = self._con
+        base = con.execute(f"SELECT coalesce(max(rowid) + 1, 0) FROM {table}").fetchone()[0]
+        inserted = con.execute(self._insert_sql(table, f"({data.sql})", data.reject)).fetchone()[0]
+        reader_rejected = self._collect_reader_rejects(result) if data.reader_rejects else 0
+        bad = 0
+        if data.reject != "NULL":
+            new = f"FROM {table} WHERE rowid >= {base} AND ({data.reject}) IS NOT NULL"
+            bad = con.execute(f"SELECT count(*) {new}").fetchone()[0]
+            if bad:
+                self._name_rejects(table, data, result)
+                con.execute(f"DELETE {new}")
+        total = data.rows
+        if total is None:
+            total = con.execute(f"SELECT count(*) FROM ({data.sql})").fetchone()[0]
+        else:
+            total -= reader_rejected
+        result.inserted += inserted - bad
+        result.rejected += bad
+        result.duplicates += max(total - inserted, 0)
+
+    def _name_rejects(self, table: str, data: SqlSource, result: WriteResult) -> None:
+        """Messages for the first refused rows, naming their file (a second read, rare)."""
+        keys = KEYS[table] or TABLES[table].names[:2]
+        label = " || ', ' || ".join(
+            f"'{k}=' || coalesce(CAST({k} AS VARCHAR), 'null')" for k in keys
+        )
+        rows = self._con.execute(
+            f"SELECT _source, {label}, reason FROM (SELECT *, {data.reject} AS reason "
+            f"FROM ({data.sql})) WHERE reason IS NOT NULL LIMIT {MAX_REJECT_MESSAGES}"
+        ).fetchall()
+        result.rejects.extend(Reject(str(s), r, why) for s, r, why in rows)
+
+    def _collect_reader_rejects(self, result: WriteResult) -> int:
         """Lines DuckDB's CSV reader refused (wrong column count, bad UTF-8, bad numbers)."""
         try:
             rows = self._con.execute(
@@ -154,7 +177,7 @@ class DuckDBStore:
                 "FROM reject_errors e JOIN reject_scans s USING (scan_id, file_id) ORDER BY 1, 2"
             ).fetchall()
         except duckdb.CatalogException:
-            return
+            return 0
         lines = {(path, line) for path, line, *_ in rows}
         result.rejected += len(lines)
         seen: set[tuple[str, int]] = set()
@@ -167,6 +190,7 @@ class DuckDBStore:
                 result.rejects.append(Reject(path, where, str(message).splitlines()[0]))
         self._con.execute("DROP TABLE IF EXISTS reject_errors")
         self._con.execute("DROP TABLE IF EXISTS reject_scans")
+        return len(lines)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -174,8 +198,9 @@ class DuckDBStore:
         return self._con.sql(sql, params=params or None).to_arrow_table()
 
     @staticmethod
-    def _window(column: str, window: TimeRange, params: list[object]) -> str:
+    def _window(column: str, window: TimeRange | None, params: list[object]) -> str:
         where = []
+        window = window or TimeRange()
         if window.start_ns is not None:
             where.append(f"{column} >= ?")
             params.append(window.start_ns)
@@ -184,7 +209,7 @@ class DuckDBStore:
             params.append(window.end_ns)
         return " AND ".join(where) or "TRUE"
 
-    def spans(self, window: TimeRange = TimeRange(), services: list[str] | None = None) -> pa.Table:
+    def spans(self, window: TimeRange | None = None, services: list[str] | None = None) -> pa.Table:
         """Spans that start in the window, optionally of some services only."""
         params: list[object] = []
         where = self._window("start_ns", window, params)
@@ -200,7 +225,7 @@ class DuckDBStore:
             [trace_ids],
         )
 
-    def metrics(self, window: TimeRange = TimeRange(), names: list[str] | None = None) -> pa.Table:
+    def metrics(self, window: TimeRange | None = None, names: list[str] | None = None) -> pa.Table:
         """Metric points in the window, optionally of some metric names only."""
         params: list[object] = []
         where = self._window("time_ns", window, params)
@@ -217,7 +242,10 @@ class DuckDBStore:
 
     def services(self) -> list[str]:
         """Names of the services that have spans, sorted."""
-        return [r[0] for r in self._con.execute("SELECT DISTINCT service FROM spans ORDER BY 1").fetchall()]
+        return [
+            r[0]
+            for r in self._con.execute("SELECT DISTINCT service FROM spans ORDER BY 1").fetchall()
+        ]
 
     def stats(self) -> Stats:
         """Counts over the whole store."""
@@ -226,7 +254,9 @@ class DuckDBStore:
             "SELECT count(*), count(DISTINCT trace_id), count(DISTINCT instance), min(start_ns), "
             "max(start_ns + duration_ns) FROM spans"
         ).fetchone()
-        mlo, mhi, metrics = con.execute("SELECT min(time_ns), max(time_ns), count(*) FROM metrics").fetchone()
+        mlo, mhi, metrics = con.execute(
+            "SELECT min(time_ns), max(time_ns), count(*) FROM metrics"
+        ).fetchone()
         logs = con.execute("SELECT count(*) FROM logs").fetchone()[0]
         faults = con.execute("SELECT count(*) FROM faults").fetchone()[0]
         lows = [v for v in (lo, mlo) if v is not None]
@@ -270,7 +300,9 @@ class DuckDBStore:
             target = out_dir / name
             counts[name] = self._con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
             if target.exists() and any(target.iterdir()):
-                raise StoreError(f"{target}: folder exists and is not empty; choose another --parquet DIR")
+                raise StoreError(
+                    f"{target}: folder exists and is not empty; choose another --parquet DIR"
+                )
             target.mkdir(parents=True, exist_ok=True)
             column = _TIME_COLUMNS.get(name)
             if column:
@@ -289,10 +321,8 @@ class DuckDBStore:
 
     def close(self) -> None:
         """Checkpoint and close the file."""
-        try:
+        with contextlib.suppress(duckdb.Error):  # read-only stores cannot checkpoint
             self._con.execute("CHECKPOINT")
-        except duckdb.Error:
-            pass
         self._con.close()
 
     def __enter__(self) -> DuckDBStore:
