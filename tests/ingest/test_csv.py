@@ -239,3 +239,12 @@ def test_nezha_labels_become_faults(tmp_path: Path) -> None:
     assert fault["service"] == "ts-contacts-service" and fault["kind"] == "network_delay"
     assert fault["end_ns"] - fault["start_ns"] == 120 * 10**9
     assert pipeline.ingest([f], store).faults == 0  # idempotent
+
+
+def test_a_good_row_never_loses_to_a_bad_twin(tmp_path: Path) -> None:
+    good = row(T1, "abcdefabcdefabcd", "root", "ts-a-service-5dc8d4f9fd-llznp", "op", 10**18, 5)
+    twin = row(T1, "abcdefabcdefabcd", "root", "ts-a-service-5dc8d4f9fd-llznp", "op", 10**18, -5)
+    for order in ([twin, good], [good, twin]):
+        report, store = ingest([write(tmp_path / "t.csv", NEZHA_HEADER + "".join(order))])
+        assert (report.spans, report.rejected) == (1, 1)
+        assert store.spans().column("duration_ns").to_pylist() == [5000]

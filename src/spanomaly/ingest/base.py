@@ -12,6 +12,7 @@ chunk is written in one transaction, so a bad chunk never changes what the store
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,7 +44,11 @@ class SqlSource:
 
     sql: str
     reject: str = "NULL"  # SQL over the table's columns: why a row is refused, or NULL
-    rows: int | None = None  # rows the SELECT yields, if the decoder counted them cheaply
+    # a boolean over the table's columns, true for rows `reject` would keep, where rows of
+    # one key can differ (so a good row never loses to a bad twin when duplicates are dropped)
+    tiebreak: str | None = None
+    # rows the SELECT yields, if the decoder counts them (a future: counted while DuckDB reads)
+    rows: int | Future[int | None] | None = None
     reader_rejects: bool = False  # CSV lines refused by DuckDB's reader sit in reject_errors
 
 

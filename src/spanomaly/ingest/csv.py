@@ -19,7 +19,7 @@ from pathlib import Path
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
 from spanomaly.ingest.files import head, read_all
-from spanomaly.ingest.validate import SPAN_REJECT_SQL
+from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_TIEBREAK_SQL
 from spanomaly.schema import KIND_VALUES, SPANS
 
 UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -223,6 +223,7 @@ def decode_files(
         for f in group:
             check_columns(f, list(columns), mapping)
         sql = span_select(group, mapping, opts)
-        yield Chunk(
-            "spans", SqlSource(sql, SPAN_REJECT_SQL, count_rows(group), reader_rejects=True)
+        source = SqlSource(
+            sql, SPAN_REJECT_SQL, SPAN_TIEBREAK_SQL, count_rows(group), reader_rejects=True
         )
+        yield Chunk("spans", source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 import logging
 import re
 from pathlib import Path
@@ -101,13 +102,13 @@ class DuckDBStore:
             raise
         return result
 
-    def _insert_sql(self, table: str, source: str, reject: str | None = None) -> str:
+    def _insert_sql(self, table: str, source: str, tiebreak: str | None = None) -> str:
         cols = ", ".join(f'"{c}"' for c in TABLES[table].names)
         keys = list(KEYS[table])
         if not keys:
             return f"INSERT INTO {table} SELECT {cols} FROM {source}"
-        if reject:  # a bad row must not shadow a good one with the same key
-            keys.append(f"({reject}) IS NULL")
+        if tiebreak:  # a bad row must not shadow a good one with the same key
+            keys.append(f"({tiebreak})")
         distinct = f"SELECT DISTINCT ON ({', '.join(keys)}) {cols} FROM {source}"
         if self._is_empty(table):
             return f"INSERT INTO {table} {distinct}"
@@ -139,7 +140,9 @@ class DuckDBStore:
         """
         con = self._con
         base = con.execute(f"SELECT coalesce(max(rowid) + 1, 0) FROM {table}").fetchone()[0]
-        inserted = con.execute(self._insert_sql(table, f"({data.sql})", data.reject)).fetchone()[0]
+        inserted = con.execute(self._insert_sql(table, f"({data.sql})", data.tiebreak)).fetchone()[
+            0
+        ]
         reader_rejected = self._collect_reader_rejects(result) if data.reader_rejects else 0
         bad = 0
         if data.reject != "NULL":
@@ -148,7 +151,7 @@ class DuckDBStore:
             if bad:
                 self._name_rejects(table, data, result)
                 con.execute(f"DELETE {new}")
-        total = data.rows
+        total = data.rows.result() if isinstance(data.rows, Future) else data.rows
         if total is None:
             total = con.execute(f"SELECT count(*) FROM ({data.sql})").fetchone()[0]
         else:
