@@ -11,7 +11,12 @@ fi
 mkdir -p demo-data
 if [ ! -d demo-data/trainticket-2023-01-30 ]; then
   echo "unpacking $archive"
-  tar --zstd -xf "$archive" -C demo-data
+  .venv/bin/python - "$archive" demo-data <<'PY'
+import sys, tarfile, zstandard
+with open(sys.argv[1], "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as s, \
+        tarfile.open(fileobj=s, mode="r|") as tar:
+    tar.extractall(sys.argv[2], filter="data")
+PY
 fi
 rm -f "$db" "$db.wal"
 .venv/bin/spanomaly ingest demo-data/trainticket-2023-01-30 --db "$db"
