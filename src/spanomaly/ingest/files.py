@@ -94,8 +94,8 @@ def head(path: Path, size: int = _SNIFF_BYTES) -> bytes:
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, raw line) of a text file, decompressed; empty lines skipped."""
     try:
-        with open_binary(path) as raw:
-            for no, line in enumerate(io.BufferedReader(raw), start=1):  # type: ignore[arg-type]
+        with open_binary(path) as raw, io.BufferedReader(raw) as reader:  # type: ignore[arg-type]
+            for no, line in enumerate(reader, start=1):
                 if line.strip():
                     yield no, line
     except (EOFError, OSError) as exc:

@@ -10,31 +10,29 @@ import pyarrow.compute as pc
 from spanomaly.ingest.base import Reject
 from spanomaly.schema import SPANS
 
-_HEX32 = "^[0-9a-f]{32}$"
-_HEX16 = "^[0-9a-f]{16}$"
 _ZERO32 = "0" * 32
 _ZERO16 = "0" * 16
 MAX_REJECT_MESSAGES = 20
+
+
+def _not_hex(column: pa.ChunkedArray, length: int) -> pa.ChunkedArray:
+    # a length test and one search for a non-hex character: far cheaper than a full match
+    wrong = pc.or_(
+        pc.not_equal(pc.utf8_length(column), length),
+        pc.match_substring_regex(column, "[^0-9a-f]"),
+    )
+    return wrong
 
 
 def span_problems(table: pa.Table) -> pa.Array:
     """Per row: null when the span is valid, else the first problem found, as text."""
     trace, span, parent = table["trace_id"], table["span_id"], table["parent_id"]
     checks: list[tuple[pa.Array, str]] = [
-        (
-            pc.invert(pc.fill_null(pc.match_substring_regex(trace, _HEX32), False)),
-            "trace_id must be 32 hex characters",
-        ),
+        (pc.fill_null(_not_hex(trace, 32), True), "trace_id must be 32 hex characters"),
         (pc.fill_null(pc.equal(trace, _ZERO32), False), "trace_id is all zeros"),
-        (
-            pc.invert(pc.fill_null(pc.match_substring_regex(span, _HEX16), False)),
-            "span_id must be 16 hex characters",
-        ),
+        (pc.fill_null(_not_hex(span, 16), True), "span_id must be 16 hex characters"),
         (pc.fill_null(pc.equal(span, _ZERO16), False), "span_id is all zeros"),
-        (
-            pc.fill_null(pc.invert(pc.match_substring_regex(parent, _HEX16)), False),
-            "parent_id must be 16 hex characters",
-        ),
+        (pc.fill_null(_not_hex(parent, 16), False), "parent_id must be 16 hex characters"),
         (pc.is_null(table["start_ns"]), "start time is missing"),
         (pc.fill_null(pc.less(table["duration_ns"], 0), True), "duration is negative or missing"),
         (pc.is_null(table["service"]), "service is missing"),
