@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+
+from bench_otlp import _peak_rss_mb, generate  # noqa: E402
 
 
 def _child(kind: str, arg: str, db: str) -> None:
@@ -65,7 +66,7 @@ def _child(kind: str, arg: str, db: str) -> None:
     else:
         raise SystemExit(f"unknown measurement {kind}")
     seconds = time.perf_counter() - t0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = _peak_rss_mb()
     sys.stdout.write(json.dumps({"rows": rows, "seconds": seconds, "rss_mb": rss_mb}) + "\n")
 
 
@@ -118,10 +119,8 @@ def main() -> None:
         else:
             results["csv"] = f"skipped: {archive} not found"
         if not args.skip_otlp:
-            from bench_otlp import write_request_file
-
             pb = Path(tmp) / "spans.pb"
-            write_request_file(pb, args.otlp_spans)
+            generate(pb, args.otlp_spans)
             bare = measure("otlp-bare", str(pb), args.repeat)
             ours = measure("otlp-spanomaly", str(pb), args.repeat)
             results["otlp"] = {

@@ -33,3 +33,19 @@ def trainticket(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("tt")
     unpack_zst_tar(TT_ARCHIVE, dest)
     return dest / "trainticket-2023-01-30"
+
+
+@pytest.fixture(scope="session")
+def trainticket_store(trainticket: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DuckDB store with the whole TrainTicket folder ingested, built once per session.
+
+    Open it read-only (`DuckDBStore(path, read_only=True)`): tests share it.
+    """
+    from spanomaly import pipeline
+    from spanomaly.store.duckdb import DuckDBStore
+
+    path = tmp_path_factory.mktemp("tt-store") / "tt.duckdb"
+    with DuckDBStore(path) as store:
+        report = pipeline.ingest([trainticket], store)
+    assert report.rejected == 0, report.errors
+    return path

@@ -7,14 +7,13 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from spanomaly import __version__
-from spanomaly.config import DEFAULT_FAULT_DURATION_S, db_path
+from spanomaly.config import DEFAULT_FAULT_DURATION_S, DEFAULT_MODEL_DIR, db_path
 from spanomaly.errors import InputError, SpanomalyError
 
 app = typer.Typer(
@@ -49,10 +48,6 @@ def _errors() -> Iterator[None]:
         _fail("interrupted", 1)
     except OSError as exc:
         _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 1)
-
-
-def _iso(ns: int | None) -> str | None:
-    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
 
 
 def _emit(doc: object, as_json: bool, human: Callable[[], None]) -> None:
@@ -172,17 +167,7 @@ def stats(db: DbOpt = None, as_json: JsonOpt = False) -> None:
             s = store.stats()
         finally:
             store.close()
-        doc = {
-            "spans": s.spans,
-            "traces": s.traces,
-            "services": s.services,
-            "instances": s.instances,
-            "metrics": s.metrics,
-            "logs": s.logs,
-            "faults": s.faults,
-            "from": _iso(s.start_ns),
-            "to": _iso(s.end_ns),
-        }
+        doc = s.to_json()
 
         def human() -> None:
             for key, value in doc.items():
@@ -214,6 +199,316 @@ def export(
                 f"wrote {', '.join(f'{n} {t}' for t, n in counts.items())} to {parquet}"
             ),
         )
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2}
+_SIZE_UNITS |= {"mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str, option: str) -> int:
+    """A byte size such as 16777216, 16MiB, 16M or 512k, as an int."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise InputError(
+            f"{option}: {text!r} is not a size (bytes, or with k, M, G, KiB, MiB, GiB)"
+        )
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise InputError(f"{option}: must be positive")
+    return size
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="address to listen on; loopback unless told otherwise")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 4318,
+    db: DbOpt = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SPANOMALY_TOKEN",
+            help="require 'Authorization: Bearer TOKEN' on every route (or $SPANOMALY_TOKEN)",
+            show_default=False,
+        ),
+    ] = None,
+    max_body: Annotated[
+        str, typer.Option(help="largest request body as sent; 4x that once decompressed")
+    ] = "16MiB",
+    trace_idle: Annotated[
+        float,
+        typer.Option(help="seconds without a new span after the root ends: trace complete"),
+    ] = 5.0,
+) -> None:
+    """OTLP/HTTP collector (/v1/traces, /v1/metrics) and JSON API (/api/health, /api/stats)."""
+    with _errors():
+        if not 0 <= port <= 65535:
+            raise InputError(f"--port: {port} is not a port number")
+        if trace_idle <= 0:
+            raise InputError("--trace-idle: must be positive")
+        if token is not None and not token.strip():
+            raise InputError("--token: must not be empty")
+        from spanomaly.serve.app import ServeSettings
+        from spanomaly.serve.app import serve as run_server
+
+        settings = ServeSettings(
+            db=db_path(db),
+            host=host,
+            port=port,
+            token=token,
+            max_body=parse_size(max_body, "--max-body"),
+            trace_idle_s=trace_idle,
+        )
+
+        def ready(url: str) -> None:
+            auth = ", bearer token required" if token else ""
+            typer.echo(
+                f"spanomaly: serving on {url} (store {settings.db}{auth}); "
+                f"send OTLP/HTTP to {url}/v1/traces and {url}/v1/metrics",
+                err=True,
+            )
+
+        run_server(settings, on_ready=ready)
+
+
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", help="model directory (config.json, safetensors, vocabulary)"),
+]
+FromOpt = Annotated[
+    str | None, typer.Option("--from", help="start: ISO-8601 or unix seconds (default: all)")
+]
+ToOpt = Annotated[str | None, typer.Option("--to", help="end, exclusive: ISO-8601 or unix seconds")]
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_time(text: str | None, option: str) -> int | None:
+    """ISO-8601 (UTC unless it says otherwise) or unix seconds, as ns since the epoch."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        return round(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{option}: {text!r} is not ISO-8601 or unix seconds") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return round(when.timestamp() * 1e6) * 1000
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds of a duration such as 3600, 90m, 6h or 1d."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise InputError(f"{option}: {text!r} is not a duration (seconds, or with s, m, h, d)")
+    seconds = float(match.group(1)) * _DURATION_UNITS.get(match.group(2) or "s", 1.0)
+    if seconds <= 0:
+        raise InputError(f"{option}: must be positive")
+    return seconds
+
+
+def _none(name: str) -> str | None:
+    return None if name.lower() == "none" else name
+
+
+@app.command()
+def train(
+    db: DbOpt = None,
+    model: ModelOpt = DEFAULT_MODEL_DIR,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="FROM/TO window to leave out (repeatable)"),
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(help="train on the last DURATION before --to (or the last span): 6h, 1d"),
+    ] = None,
+    sequence: Annotated[str, typer.Option(help="sequence detector: lstm|ngram|none")] = "lstm",
+    duration: Annotated[
+        str, typer.Option(help="duration detector: robust|lstm-duration|none")
+    ] = "robust",
+    order: Annotated[str, typer.Option(help="event order in a trace: start|tree")] = "start",
+    key_fields: Annotated[
+        str | None,
+        typer.Option(
+            help="event key fields, comma-separated (default: "
+            "parent_service,service,operation,callee,status_class)"
+        ),
+    ] = None,
+    target_fpr: Annotated[
+        float, typer.Option(help="false-positive rate the thresholds aim at (validation)")
+    ] = 1e-3,
+    epochs: Annotated[int | None, typer.Option(help="training epochs of the LSTMs")] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(help="also flag an event whose key is outside the k likeliest (DeepLog's g)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random state of splits and training")] = 0,
+    include_flagged: Annotated[
+        bool, typer.Option(help="also train on traces with findings not marked normal")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the trace models on a normal period (minus --exclude windows) into --model."""
+    from spanomaly import pipeline
+    from spanomaly.features.traces import KEY_FIELDS
+
+    with _errors():
+        windows = []
+        for item in exclude or []:
+            if "/" not in item:
+                raise InputError(f"--exclude: {item!r} is not FROM/TO")
+            lo, hi = item.split("/", 1)
+            lo_ns, hi_ns = parse_time(lo, "--exclude"), parse_time(hi, "--exclude")
+            assert lo_ns is not None and hi_ns is not None
+            if lo_ns >= hi_ns:
+                raise InputError(f"--exclude: {item!r} ends before it starts")
+            windows.append((lo_ns, hi_ns))
+        fields = None
+        if key_fields:
+            fields = tuple(f.strip() for f in key_fields.split(",") if f.strip())
+            bad = [f for f in fields if f not in KEY_FIELDS]
+            if bad or not fields:
+                raise InputError(
+                    f"--key-fields: {', '.join(bad) or 'none given'}; fields: {', '.join(KEY_FIELDS)}"
+                )
+        if order not in ("start", "tree"):
+            raise InputError(f"--order: {order!r} is not one of start, tree")
+        if not 0 < target_fpr < 1:
+            raise InputError("--target-fpr: must be between 0 and 1")
+        if epochs is not None and epochs < 1:
+            raise InputError("--epochs: must be at least 1")
+        if top_k is not None and top_k < 1:
+            raise InputError("--top-k: must be at least 1")
+        seq, dur = _none(sequence), _none(duration)
+        seq_params: dict[str, object] = {"epochs": epochs} if epochs and seq == "lstm" else {}
+        if top_k is not None:
+            seq_params["top_k"] = top_k
+        options = pipeline.TrainOptions(
+            sequence=seq,
+            duration=dur,
+            sequence_params=seq_params,
+            duration_params={"epochs": epochs} if epochs and dur == "lstm-duration" else {},
+            key_fields=fields,
+            order=order,
+            target_fpr=target_fpr,
+            random_state=seed,
+            exclude_flagged=not include_flagged,
+        )
+        store = pipeline.open_store(db_path(db), read_only=True)
+        try:
+            doc = pipeline.train(
+                store,
+                Path(model),
+                parse_time(from_, "--from"),
+                parse_time(to, "--to"),
+                windows,
+                parse_duration(window, "--window") if window else None,
+                options,
+            )
+        finally:
+            store.close()
+
+        def human() -> None:
+            dets = doc["detectors"]
+            assert isinstance(dets, dict)
+            names = " + ".join(d["name"] for d in dets.values())
+            typer.echo(
+                f"trained {names} on {doc['traces']} traces, {doc['events']} events, "
+                f"{doc['keys']} event keys ({doc['from']} to {doc['to']}) into {doc['model']}"
+            )
+            for role, d in dets.items():
+                typer.echo(
+                    f"  {role:8} {d['name']:14} threshold {d['threshold']:.4g}, validation "
+                    f"FPR {100 * d['validation_fpr']:.2f} %, {d['fit_seconds']:.1f} s"
+                )
+
+        _emit(doc, as_json, human)
+
+
+@app.command()
+def detect(
+    db: DbOpt = None,
+    model: ModelOpt = DEFAULT_MODEL_DIR,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    engine: Annotated[str, typer.Option(help="local|dask")] = "local",
+    scheduler: Annotated[
+        str | None, typer.Option(help="dask scheduler ADDR or local:N (engine dask)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the traces of a period with --model and store a finding per anomalous trace."""
+    from spanomaly import pipeline
+
+    with _errors():
+        if engine not in ("local", "dask"):
+            raise InputError(f"--engine: {engine!r} is not one of local, dask")
+        if scheduler is not None and engine != "dask":
+            raise InputError("--scheduler: only with --engine dask")
+        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
+        if lo is not None and hi is not None and lo >= hi:
+            raise InputError("--from must be before --to")
+        store = pipeline.open_store(db_path(db))
+        try:
+            doc = pipeline.detect(store, Path(model), lo, hi, engine)
+        finally:
+            store.close()
+        _emit(
+            doc,
+            as_json,
+            lambda: typer.echo(
+                f"scored {doc['traces_scored']} traces: {doc['anomalous_traces']} anomalous, "
+                f"{doc['alarms']} alarms; findings stored in {db_path(db)}"
+            ),
+        )
+
+
+@app.command()
+def feedback(
+    finding: Annotated[str, typer.Option("--finding", help="id of the finding")],
+    normal: Annotated[
+        bool, typer.Option("--normal", help="the finding is a false positive: learn from it")
+    ] = False,
+    db: DbOpt = None,
+    model: ModelOpt = DEFAULT_MODEL_DIR,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark a finding as normal (a false positive) and update the model with its trace."""
+    from spanomaly import pipeline
+
+    with _errors():
+        if not normal:
+            raise InputError("feedback: say what the finding is: --normal (a false positive)")
+        store = pipeline.open_store(db_path(db))
+        try:
+            doc = pipeline.feedback(store, Path(model), finding, normal=True)
+        finally:
+            store.close()
+
+        def human() -> None:
+            text = f"finding {finding} marked normal"
+            if doc.get("model_updated"):
+                text += (
+                    f"; model {model} updated ({doc['new_keys']} new event keys, trace flagged "
+                    f"{'still' if doc['flagged_after'] else 'no longer'})"
+                )
+            typer.echo(text)
+
+        _emit(doc, as_json, human)
 
 
 def main() -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
 
 from spanomaly.errors import FormatError, InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
@@ -14,6 +19,9 @@ from spanomaly.ingest import metrics as csv_metrics
 from spanomaly.ingest.base import Chunk, DecodeOptions
 from spanomaly.ingest.files import FORMATS, expand, sniff
 from spanomaly.store.base import Store, WriteResult
+
+if TYPE_CHECKING:
+    from spanomaly.features.traces import FeatureConfig
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +184,47 @@ def _groups(paths: list[Path]) -> Iterator[list[Path]]:
         yield group
 
 
+def _prefetch(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
+    """Decode the next chunks in a thread while the store writes this one.
+
+    Decoders spend their time in numpy, Arrow and protobuf code and the store in DuckDB, all
+    of which release the GIL, so on two cores decoding and storing overlap. At most `depth`
+    chunks wait, which bounds memory.
+    """
+    box: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        box.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put(exc)
+
+    thread = threading.Thread(target=work, name="spanomaly-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _run(unit: _Unit, store: Store, report: IngestReport, options: DecodeOptions) -> None:
     try:
-        for chunk in unit.decode():
+        for chunk in _prefetch(unit.decode()):
             report.add(chunk.table, store.write(chunk))
     except SpanomalyError as exc:
         if unit.csv_kind and len(unit.files) > 1:
@@ -231,3 +277,765 @@ def open_store(path: str | Path, read_only: bool = False) -> Store:
     from spanomaly.store.duckdb import DuckDBStore
 
     return DuckDBStore(path, read_only=read_only)
+
+
+# -- collective anomalies: train / detect / feedback ------------------------------------------
+
+# spans are read and scored in chunks of this many seconds of trace start times
+DETECT_CHUNK_S = 3600.0
+_SPAN_FEATURE_COLUMNS = (
+    "trace_id, span_id, parent_id, service, instance, operation, kind, start_ns, duration_ns, "
+    "status, http_method, http_route, http_status_code, http_url, peer_service"
+)
+
+
+def _trace_filter(
+    start_ns: int | None,
+    end_ns: int | None,
+    exclude: Iterable[tuple[int, int]] = (),
+    exclude_flagged: bool = False,
+) -> tuple[str, list[object]]:
+    """SQL selecting the ids of traces whose first span starts in the period."""
+    having, params = [], []
+    if start_ns is not None:
+        having.append("min(start_ns) >= ?")
+        params.append(start_ns)
+    if end_ns is not None:
+        having.append("min(start_ns) < ?")
+        params.append(end_ns)
+    for lo, hi in exclude:
+        having.append("NOT (min(start_ns) >= ? AND min(start_ns) < ?)")
+        params.extend([lo, hi])
+    sql = f"SELECT trace_id FROM spans GROUP BY trace_id HAVING {' AND '.join(having) or 'TRUE'}"
+    if exclude_flagged:
+        sql += (
+            " EXCEPT SELECT trace_id FROM findings WHERE entity = 'trace' "
+            "AND trace_id IS NOT NULL AND feedback IS DISTINCT FROM 'normal'"
+        )
+    return sql, params
+
+
+def trace_events(
+    store: Store,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    exclude: Iterable[tuple[int, int]] = (),
+    exclude_flagged: bool = False,
+    config: FeatureConfig | None = None,
+) -> pa.Table:
+    """The events (`features.traces.events`) of the traces starting in the period."""
+    from spanomaly.features import traces as trace_features
+
+    ids_sql, params = _trace_filter(start_ns, end_ns, exclude, exclude_flagged)
+    lower = "s.start_ns >= ? AND " if start_ns is not None else ""
+    spans = store.sql(
+        f"SELECT {_SPAN_FEATURE_COLUMNS} FROM spans s WHERE {lower}s.trace_id IN ({ids_sql})",
+        ([start_ns] if start_ns is not None else []) + params,
+    )
+    return trace_features.events(spans, config)
+
+
+def _span_range(store: Store) -> tuple[int | None, int | None]:
+    row = store.sql("SELECT min(start_ns) AS lo, max(start_ns) AS hi FROM spans").to_pylist()[0]
+    return row["lo"], row["hi"]
+
+
+@dataclass
+class TrainOptions:
+    """What `spanomaly train` fits: detectors, their parameters, the event keys."""
+
+    sequence: str | None = "lstm"
+    duration: str | None = "robust"
+    sequence_params: dict[str, object] = field(default_factory=dict)
+    duration_params: dict[str, object] = field(default_factory=dict)
+    key_fields: tuple[str, ...] | None = None
+    order: str = "start"
+    target_fpr: float = 1e-3
+    random_state: int = 0
+    exclude_flagged: bool = True  # traces with unresolved findings are not normal data
+
+
+def train(
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    exclude: Iterable[tuple[int, int]] = (),
+    window_s: float | None = None,
+    options: TrainOptions | None = None,
+) -> dict[str, object]:
+    """Fit the trace model on the normal period and write it to model_dir.
+
+    With window_s the period is the last window_s seconds before end_ns (default: the last
+    span): retraining on a sliding window of recent normal data.
+    """
+    from spanomaly.detect.model import TraceModel, iso
+    from spanomaly.features.traces import DEFAULT_KEY_FIELDS, FeatureConfig
+
+    options = options or TrainOptions()
+    exclude = list(exclude)
+    if window_s is not None:
+        if window_s <= 0:
+            raise InputError("--window: must be positive")
+        if end_ns is None:
+            hi = _span_range(store)[1]
+            end_ns = None if hi is None else hi + 1
+        if end_ns is not None:
+            start_ns = max(start_ns or 0, end_ns - int(window_s * 1e9))
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+        raise InputError("--from must be before --to")
+    config = FeatureConfig(
+        key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS), order=options.order
+    )
+    events = trace_events(store, start_ns, end_ns, exclude, options.exclude_flagged, config)
+    model = TraceModel(
+        features=config,
+        sequence=options.sequence,
+        duration=options.duration,
+        sequence_params=dict(options.sequence_params),
+        duration_params=dict(options.duration_params),
+        target_fpr=options.target_fpr,
+        random_state=options.random_state,
+    )
+    period = {
+        "period_from_ns": start_ns,
+        "period_to_ns": end_ns,
+        "period_from": iso(start_ns),
+        "period_to": iso(end_ns),
+        "excluded": [[iso(lo), iso(hi)] for lo, hi in exclude],
+        "window_s": window_s,
+    }
+    model.fit(events, period)
+    model.save(model_dir)
+    return {
+        "model": str(model_dir),
+        "from": iso(model.trained_on_["from_ns"]),
+        "to": iso(model.trained_on_["to_ns"]),
+        "traces": model.trained_on_["traces"],
+        "events": model.trained_on_["events"],
+        "keys": model.trained_on_["keys"],
+        "detectors": {
+            role: {
+                "name": det.name,
+                "threshold": det.threshold_,
+                "validation_fpr": det.validation_fpr_,
+                "fit_seconds": model.trained_on_["fit_seconds"].get(role),
+            }
+            for role, det in model.detectors_.items()
+        },
+    }
+
+
+def detect(
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    engine: str = "local",
+    progress: Progress | None = None,
+) -> dict[str, object]:
+    """Score the traces starting in the period, store a finding per anomalous trace."""
+    from spanomaly.detect.model import TraceModel
+    from spanomaly.evaluate.metrics import alarms
+
+    if engine != "local":
+        raise InputError(f"--engine: {engine!r} is not available yet (only local)")
+    model = TraceModel.load(model_dir)
+    lo, hi = _span_range(store)
+    if lo is None or hi is None:
+        return _detect_doc(0, 0, 0)
+    start = max(start_ns, lo) if start_ns is not None else lo
+    end = min(end_ns, hi + 1) if end_ns is not None else hi + 1
+    chunk = int(DETECT_CHUNK_S * 1e9)
+    scored = anomalous = 0
+    found = []
+    t = start
+    while t < end:
+        if progress:
+            progress(t - start, max(end - start, 1), "traces")
+        events = trace_events(store, t, min(t + chunk, end), config=model.feature_config)
+        t += chunk
+        if events.num_rows == 0:
+            continue
+        result = model.detect(events)
+        scored += len(result.trace_ids)
+        anomalous += int(result.anomalous.sum())
+        if result.findings.num_rows:
+            # findings are written like an ingest chunk (Chunk's table names the ingest ones)
+            store.write(Chunk("findings", result.findings))  # type: ignore[arg-type]
+            found.append(result.findings)
+    if progress:
+        progress(1, 1, "done")
+    n_alarms = alarms(pa.concat_tables(found)).num_rows if found else 0
+    return _detect_doc(scored, anomalous, n_alarms)
+
+
+def _detect_doc(traces: int, anomalous: int, n_alarms: int) -> dict[str, object]:
+    return {
+        "traces_scored": traces,
+        "anomalous_traces": anomalous,
+        "instances_scored": 0,
+        "anomalous_windows": 0,
+        "alarms": n_alarms,
+    }
+
+
+def feedback(
+    store: Store, model_dir: str | Path, finding: str, normal: bool = True
+) -> dict[str, object]:
+    """Mark a finding as a false positive and update the model with its trace."""
+    from spanomaly.detect.model import TraceModel
+
+    if not normal:
+        raise InputError("feedback: only --normal (a false positive) is supported")
+    rows = store.sql(
+        "SELECT finding_id, trace_id, entity FROM findings WHERE finding_id = ?", [finding]
+    ).to_pylist()
+    if not rows:
+        raise InputError(f"--finding: no finding {finding!r} in the store")
+    trace_id = rows[0]["trace_id"]
+    doc: dict[str, object] = {"finding": finding, "feedback": "normal", "model_updated": False}
+    if trace_id:
+        model = TraceModel.load(model_dir)
+        spans = store.traces([trace_id])
+        from spanomaly.features.traces import events as trace_events_of
+
+        update = model.update(trace_events_of(spans, model.feature_config))
+        model.save(model_dir)
+        doc.update(model_updated=True, trace_id=trace_id, **update)
+    store.set_feedback([finding], "normal")
+    return doc
+
+
+# == point anomalies and root cause (issue 6) ==================================================
+# Instance windows are scored by point detectors trained on the normal period (a model in
+# <model>/point/); their findings and the trace findings are ranked into suspects by
+# `rca`, and `evaluate` measures detection and ranking against the fault labels (the only
+# place that reads them).
+
+POINT_DIR = "point"
+POINT_FORMAT = "spanomaly-point-model"
+POINT_SOURCES = ("traces", "metrics")
+_POINT_CHUNK_S = 3600.0
+_TOP_FEATURES = 3
+
+
+@dataclass
+class PointOptions:
+    """What `train` fits for instance windows: the detector, the window, the normaliser."""
+
+    detector: str | None = "ecod"
+    params: dict[str, object] = field(default_factory=dict)
+    window_s: float = 60.0
+    recent: int = 10
+    target_fpr: float = 1e-3
+    random_state: int = 0
+
+
+def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> object:
+    where, params = ["instance IS NOT NULL"], []
+    if start_ns is not None:
+        where.append("time_ns >= ?")
+        params.append(start_ns)
+    if end_ns is not None:
+        where.append("time_ns < ?")
+        params.append(end_ns)
+    return store.sql(
+        "SELECT time_ns, service, instance, name, value FROM metrics WHERE "
+        + " AND ".join(where),
+        params,
+    )
+
+
+def _drop_windows(windows: object, exclude: list[tuple[int, int]], window_s: float) -> object:
+    import numpy as np
+
+    if not exclude or windows.n == 0:  # type: ignore[attr-defined]
+        return windows
+    t = windows.column("time_ns")  # type: ignore[attr-defined]
+    keep = np.ones(len(t), dtype=bool)
+    w = int(window_s * 1e9)
+    for lo, hi in exclude:
+        keep &= ~((t + w > lo) & (t < hi))
+    return windows.take(keep)  # type: ignore[attr-defined]
+
+
+def _instance_windows(
+    store: Store,
+    start_ns: int | None,
+    end_ns: int | None,
+    profile: object,
+    window_s: float,
+    exclude: list[tuple[int, int]] | None = None,
+) -> dict[str, object]:
+    """Raw instance windows of the period per source: 'traces' (RED) and 'metrics'."""
+    from spanomaly.features import windows as win
+
+    events = trace_events(store, start_ns, end_ns, exclude or [])
+    out: dict[str, object] = {}
+    out["traces"] = win.combine(win.span_windows(events, profile, window_s))  # type: ignore[arg-type]
+    metric_table = win.metric_windows(_metric_points(store, start_ns, end_ns), window_s)  # type: ignore[arg-type]
+    out["metrics"] = win.combine(metric_table)
+    out = {k: _drop_windows(v, exclude or [], window_s) for k, v in out.items()}
+    out["host_metrics"] = win.host_metrics(metric_table)
+    return out
+
+
+def train_points(
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    exclude: Iterable[tuple[int, int]] = (),
+    options: PointOptions | None = None,
+) -> dict[str, object]:
+    """Fit the self-time profile, the normalisers and a point detector per source on the
+    normal period; write them to <model_dir>/point/."""
+    import json
+
+    from spanomaly.detect.point import POINT_REGISTRY
+    from spanomaly.detect.semisupervised import FisherDBSCAN  # noqa: F401  (registers)
+    from spanomaly.features import windows as win
+
+    options = options or PointOptions()
+    exclude = list(exclude)
+    if options.detector not in POINT_REGISTRY or options.detector in ("svm", "fisher-dbscan"):
+        unsupervised = sorted(set(POINT_REGISTRY) - {"svm", "fisher-dbscan"})
+        raise InputError(
+            f"--point: {options.detector!r} is not one of {', '.join(unsupervised)}, none"
+        )
+    if options.window_s <= 0:
+        raise InputError("--point-window: must be positive")
+    events = trace_events(store, start_ns, end_ns, exclude)
+    profile = win.SelfTimeProfile().fit(events)  # type: ignore[arg-type]
+    windows = _instance_windows(store, start_ns, end_ns, profile, options.window_s, exclude)
+    out = Path(model_dir) / POINT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, object] = {"detector": options.detector, "window_s": options.window_s}
+    config: dict[str, object] = {
+        "format": POINT_FORMAT,
+        "format_version": 1,
+        "detector": options.detector,
+        "params": options.params,
+        "window_s": options.window_s,
+        "target_fpr": options.target_fpr,
+        "sources": {},
+        "period_from_ns": start_ns,
+        "period_to_ns": end_ns,
+    }
+    (out / "profile.json").write_text(json.dumps(profile.to_json()))
+    host = list(windows["host_metrics"])  # type: ignore[arg-type]
+    config["host_metrics"] = host
+    doc["host_metrics"] = host
+    for source in POINT_SOURCES:
+        w = windows[source]
+        w = w.select([n for n in w.names if n not in host])  # type: ignore[attr-defined]
+        if w.n < 10 or not w.names:  # type: ignore[attr-defined]
+            doc[source] = None
+            continue
+        norm = win.Normalizer(recent=options.recent).fit(w)  # type: ignore[arg-type]
+        X = norm.transform(w)  # type: ignore[arg-type]
+        det = POINT_REGISTRY[options.detector](  # type: ignore[call-arg]
+            target_fpr=options.target_fpr,
+            random_state=options.random_state,
+            **options.params,
+        ).fit(X, groups=w.groups())  # type: ignore[attr-defined]
+        det.save(out, prefix=f"{source}-")
+        (out / f"{source}-normalizer.json").write_text(json.dumps(norm.to_json()))
+        config["sources"][source] = {"features": norm.feature_names()}  # type: ignore[index]
+        doc[source] = {
+            "windows": w.n,  # type: ignore[attr-defined]
+            "features": len(norm.feature_names()),
+            "threshold": det.threshold_,
+            "validation_fpr": det.validation_fpr_,
+        }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return doc
+
+
+@dataclass
+class _PointModel:
+    config: dict[str, object]
+    profile: object
+    sources: dict[str, tuple[object, object]]  # source -> (normalizer, detector)
+
+
+def load_points(model_dir: str | Path) -> _PointModel | None:
+    """The point model under model_dir, or None when there is none."""
+    import json
+
+    from spanomaly.detect.point import PointDetector
+    from spanomaly.errors import ModelError
+    from spanomaly.features import windows as win
+
+    path = Path(model_dir) / POINT_DIR
+    if not (path / "config.json").exists():
+        return None
+    try:
+        config = json.loads((path / "config.json").read_text())
+        profile = win.SelfTimeProfile.from_json(json.loads((path / "profile.json").read_text()))
+        sources = {}
+        for source in config["sources"]:
+            norm = win.Normalizer.from_json(
+                json.loads((path / f"{source}-normalizer.json").read_text())
+            )
+            sources[source] = (norm, PointDetector.load(path, prefix=f"{source}-"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: cannot read the point model: {exc}") from exc
+    return _PointModel(config, profile, sources)
+
+
+def _point_findings(
+    source: str, name: str, w: object, norm: object, det: object, keep: object
+) -> tuple[object, int, int]:
+    """Score windows; FINDINGS rows of the anomalous ones; (table, scored, anomalous)."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    from spanomaly.schema import FINDINGS
+
+    X = norm.transform(w)  # type: ignore[attr-defined]
+    groups = w.groups()  # type: ignore[attr-defined]
+    scores = det.score(X, groups)  # type: ignore[attr-defined]
+    idx = np.flatnonzero(np.asarray(keep))
+    flagged = idx[scores[idx] > det.threshold_]  # type: ignore[attr-defined]
+    if not len(flagged):
+        return FINDINGS.empty_table(), len(idx), 0
+    feats = norm.feature_names()  # type: ignore[attr-defined]
+    if hasattr(det, "tail_surprise"):
+        # RCA weighs what changed: the largest increase against the instance's recent past
+        changed = [j for j, f in enumerate(feats) if f.startswith("d.")] or list(range(len(feats)))
+        surprise = det.tail_surprise(X[flagged], changed)  # type: ignore[attr-defined]
+    else:
+        surprise = det.surprise_of(scores[flagged])  # type: ignore[attr-defined]
+    contrib = det.explain(X, groups)[flagged]  # type: ignore[attr-defined]
+    z = X[flagged]
+    t = w.column("time_ns")  # type: ignore[attr-defined]
+    svc = w.column("service")  # type: ignore[attr-defined]
+    inst = w.column("instance")  # type: ignore[attr-defined]
+    raw_names = list(w.names)  # type: ignore[attr-defined]
+    rows = []
+    for n, (r, s) in enumerate(zip(flagged.tolist(), surprise.tolist(), strict=True)):
+        order = np.argsort(-contrib[n])[:_TOP_FEATURES]
+        top = []
+        for j in order.tolist():
+            if contrib[n, j] <= 0:
+                continue
+            fname = feats[j]
+            base = fname.split(".", 1)[1]
+            col = raw_names.index(base) if base in raw_names else -1
+            value = float(w.X[r, col]) if col >= 0 else None  # type: ignore[attr-defined]
+            top.append(
+                {
+                    "feature": fname,
+                    "value": None if value is None or not np.isfinite(value) else round(value, 4),
+                    "z": round(float(z[n, j]), 3),
+                    "contribution": round(float(contrib[n, j]), 3),
+                }
+            )
+        what = ", ".join(
+            f"{f['feature'][2:]} {f['value']:.4g} ({'change ' if f['feature'][0] == 'd' else ''}"
+            f"z {f['z']:+.1f})"
+            for f in top
+            if f["value"] is not None
+        ) or "unusual combination of features"
+        op = w.operation[r] if len(w.operation) == w.n else None  # type: ignore[attr-defined]
+        reason = f"{inst[r]} ({source}): {what}"
+        if op:
+            reason += f"; most time lost in {op}"
+        key = f"instance:{name}:{source}:{inst[r]}:{int(t[r])}"
+        rows.append(
+            {
+                "finding_id": hashlib.sha1(key.encode()).hexdigest()[:16],
+                "time_ns": int(t[r]),
+                "detector": f"point:{name}:{source}",
+                "entity": "instance",
+                "trace_id": None,
+                "span_id": None,
+                "service": svc[r],
+                "instance": inst[r],
+                "operation": op,
+                "score": float(scores[r]),
+                "threshold": float(det.threshold_),  # type: ignore[attr-defined]
+                "reason": reason,
+                "details": json.dumps(
+                    {"source": source, "surprise": round(float(s), 4), "features": top}
+                ),
+                "feedback": None,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=FINDINGS), len(idx), len(flagged)
+
+
+def detect_points(
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+) -> dict[str, int] | None:
+    """Score the instance windows of the period with the point model, store a finding per
+    anomalous window (time: the window's start); None when model_dir has no point model."""
+    model = load_points(model_dir)
+    if model is None:
+        return None
+    window_s = float(model.config["window_s"])  # type: ignore[arg-type]
+    w_ns = int(window_s * 1e9)
+    row = store.sql(
+        "SELECT least((SELECT min(start_ns) FROM spans), (SELECT min(time_ns) FROM metrics "
+        "WHERE instance IS NOT NULL)) AS lo, greatest((SELECT max(start_ns) FROM spans), "
+        "(SELECT max(time_ns) FROM metrics WHERE instance IS NOT NULL)) AS hi"
+    ).to_pylist()[0]
+    if row["lo"] is None:
+        return {"instances_scored": 0, "anomalous_windows": 0}
+    start = max(start_ns, row["lo"]) if start_ns is not None else row["lo"]
+    end = min(end_ns, row["hi"] + 1) if end_ns is not None else row["hi"] + 1
+    start = (start // w_ns) * w_ns
+    recent = max((int(norm.recent) for norm, _ in model.sources.values()), default=0)  # type: ignore[attr-defined]
+    chunk = max(int(_POINT_CHUNK_S * 1e9) // w_ns, 1) * w_ns
+    scored = anomalous = 0
+    t = start
+    while t < end:
+        hi = min(t + chunk, end)
+        lookback = t - recent * w_ns
+        windows = _instance_windows(store, lookback, hi, model.profile, window_s)
+        for source, (norm, det) in model.sources.items():
+            w = windows[source]
+            if w.n == 0:  # type: ignore[attr-defined]
+                continue
+            keep = w.column("time_ns") >= t  # type: ignore[attr-defined]
+            found, n_scored, n_flagged = _point_findings(
+                source, model.config["detector"], w, norm, det, keep  # type: ignore[arg-type]
+            )
+            scored += n_scored
+            anomalous += n_flagged
+            if found.num_rows:  # type: ignore[attr-defined]
+                store.write(Chunk("findings", found))  # type: ignore[arg-type]
+        t = hi
+    return {"instances_scored": scored, "anomalous_windows": anomalous}
+
+
+RCA_METHODS = ("ranked", "baseline")
+
+
+@dataclass
+class _WindowContext:
+    """What the ranking of one window needs besides findings: calls, traffic, events."""
+
+    events: object
+    graph: object
+    traffic: object
+
+
+def _window_context(store: Store, start_ns: int, end_ns: int) -> _WindowContext:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from spanomaly.features.graph import dependency_graph
+
+    events = trace_events(store, start_ns, end_ns)
+    graph = dependency_graph(events)  # type: ignore[arg-type]
+    if events.num_rows:  # type: ignore[attr-defined]
+        served = events.filter(  # type: ignore[attr-defined]
+            pc.not_equal(events.column("parent_service"), events.column("service"))  # type: ignore[attr-defined]
+        )
+        traffic = served.group_by(["service", "instance"]).aggregate([("span_id", "count")])
+        traffic = traffic.rename_columns(["service", "instance", "requests"])
+    else:
+        traffic = pa.table(
+            {"service": pa.array([], pa.string()), "instance": pa.array([], pa.string()),
+             "requests": pa.array([], pa.int64())}
+        )  # fmt: skip
+    return _WindowContext(events, graph, traffic)
+
+
+def _findings_between(store: Store, start_ns: int | None, end_ns: int | None) -> object:
+    where, params = ["feedback IS DISTINCT FROM 'normal'"], []
+    if start_ns is not None:
+        where.append("time_ns >= ?")
+        params.append(start_ns)
+    if end_ns is not None:
+        where.append("time_ns <= ?")
+        params.append(end_ns)
+    return store.sql(
+        f"SELECT * FROM findings WHERE {' AND '.join(where)} ORDER BY time_ns", params
+    )
+
+
+def _rank_window(
+    store: Store,
+    start_ns: int,
+    end_ns: int,
+    evidence: str,
+    method: str,
+    model_dir: str | Path | None,
+    context: _WindowContext | None = None,
+    findings: object | None = None,
+) -> object:
+    from spanomaly.errors import ModelError
+    from spanomaly.rca import ranking
+
+    if method not in RCA_METHODS:
+        raise InputError(f"--method: {method!r} is not one of {', '.join(RCA_METHODS)}")
+    if evidence not in ranking.EVIDENCE:
+        raise InputError(f"--evidence: {evidence!r} is not one of {', '.join(ranking.EVIDENCE)}")
+    context = context or _window_context(store, start_ns, end_ns)
+    if method == "baseline":
+        model = load_points(model_dir) if model_dir is not None else None
+        if model is None:
+            raise ModelError(
+                f"{model_dir}: the baseline needs the self-time profile of a trained model "
+                "(spanomaly train)"
+            )
+        return ranking.baseline(context.events, model.profile.table())  # type: ignore[arg-type, attr-defined]
+    if findings is None:
+        findings = _findings_between(store, start_ns, end_ns)
+    return ranking.rank(findings, context.graph, context.traffic, evidence)  # type: ignore[arg-type]
+
+
+def rca(
+    store: Store,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    evidence: str = "both",
+    method: str = "ranked",
+    model_dir: str | Path | None = None,
+    top: int | None = 10,
+) -> list[dict[str, object]]:
+    """Ranked suspects of the period: rank, service, instance, operation, score, evidence."""
+    import json
+
+    if start_ns is None or end_ns is None:
+        lo, hi = _span_range(store)
+        start_ns = start_ns if start_ns is not None else (lo or 0)
+        end_ns = end_ns if end_ns is not None else ((hi or 0) + 1)
+    if start_ns >= end_ns:
+        raise InputError("--from must be before --to")
+    table = _rank_window(store, start_ns, end_ns, evidence, method, model_dir)
+    rows = table.to_pylist()  # type: ignore[attr-defined]
+    for r in rows:
+        r["evidence"] = json.loads(r["evidence"])
+    return rows[:top] if top else rows
+
+
+def evaluate(
+    store: Store,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    evidence: str = "both",
+    method: str = "ranked",
+    model_dir: str | Path | None = None,
+) -> dict[str, object]:
+    """Detection and root-cause figures against the fault labels (DESIGN.md's document).
+
+    The only function that reads the fault tables. Findings count under `evidence`
+    (trace findings and span-derived instance windows for 'traces', metric-derived ones for
+    'metrics', all for 'both'); RCA for a fault ranks the findings of [start, end + 60 s].
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from spanomaly.evaluate import metrics as m
+    from spanomaly.rca import ranking
+
+    if evidence not in ranking.EVIDENCE:
+        raise InputError(f"--evidence: {evidence!r} is not one of {', '.join(ranking.EVIDENCE)}")
+    if method not in RCA_METHODS:
+        raise InputError(f"--method: {method!r} is not one of {', '.join(RCA_METHODS)}")
+    lo, hi = _span_range(store)
+    start = start_ns if start_ns is not None else (lo or 0)
+    end = end_ns if end_ns is not None else ((hi or 0) + 1)
+    if start >= end:
+        raise InputError("--from must be before --to")
+    faults = store.table("faults")
+    faults = faults.filter(
+        pc.and_(pc.greater_equal(faults.column("start_ns"), start), pc.less(faults.column("start_ns"), end))
+    ).sort_by("start_ns")
+    findings = _findings_between(store, start, end + int(m.SLACK_S * 1e9))
+    if findings.num_rows:  # type: ignore[attr-defined]
+        src = [
+            ranking.source_of(d or "", e or "")
+            for d, e in zip(
+                findings.column("detector").to_pylist(),  # type: ignore[attr-defined]
+                findings.column("entity").to_pylist(),  # type: ignore[attr-defined]
+                strict=True,
+            )
+        ]
+        mask = pa.array([ranking.wanted(s, evidence) for s in src])
+        findings = findings.filter(mask)  # type: ignore[attr-defined]
+    traces = store.sql(
+        "SELECT trace_id, min(start_ns) AS start_ns FROM spans GROUP BY trace_id "
+        "HAVING min(start_ns) >= ? AND min(start_ns) < ?",
+        [start, end],
+    )
+    summary = m.summarize(findings, faults, traces, start, end)  # type: ignore[arg-type]
+    fault_traces = store.table("fault_traces")
+    trace_doc = None
+    if fault_traces.num_rows:
+        flagged = (
+            pc.unique(pc.drop_null(findings.column("trace_id")))  # type: ignore[attr-defined]
+            if findings.num_rows  # type: ignore[attr-defined]
+            else pa.array([], pa.string())
+        )
+        trace_doc = m.trace_prf(
+            traces.column("trace_id"), flagged, pc.unique(fault_traces.column("trace_id"))
+        )
+    detected = m.detected_faults(findings, faults)  # type: ignore[arg-type]
+    ttd = m.time_to_detect(findings, faults)  # type: ignore[arg-type]
+    svc_ranks: list[int | None] = []
+    inst_ranks: list[int | None] = []
+    slack = int(m.SLACK_S * 1e9)
+    for f in faults.to_pylist():  # one ranking per fault
+        ranked = _rank_window(
+            store,
+            f["start_ns"],
+            f["end_ns"] + slack,
+            evidence,
+            method,
+            model_dir,
+            findings=_between(findings, f["start_ns"], f["end_ns"] + slack),
+        )
+        s_rank, i_rank = ranking.positions(ranked, f["service"], f["instance"])  # type: ignore[arg-type]
+        svc_ranks.append(s_rank)
+        inst_ranks.append(i_rank if f["instance"] is not None else s_rank)
+    kinds = faults.column("kind").to_pylist()
+    per_type: dict[str, object] = {}
+    for kind in sorted(set(kinds)):
+        sel = np.array([k == kind for k in kinds])
+        per_type[kind] = {
+            "faults": int(sel.sum()),
+            "detected": int(detected[sel].sum()),
+            "fault_recall": float(detected[sel].mean()),
+            "time_to_detect_s": m.mean_or_none(ttd[sel]),
+            "rca": {
+                "service": m.accuracy_at_k([r for r, s in zip(svc_ranks, sel, strict=True) if s]),
+                "instance": m.accuracy_at_k(
+                    [r for r, s in zip(inst_ranks, sel, strict=True) if s]
+                ),
+            },
+        }
+    return {
+        "faults": summary.faults,
+        "detected": summary.detected,
+        "fault_recall": summary.fault_recall,
+        "false_alarms_per_hour": summary.false_alarms_per_hour,
+        "trace_fpr": summary.trace_fpr,
+        "trace": trace_doc,
+        "rca": {
+            "service": m.accuracy_at_k(svc_ranks),
+            "instance": m.accuracy_at_k(inst_ranks),
+        },
+        "per_type": per_type,
+    }
+
+
+def _between(table: object, lo: int, hi: int) -> object:
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:  # type: ignore[attr-defined]
+        return table
+    t = table.column("time_ns")  # type: ignore[attr-defined]
+    return table.filter(pc.and_(pc.greater_equal(t, lo), pc.less_equal(t, hi)))  # type: ignore[attr-defined]

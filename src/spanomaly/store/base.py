@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +44,24 @@ class Stats:
     start_ns: int | None
     end_ns: int | None
 
+    def to_json(self) -> dict[str, object]:
+        """The JSON document of `spanomaly stats --json` (and of the server's /api/stats)."""
+        return {
+            "spans": self.spans,
+            "traces": self.traces,
+            "services": self.services,
+            "instances": self.instances,
+            "metrics": self.metrics,
+            "logs": self.logs,
+            "faults": self.faults,
+            "from": _iso(self.start_ns),
+            "to": _iso(self.end_ns),
+        }
+
+
+def _iso(ns: int | None) -> str | None:
+    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
+
 
 class Store(Protocol):
     """Storage of spans, metrics, logs, labels and findings; writes are idempotent by key."""
@@ -81,6 +100,14 @@ class Store(Protocol):
 
     def export_parquet(self, out_dir: Path) -> dict[str, int]:
         """Write every table as Hive-partitioned Parquet under out_dir; rows per table."""
+        ...
+
+    def sql(self, query: str, params: list[object] | None = None) -> pa.Table:
+        """Run a read query against the store's tables (for stages that need aggregates)."""
+        ...
+
+    def set_feedback(self, finding_ids: list[str], feedback: str | None) -> int:
+        """Record operator feedback ('normal' or None) on findings; how many were found."""
         ...
 
     def close(self) -> None:

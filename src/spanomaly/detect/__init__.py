@@ -1,0 +1,1 @@
+"""detect stage: detectors of collective (trace) and, later, point (instance) anomalies."""

@@ -1,0 +1,129 @@
+"""Supervised point detection: a multi-class SVM that names the fault type of a window.
+
+    det = FaultTypeSVM()
+    det.fit(X, y)              # y: a class name per window: normal, cpu, memory, network,
+                               # delay, error (any names; `normal_label` is the normal one)
+    det.cv_accuracy_           # stratified k-fold cross-validated accuracy on the fit data
+    det.predict_class(X)       # class name per window
+    det.score(X)               # best non-normal decision value minus the normal one (> 0:
+                               # the SVM prefers a fault type; threshold 0)
+
+An RBF-kernel SVC (one-vs-rest decision values, balanced class weights) on features scaled
+by their training mean and standard deviation. The model file keeps the training windows
+and labels and refits on load (deterministic); no pickle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spanomaly.detect.point import PointDetector, register
+from spanomaly.errors import ModelError
+
+FAULT_TYPES = ("normal", "cpu", "memory", "network", "delay", "error")
+
+
+@register
+class FaultTypeSVM(PointDetector):
+    """Multi-class SVM over instance windows; names the fault type."""
+
+    name = "svm"
+    QUANTILE_THRESHOLD = False
+
+    def __init__(
+        self,
+        *,
+        C: float = 10.0,
+        gamma: str | float = "scale",
+        normal_label: str = "normal",
+        cv_folds: int = 5,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.C = C
+        self.gamma = gamma
+        self.normal_label = normal_label
+        self.cv_folds = cv_folds
+
+    def _estimator(self) -> Any:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
+
+        return make_pipeline(
+            StandardScaler(),
+            SVC(
+                C=self.C,
+                gamma=self.gamma,
+                class_weight="balanced",
+                decision_function_shape="ovr",
+                random_state=self.random_state,
+            ),
+        )
+
+    def fit(self, X: Any, y: Any = None, groups: np.ndarray | None = None) -> FaultTypeSVM:
+        """Fit on labelled windows; cross-validated accuracy in cv_accuracy_."""
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+        self._check_params()
+        X = self._matrix(X)
+        if y is None:
+            raise ModelError(f"{self.name}: needs a class name for every window (y)")
+        y = np.asarray([str(v) for v in y], dtype=object)
+        if len(y) != X.shape[0]:
+            raise ModelError(f"{self.name}: {len(y)} labels for {X.shape[0]} windows")
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2:
+            raise ModelError(f"{self.name}: needs at least two classes")
+        self.n_features_ = X.shape[1]
+        self.classes_ = [str(c) for c in classes]
+        codes = np.searchsorted(classes, y)
+        folds = int(min(self.cv_folds, counts.min()))
+        if folds >= 2:
+            cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
+            self.cv_accuracy_ = float(cross_val_score(self._estimator(), X, codes, cv=cv).mean())
+        else:
+            self.cv_accuracy_ = float("nan")
+        self.X_train_, self.y_train_ = X, codes.astype(np.int64)
+        self.estimator_ = self._estimator().fit(X, codes)
+        self.n_train_ = X.shape[0]
+        self._calibrate(self._score(X, None))
+        return self
+
+    def _own_threshold(self) -> float:
+        return 0.0
+
+    def predict_class(self, X: Any) -> np.ndarray:
+        """The fault type of each window."""
+        X = self._matrix(X)
+        self._check_fitted(X)
+        return np.asarray(self.classes_, dtype=object)[self.estimator_.predict(X)]
+
+    def _score(self, X: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+        d = self.estimator_.decision_function(X)
+        if d.ndim == 1:  # two classes: positive favours classes_[1]
+            d = np.column_stack([-d, d])
+        if self.normal_label not in self.classes_:
+            return d.max(axis=1)
+        j = self.classes_.index(self.normal_label)
+        others = np.delete(d, j, axis=1)
+        return others.max(axis=1) - d[:, j]
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return (
+            {
+                "classes_": self.classes_,
+                "cv_accuracy_": None if np.isnan(self.cv_accuracy_) else self.cv_accuracy_,
+            },
+            {"X_train_": self.X_train_, "y_train_": self.y_train_},
+        )
+
+    def _load_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.classes_ = list(values["classes_"])
+        cv = values["cv_accuracy_"]
+        self.cv_accuracy_ = float("nan") if cv is None else float(cv)
+        self.X_train_ = np.asarray(arrays["X_train_"], dtype=np.float64)
+        self.y_train_ = np.asarray(arrays["y_train_"]).astype(np.int64)
+        self.estimator_ = self._estimator().fit(self.X_train_, self.y_train_)

@@ -1,0 +1,1 @@
+"""evaluate stage: detections against the fault labels."""

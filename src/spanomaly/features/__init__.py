@@ -1,0 +1,1 @@
+"""features stage: traces to event sequences (and, later, instance windows and graphs)."""
