@@ -54,6 +54,20 @@ class IngestReport:
         self.rejected += result.rejected
         self.note(r.message() for r in result.rejects)
 
+    def merge(self, other: IngestReport) -> None:
+        """Add the counts and messages of another report (of one unit) to this one."""
+        for name in (
+            "spans",
+            "metrics",
+            "logs",
+            "faults",
+            "fault_traces",
+            "duplicates",
+            "rejected",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.note(other.errors)
+
     def note(self, messages: Iterable[str]) -> None:
         """Keep the first messages; the counts say how many there were."""
         for m in messages:
@@ -223,9 +237,12 @@ def _prefetch(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
 
 
 def _run(unit: _Unit, store: Store, report: IngestReport, options: DecodeOptions) -> None:
+    """Store one unit (a file, or a group of CSV files) in one transaction."""
+    part = IngestReport()
     try:
-        for chunk in _prefetch(unit.decode()):
-            report.add(chunk.table, store.write(chunk))
+        with store.transaction():
+            for chunk in _prefetch(unit.decode()):
+                part.add(chunk.table, store.write(chunk))
     except SpanomalyError as exc:
         if unit.csv_kind and len(unit.files) > 1:
             # one bad file (truncated archive, odd layout) must not sink its neighbours
@@ -235,6 +252,8 @@ def _run(unit: _Unit, store: Store, report: IngestReport, options: DecodeOptions
             return
         report.rejected += 1
         report.note([str(exc) if str(unit.files[0]) in str(exc) else f"{unit.files[0]}: {exc}"])
+        return
+    report.merge(part)
 
 
 def ingest(
@@ -541,8 +560,7 @@ def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> ob
         where.append("time_ns < ?")
         params.append(end_ns)
     return store.sql(
-        "SELECT time_ns, service, instance, name, value FROM metrics WHERE "
-        + " AND ".join(where),
+        "SELECT time_ns, service, instance, name, value FROM metrics WHERE " + " AND ".join(where),
         params,
     )
 
@@ -736,12 +754,15 @@ def _point_findings(
                     "contribution": round(float(contrib[n, j]), 3),
                 }
             )
-        what = ", ".join(
-            f"{f['feature'][2:]} {f['value']:.4g} ({'change ' if f['feature'][0] == 'd' else ''}"
-            f"z {f['z']:+.1f})"
-            for f in top
-            if f["value"] is not None
-        ) or "unusual combination of features"
+        what = (
+            ", ".join(
+                f"{f['feature'][2:]} {f['value']:.4g} ({'change ' if f['feature'][0] == 'd' else ''}"
+                f"z {f['z']:+.1f})"
+                for f in top
+                if f["value"] is not None
+            )
+            or "unusual combination of features"
+        )
         op = w.operation[r] if len(w.operation) == w.n else None  # type: ignore[attr-defined]
         reason = f"{inst[r]} ({source}): {what}"
         if op:
@@ -807,7 +828,12 @@ def detect_points(
                 continue
             keep = w.column("time_ns") >= t  # type: ignore[attr-defined]
             found, n_scored, n_flagged = _point_findings(
-                source, model.config["detector"], w, norm, det, keep  # type: ignore[arg-type]
+                source,
+                model.config["detector"],
+                w,
+                norm,
+                det,
+                keep,  # type: ignore[arg-type]
             )
             scored += n_scored
             anomalous += n_flagged
@@ -859,9 +885,7 @@ def _findings_between(store: Store, start_ns: int | None, end_ns: int | None) ->
     if end_ns is not None:
         where.append("time_ns <= ?")
         params.append(end_ns)
-    return store.sql(
-        f"SELECT * FROM findings WHERE {' AND '.join(where)} ORDER BY time_ns", params
-    )
+    return store.sql(f"SELECT * FROM findings WHERE {' AND '.join(where)} ORDER BY time_ns", params)
 
 
 def _rank_window(
@@ -952,7 +976,10 @@ def evaluate(
         raise InputError("--from must be before --to")
     faults = store.table("faults")
     faults = faults.filter(
-        pc.and_(pc.greater_equal(faults.column("start_ns"), start), pc.less(faults.column("start_ns"), end))
+        pc.and_(
+            pc.greater_equal(faults.column("start_ns"), start),
+            pc.less(faults.column("start_ns"), end),
+        )
     ).sort_by("start_ns")
     findings = _findings_between(store, start, end + int(m.SLACK_S * 1e9))
     if findings.num_rows:  # type: ignore[attr-defined]
@@ -1012,9 +1039,7 @@ def evaluate(
             "time_to_detect_s": m.mean_or_none(ttd[sel]),
             "rca": {
                 "service": m.accuracy_at_k([r for r, s in zip(svc_ranks, sel, strict=True) if s]),
-                "instance": m.accuracy_at_k(
-                    [r for r, s in zip(inst_ranks, sel, strict=True) if s]
-                ),
+                "instance": m.accuracy_at_k([r for r, s in zip(inst_ranks, sel, strict=True) if s]),
             },
         }
     return {

@@ -147,3 +147,14 @@ def test_a_store_open_in_another_process_gives_a_clear_error(tmp_path: Path) -> 
             DuckDBStore(path)
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_a_transaction_keeps_all_of_its_writes_or_none(store: Store) -> None:
+    with store.transaction():
+        store.write(Chunk("spans", spans(2)))
+        store.write(Chunk("spans", spans(2, trace="b" * 32)))
+    assert store.stats().spans == 4
+    with pytest.raises(RuntimeError), store.transaction():
+        store.write(Chunk("spans", spans(3, trace="c" * 32)))
+        raise RuntimeError("the input broke half way")
+    assert store.stats().spans == 4

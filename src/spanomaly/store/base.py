@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,10 @@ def _iso(ns: int | None) -> str | None:
 
 class Store(Protocol):
     """Storage of spans, metrics, logs, labels and findings; writes are idempotent by key."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group several writes into one transaction: all of them stay, or none."""
+        ...
 
     def write(self, chunk: Chunk) -> WriteResult:
         """Store a chunk in one transaction; rows whose key is stored already are skipped."""

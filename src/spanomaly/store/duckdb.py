@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -98,6 +99,7 @@ class DuckDBStore:
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(f"{self.path}: no store here (ingest something first)")
         self._con = _open(self.path, read_only, config)
+        self._depth = 0  # nesting of transaction()
         self._con.execute("SET preserve_insertion_order = false")
         if not read_only:
             for name in TABLES:
@@ -105,28 +107,43 @@ class DuckDBStore:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several writes into one transaction: all of them stay, or none."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._con.execute("BEGIN TRANSACTION")
+        self._depth = 1
+        try:
+            yield
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+
     def write(self, chunk: Chunk) -> WriteResult:
         """Store a chunk in one transaction; rows whose key is stored already are skipped."""
         result = WriteResult(rejected=len(chunk.rejects), rejects=list(chunk.rejects))
         if chunk.data is None:
             return result
-        con = self._con
-        con.execute("BEGIN TRANSACTION")
         try:
-            if isinstance(chunk.data, SqlSource):
-                self._write_sql(chunk.table, chunk.data, result)
-            else:
-                self._write_arrow(chunk.table, chunk.data, result)
-            con.execute("COMMIT")
+            with self.transaction():
+                if isinstance(chunk.data, SqlSource):
+                    self._write_sql(chunk.table, chunk.data, result)
+                else:
+                    self._write_arrow(chunk.table, chunk.data, result)
         except duckdb.Error as exc:
-            con.execute("ROLLBACK")
             first = str(exc).splitlines()[0]
             if isinstance(chunk.data, SqlSource):  # DuckDB read the input itself: input's fault
                 raise FormatError(first) from exc
             raise StoreError(f"{self.path}: cannot store {chunk.table}: {first}") from exc
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return result
 
     def _insert_sql(
