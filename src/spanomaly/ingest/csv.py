@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
+import mmap
 from collections.abc import Iterator
 from pathlib import Path
 
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
-from spanomaly.ingest.files import head, read_all
+from spanomaly.ingest.files import compression, head, read_all
 from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_TIEBREAK_SQL
 from spanomaly.schema import KIND_VALUES, SPANS
 
@@ -173,12 +174,27 @@ def count_rows(files: list[Path]) -> int | None:
     """Data rows of the files by counting lines, or None where quoting could hide newlines."""
     rows = 0
     for f in files:
-        data = read_all(f)
-        if b'"' in data:
+        lines = _count_lines(f)
+        if lines is None:
             return None
-        lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-        rows += lines - data.count(b"\n\n") - data.count(b"\n\r\n") - 1  # minus the header
+        rows += lines - 1  # the header
     return rows
+
+
+def _count_lines(path: Path) -> int | None:
+    """Non-empty lines of a file; None if it holds a quote (a field could span lines)."""
+    if compression(path) is None and path.stat().st_size > 0:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if m.find(b'"') != -1:
+                return None
+            return _count_text(m.read())
+    data = read_all(path)
+    return None if b'"' in data else _count_text(data)
+
+
+def _count_text(data: bytes) -> int:
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    return lines - data.count(b"\n\n") - data.count(b"\n\r\n")
 
 
 def check_columns(path: Path, columns: list[str], mapping: dict[str, str]) -> None:
