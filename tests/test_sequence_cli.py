@@ -51,7 +51,7 @@ def test_train_detect_feedback(tmp_path: Path, store: dict) -> None:
     assert doc["traces"] == 400 and doc["detectors"]["sequence"]["name"] == "ngram"
     assert doc["detectors"]["duration"]["name"] == "robust"
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "config.json", "duration.safetensors", "sequence.safetensors", "vocabulary.json",
+        "config.json", "duration.safetensors", "point", "sequence.safetensors", "vocabulary.json",
     ]  # fmt: skip
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["trained_on"]["period_to"].startswith("2023-11-14T23:03:20")

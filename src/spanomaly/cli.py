@@ -360,6 +360,10 @@ def train(
     include_flagged: Annotated[
         bool, typer.Option(help="also train on traces with findings not marked normal")
     ] = False,
+    point: Annotated[
+        str, typer.Option(help="instance-window detector: ecod|iforest|lof|dbscan|peer|none")
+    ] = "ecod",
+    point_window: Annotated[float, typer.Option(help="instance window, seconds")] = 60.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
@@ -419,6 +423,19 @@ def train(
                 parse_duration(window, "--window") if window else None,
                 options,
             )
+            if _none(point):  # issue 6: point detectors of instance windows, same period
+                hi_ns = parse_time(str(doc["to"]), "--to")
+                doc["point"] = pipeline.train_points(
+                    store,
+                    Path(model),
+                    parse_time(str(doc["from"]), "--from"),
+                    None if hi_ns is None else hi_ns + 1,
+                    windows,
+                    pipeline.PointOptions(
+                        detector=point, window_s=point_window, target_fpr=target_fpr,
+                        random_state=seed,
+                    ),
+                )  # fmt: skip
         finally:
             store.close()
 
@@ -511,6 +528,88 @@ def feedback(
         _emit(doc, as_json, human)
 
 
+testbed_app = typer.Typer(help="The demo application: services, load, faults, ground truth.")
+app.add_typer(testbed_app, name="testbed")
+
+
+@testbed_app.command("run")
+def testbed_run(
+    minutes: Annotated[float, typer.Option(help="minutes of load")] = 2.0,
+    faults: Annotated[
+        Path | None, typer.Option("--faults", help="fault schedule (TOML); default: shipped")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="requests per second (mean)")] = 20.0,
+    profile: Annotated[str, typer.Option(help="load profile: constant|wave|bursts")] = "constant",
+    time_scale: Annotated[float, typer.Option(help="multiply the schedule's times")] = 1.0,
+    replicas: Annotated[int, typer.Option(help="instances per service")] = 2,
+    collector: Annotated[
+        str | None, typer.Option(help="send to this running collector instead of starting one")
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the testbed with load and faults; store spans, metrics and ground truth."""
+    from spanomaly import pipeline
+    from spanomaly.ingest.base import Chunk
+    from spanomaly.testbed.faults import ScheduleError
+    from spanomaly.testbed.load import PROFILES
+    from spanomaly.testbed.run import RunConfig, run
+
+    with _errors():
+        if minutes <= 0 or rate <= 0 or time_scale <= 0 or not 1 <= replicas <= 3:
+            raise InputError("--minutes, --rate, --time-scale > 0; --replicas 1 to 3")
+        if profile not in PROFILES:
+            raise InputError(f"--profile: one of {', '.join(PROFILES)}")
+        cfg = RunConfig(
+            minutes=minutes,
+            rate=rate,
+            faults=faults,
+            time_scale=time_scale,
+            db=Path(db_path(db)),
+            collector=collector,
+            replicas=replicas,
+            profile=profile,
+        )
+        try:
+            result = run(cfg)
+        except ScheduleError as exc:
+            raise InputError(str(exc)) from exc
+        doc = result.summary
+        if collector is None:  # the collector is down: the store is ours to write
+            store = pipeline.open_store(str(cfg.db))
+            try:
+                store.write(Chunk("faults", result.faults))
+                store.write(Chunk("fault_traces", result.fault_traces))
+                doc["store"] = {"db": str(cfg.db), **store.stats().to_json()}
+            finally:
+                store.close()
+        else:
+            for name in ("faults", "fault_traces"):
+                path = result.run_dir / f"{name}.jsonl"
+                path.write_text(
+                    "".join(json.dumps(r) + "\n" for r in getattr(result, name).to_pylist())
+                )
+            doc["ground_truth_dir"] = str(result.run_dir)
+
+        def human() -> None:
+            load = doc.get("load", {})
+            typer.echo(
+                f"testbed run {doc['run_id']}: {doc['duration_s']} s, "
+                f"{load.get('sent', 0)} requests at {load.get('achieved_rate')}/s "
+                f"(target {rate}/s), {load.get('errors', 0)} errors, {doc['faults']} faults, "
+                f"{doc['fault_traces']} faulty requests recorded"
+            )
+            if doc.get("crashed"):
+                typer.echo(f"  crashed: {', '.join(doc['crashed'])}")
+            if "store" in doc:
+                st = doc["store"]
+                typer.echo(
+                    f"  store {st['db']}: {st.get('spans')} spans, {st.get('metrics')} metrics"
+                )
+
+        _emit(doc, as_json, human)
+
+
 def main() -> None:
     """Entry point of the `spanomaly` script."""
     try:
@@ -519,3 +618,106 @@ def main() -> None:
         raise
     except SystemExit:
         raise
+
+
+# -- root cause and evaluation (issue 6) ------------------------------------------------------
+
+EvidenceOpt = Annotated[str, typer.Option(help="evidence to rank on: traces|metrics|both")]
+MethodOpt = Annotated[
+    str, typer.Option(help="ranked (the combined evidence) | baseline (self-time z-scores)")
+]
+
+
+@app.command()
+def rca(
+    db: DbOpt = None,
+    model: ModelOpt = DEFAULT_MODEL_DIR,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    evidence: EvidenceOpt = "both",
+    method: MethodOpt = "ranked",
+    top: Annotated[int, typer.Option(help="how many suspects to list")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ranked suspects (service, instance, operation) of a period, from the findings."""
+    from spanomaly import pipeline
+
+    with _errors():
+        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
+        if lo is not None and hi is not None and lo >= hi:
+            raise InputError("--from must be before --to")
+        if top < 1:
+            raise InputError("--top: must be at least 1")
+        store = pipeline.open_store(db_path(db), read_only=True)
+        try:
+            rows = pipeline.rca(store, lo, hi, evidence, method, Path(model), top)
+        finally:
+            store.close()
+
+        def human() -> None:
+            if not rows:
+                typer.echo("no findings in the period: nothing to rank")
+            for r in rows:
+                ev = r["evidence"]
+                assert isinstance(ev, dict)
+                why = (ev.get("reasons") or [""])[0] if "reasons" in ev else json.dumps(ev)
+                typer.echo(
+                    f"{r['rank']:3}. {r['service']}  {r['instance'] or '-'}  "
+                    f"{r['operation'] or '-'}  score {r['score']:.3g}"
+                )
+                if why:
+                    typer.echo(f"     {why}")
+
+        _emit(rows, as_json, human)
+
+
+@app.command()
+def evaluate(
+    db: DbOpt = None,
+    model: ModelOpt = DEFAULT_MODEL_DIR,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    evidence: EvidenceOpt = "both",
+    method: MethodOpt = "ranked",
+    as_json: JsonOpt = False,
+) -> None:
+    """Detection and root-cause figures against the fault labels in the store."""
+    from spanomaly import pipeline
+
+    with _errors():
+        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
+        if lo is not None and hi is not None and lo >= hi:
+            raise InputError("--from must be before --to")
+        store = pipeline.open_store(db_path(db), read_only=True)
+        try:
+            doc = pipeline.evaluate(store, lo, hi, evidence, method, Path(model))
+        finally:
+            store.close()
+
+        def pct(v: object) -> str:
+            return "-" if v is None else f"{100 * float(v):.1f} %"  # type: ignore[arg-type]
+
+        def human() -> None:
+            r = doc["rca"]
+            assert isinstance(r, dict)
+            typer.echo(
+                f"{doc['detected']} of {doc['faults']} faults detected "
+                f"(recall {pct(doc['fault_recall'])}), {doc['false_alarms_per_hour']} false "
+                f"alarms per hour, trace FPR {pct(doc['trace_fpr'])}"
+            )
+            for level in ("service", "instance"):
+                a = r[level]
+                typer.echo(
+                    f"  {level:8} AS@1 {pct(a['top1'])}  AS@3 {pct(a['top3'])}  "
+                    f"AS@5 {pct(a['top5'])}"
+                )
+            per_type = doc["per_type"]
+            assert isinstance(per_type, dict)
+            for kind, t in per_type.items():
+                s = t["rca"]["service"]
+                typer.echo(
+                    f"  {kind}: {t['detected']}/{t['faults']} detected, time to detect "
+                    f"{t['time_to_detect_s']} s, service AS@1 {pct(s['top1'])}"
+                )
+
+        _emit(doc, as_json, human)

@@ -486,7 +486,11 @@ def detect(
     if progress:
         progress(1, 1, "done")
     n_alarms = alarms(pa.concat_tables(found)).num_rows if found else 0
-    return _detect_doc(scored, anomalous, n_alarms)
+    doc = _detect_doc(scored, anomalous, n_alarms)
+    points = detect_points(store, model_dir, start_ns, end_ns)  # issue 6: instance windows
+    if points:
+        doc.update(points)
+    return doc
 
 
 def _detect_doc(traces: int, anomalous: int, n_alarms: int) -> dict[str, object]:

@@ -210,8 +210,8 @@ class PointDetector:
         p = (above + 1.0) / (n + 1.0)
         n_tail = n - np.searchsorted(s, self.tail_start_, side="left")
         beyond = scores > self.tail_start_
-        p_tail = (n_tail + 1.0) / (n + 1.0) * np.exp(
-            -(scores - self.tail_start_) / self.tail_scale_
+        p_tail = (
+            (n_tail + 1.0) / (n + 1.0) * np.exp(-(scores - self.tail_start_) / self.tail_scale_)
         )
         p = np.where(beyond, np.minimum(p, p_tail), p)
         return -np.log10(np.clip(p, 1e-300, 1.0))
@@ -432,9 +432,7 @@ class IsolationForest(_RefitOnLoad):
 
     name = "iforest"
 
-    def __init__(
-        self, *, n_estimators: int = 200, max_samples: int = 256, **kw: Any
-    ) -> None:
+    def __init__(self, *, n_estimators: int = 200, max_samples: int = 256, **kw: Any) -> None:
         super().__init__(**kw)
         self.n_estimators = n_estimators
         self.max_samples = max_samples

@@ -1,0 +1,1 @@
+"""Root cause: evidence from traces and instances combined into ranked suspects."""

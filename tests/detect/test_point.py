@@ -1,0 +1,214 @@
+"""Point detectors of instance windows: one contract over every registered detector, planted
+point anomalies above a quality floor, peer comparison, the semi-supervised method with 5 %
+of the windows labelled, and the SVM naming fault types."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spanomaly.detect.point import (
+    ECOD,
+    POINT_REGISTRY,
+    PeerDetector,
+    PointDetector,
+    group_median,
+    split_rows,
+)
+from spanomaly.detect.semisupervised import FisherDBSCAN, fisher_scores
+from spanomaly.detect.svm import FaultTypeSVM
+from spanomaly.errors import ModelError
+
+UNSUPERVISED = sorted(set(POINT_REGISTRY) - {"svm", "fisher-dbscan"})
+D = 8
+
+
+def auc(normal: np.ndarray, anomalous: np.ndarray) -> float:
+    """Probability that a planted window outscores a normal one (ties count half)."""
+    a = anomalous[:, None]
+    n = normal[None, :]
+    return float(((a > n).sum() + 0.5 * (a == n).sum()) / (a.size * n.size))
+
+
+@pytest.fixture(scope="module")
+def windows() -> dict[str, np.ndarray]:
+    """Normal windows of 4 peers per group, and planted ones: single-feature spikes (a
+    CPU-starved pod) and small shifts of several features (a slow new version)."""
+    rng = np.random.default_rng(7)
+    n_groups = 500
+    groups = np.repeat(np.arange(n_groups), 4)
+    train = rng.normal(size=(len(groups), D))
+    test = rng.normal(size=(800, D))
+    test_groups = np.repeat(np.arange(200), 4) + 10_000
+    spikes = rng.normal(size=(40, D))
+    spikes[np.arange(40), rng.integers(0, D, 40)] += 8.0
+    shifted = test.copy()
+    planted_rows = np.arange(0, 800, 4)[:40]  # one instance in 40 groups misbehaves
+    shifted[planted_rows, :4] += 4.0
+    return {
+        "train": train,
+        "groups": groups,
+        "test": test,
+        "test_groups": test_groups,
+        "spikes": spikes,
+        "shifted": shifted,
+        "planted_rows": planted_rows,
+    }
+
+
+def make(name: str) -> PointDetector:
+    return POINT_REGISTRY[name](target_fpr=0.01, random_state=0)
+
+
+@pytest.mark.parametrize("name", UNSUPERVISED)
+def test_contract(name: str, windows: dict[str, np.ndarray], tmp_path: Path) -> None:
+    det = make(name)
+    assert not any(k.endswith("_") for k in vars(det)), "__init__ must only store arguments"
+    assert set(det.get_params()) >= {"target_fpr", "validation_fraction", "random_state"}
+    with pytest.raises(ModelError, match="not fitted"):
+        det.score(windows["test"])
+    assert det.fit(windows["train"], groups=windows["groups"]) is det
+    assert det.n_features_ == D and np.isfinite(det.threshold_)
+    s = det.score(windows["test"], windows["test_groups"])
+    assert s.shape == (800,)
+    assert det.predict(windows["test"], windows["test_groups"]).mean() <= 0.05
+    det.save(tmp_path, prefix="x-")
+    back = PointDetector.load(tmp_path, prefix="x-")
+    assert type(back) is type(det) and back.get_params() == det.get_params()
+    np.testing.assert_allclose(back.score(windows["test"], windows["test_groups"]), s)
+    with pytest.raises(ModelError, match="features"):
+        det.score(windows["test"][:, :3])
+
+
+# Isolation Forest isolates one spiking feature of eight less surely than the others
+FLOORS = {"iforest": (0.85, 0.1)}  # ranks them well, flags few at 1 % FPR
+
+
+@pytest.mark.parametrize("name", [n for n in UNSUPERVISED if n != "peer"])
+def test_planted_spikes_score_higher(name: str, windows: dict[str, np.ndarray]) -> None:
+    det = make(name).fit(windows["train"])
+    floor, caught = FLOORS.get(name, (0.95, 0.8))
+    quality = auc(det.score(windows["test"]), det.score(windows["spikes"]))
+    assert quality >= floor, (name, quality)
+    assert det.predict(windows["spikes"]).mean() >= caught
+
+
+def test_peer_comparison_catches_the_misbehaving_instance(
+    windows: dict[str, np.ndarray],
+) -> None:
+    det = PeerDetector(target_fpr=0.01).fit(windows["train"], groups=windows["groups"])
+    s = det.score(windows["shifted"], windows["test_groups"])
+    planted = np.zeros(800, dtype=bool)
+    planted[windows["planted_rows"]] = True
+    assert auc(s[~planted], s[planted]) >= 0.95
+    assert det.predict(windows["shifted"], windows["test_groups"])[planted].mean() >= 0.8
+    # an instance without peers is never anomalous by comparison
+    alone = det.score(windows["shifted"][:3], np.arange(3))
+    assert (alone == 0).all()
+
+
+def test_group_median_leaves_the_row_out() -> None:
+    X = np.array([[1.0], [2.0], [3.0], [10.0], [5.0]])
+    med, size = group_median(X, np.array([0, 0, 0, 0, 1]))
+    np.testing.assert_allclose(med[:4, 0], [3.0, 3.0, 2.0, 2.0])
+    assert np.isnan(med[4, 0]) and size.tolist() == [4, 4, 4, 4, 1]
+
+
+def test_split_keeps_groups_together() -> None:
+    g = np.repeat(np.arange(50), 3)
+    tr, val = split_rows(len(g), 0.2, 0, g)
+    assert not set(g[tr]) & set(g[val]) and len(tr) + len(val) == len(g)
+
+
+def test_ecod_grows_past_the_training_range() -> None:
+    rng = np.random.default_rng(0)
+    det = ECOD(target_fpr=0.01).fit(rng.normal(size=(2000, 3)))
+    x = np.zeros((3, 3))
+    x[1, 0], x[2, 0] = 10.0, 100.0
+    s = det.score(x)
+    assert s[0] < s[1] < s[2]
+    t = det.tail_surprise(x, [0])
+    assert t[0] < 1 < t[1] < t[2]
+    flat = ECOD(target_fpr=0.01, tail=False).fit(rng.normal(size=(2000, 3)))
+    assert flat.score(x)[1] == pytest.approx(flat.score(x)[2])  # plain ECOD saturates
+
+
+def test_ecod_training_scores_match_pyod() -> None:
+    pyod = pytest.importorskip("pyod.models.ecod", reason="PyOD is only a cross-check here")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 4))
+    ours = ECOD(tail=False)
+    ours._fit(X, None, None)
+    theirs = pyod.ECOD().fit(X).decision_scores_
+    # same statistic; ours smooths the ECDF with (k + 1) / (n + 1)
+    assert np.corrcoef(ours._score(X, None), theirs)[0, 1] > 0.99
+
+
+def test_init_stores_only_arguments() -> None:
+    for cls in [*POINT_REGISTRY.values()]:
+        params = [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.kind == p.KEYWORD_ONLY
+        ]
+        det = cls()
+        assert set(vars(det)) == set(det.get_params()) >= set(params)
+
+
+# -- labelled windows: fault types -------------------------------------------------------------
+
+TYPES = ("normal", "cpu", "memory", "network", "delay", "error")
+
+
+def typed_windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of 12 features; each fault type moves its own pair of features."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(TYPES, size=n, p=[0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    X = rng.normal(size=(n, 12))
+    for k, t in enumerate(TYPES[1:]):
+        X[y == t, 2 * k : 2 * k + 2] += 6.0
+    return X, y
+
+
+def test_fisher_scores_rank_the_separating_features() -> None:
+    X, y = typed_windows(600, 3)
+    f = fisher_scores(X, y)
+    assert set(np.argsort(-f)[:10]) == set(range(10))  # the 2 noise features come last
+
+
+def test_semi_supervised_with_five_percent_labelled() -> None:
+    X, y = typed_windows(1200, 4)
+    rng = np.random.default_rng(5)
+    labelled = rng.random(len(y)) < 0.05
+    partial = np.where(labelled, y, None)
+    det = FisherDBSCAN(n_features=10, min_samples=5).fit(X, partial)
+    assert len(set(det.labels_) - {-1}) == len(set(y[labelled]))
+    named = det.predict_class(X)
+    assert (named == y).mean() >= 0.9
+    # the anomaly score: windows of a fault type lie outside the normal clusters
+    flagged = det.predict(X)
+    assert flagged[y != "normal"].mean() >= 0.9 and flagged[y == "normal"].mean() <= 0.1
+
+
+def test_svm_names_fault_types(tmp_path: Path) -> None:
+    X, y = typed_windows(600, 6)
+    det = FaultTypeSVM().fit(X, y)
+    assert det.cv_accuracy_ >= 0.95
+    X_new, y_new = typed_windows(300, 7)
+    assert (det.predict_class(X_new) == y_new).mean() >= 0.95
+    assert det.predict(X_new)[y_new != "normal"].mean() >= 0.95
+    det.save(tmp_path)
+    back = PointDetector.load(tmp_path)
+    assert (back.predict_class(X_new) == det.predict_class(X_new)).all()  # type: ignore[attr-defined]
+    assert back.cv_accuracy_ == pytest.approx(det.cv_accuracy_)  # type: ignore[attr-defined]
+
+
+def test_labels_are_required_where_they_are_used() -> None:
+    X, _ = typed_windows(50, 8)
+    with pytest.raises(ModelError, match="labels"):
+        FisherDBSCAN().fit(X)
+    with pytest.raises(ModelError, match="class"):
+        FaultTypeSVM().fit(X)

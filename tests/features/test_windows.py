@@ -1,0 +1,80 @@
+"""Instance windows: RED metrics from spans, metric windows, normalisation, host metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from spanomaly.features import windows as win
+from spanomaly.features.graph import adjacency, dependency_graph
+from spanomaly.features.traces import events
+from tests.rca import scenario as sc
+
+
+def test_span_windows_charge_the_gap_to_the_callee() -> None:
+    spans = sc.spans()
+    ev = events(spans)
+    t = ev.column("start_ns").to_numpy()
+    train = ev.filter(pa.array(t < sc.TRAIN[1]))
+    profile = win.SelfTimeProfile().fit(train)
+    assert len(profile.keys) > 5 and (profile.upper_ms >= profile.median_ms).all()
+    table = win.span_windows(ev, profile)
+    assert set(win.SPAN_FEATURES) <= set(table.column_names)
+    rows = table.to_pylist()
+    during = [r for r in rows if sc.NET_FAULT[0] <= r["time_ns"] < sc.NET_FAULT[1] - 60 * sc.NS]
+    before = [r for r in rows if r["time_ns"] < sc.TRAIN[1]]
+
+    def lost(rs: list[dict], service: str) -> float:
+        return float(np.mean([r["t.excess_ms_s"] for r in rs if r["service"] == service]))
+
+    assert lost(during, "order-service") > 50 * max(lost(before, "order-service"), 0.1)
+    assert lost(during, "gateway") < 1.0  # the gateway's client span waits, order pays
+    slow = [r["operation"] for r in during if r["service"] == "order-service"]
+    assert all(op == "HTTP POST" for op in slow)
+    gw = [r for r in before if r["service"] == "gateway"]
+    assert abs(np.mean([r["t.requests_s"] for r in gw]) - 2.5) < 0.1  # one per 0.4 s
+
+
+def test_metric_windows_normaliser_and_host_metrics() -> None:
+    table = win.metric_windows(sc.metrics())
+    assert {"m.CpuUsage", "m.MemoryUsage", "m.NodeCpu"} <= set(table.column_names)
+    assert win.host_metrics(table) == ["m.NodeCpu"]
+    w = win.combine(table)
+    t = w.column("time_ns")
+    norm = win.Normalizer(recent=5).fit(w.take(t < sc.TRAIN[1]))
+    X = norm.transform(w)
+    names = norm.feature_names()
+    assert names[:3] == ["z.m.CpuUsage", "z.m.MemoryUsage", "z.m.NodeCpu"] and len(names) == 6
+    normal = X[t < sc.TRAIN[1]][:, :3]
+    assert abs(normal.mean()) < 0.2 and 0.7 < normal.std() < 1.3  # about standard normal
+    hit = w.X[:, w.names.index("m.CpuUsage")] > 400  # the CPU fault's windows
+    assert hit.sum() == 3 and set(w.column("instance")[hit]) == {sc.instance("auth-service")}
+    cpu = names.index("z.m.CpuUsage")
+    assert X[hit, cpu].min() > 10  # 480 against a normal of 50: far past the normal range
+    assert X[hit, names.index("d.m.CpuUsage")].max() > 10  # and a change against the past
+    again = win.Normalizer.from_json(norm.to_json())
+    np.testing.assert_allclose(again.transform(w), X)
+    assert norm.normal("auth-service", "m.CpuUsage") == pytest_approx(50.0, 3.0)
+
+
+def pytest_approx(value: float, tol: float) -> object:
+    import pytest
+
+    return pytest.approx(value, abs=tol)
+
+
+def test_recent_median_looks_back_per_instance() -> None:
+    keys = pa.table(
+        {"time_ns": [0, 1, 2, 3, 0, 1], "service": ["s"] * 6, "instance": ["a"] * 4 + ["b"] * 2}
+    )
+    w = win.InstanceWindows(keys, np.zeros((6, 1)), ["x"])
+    z = np.array([[1.0], [3.0], [5.0], [7.0], [10.0], [20.0]])
+    med = win.recent_median(z, w, 2)
+    np.testing.assert_allclose(med[:, 0], [0.0, 1.0, 2.0, 4.0, 0.0, 10.0])
+
+
+def test_dependency_graph() -> None:
+    g = dependency_graph(events(sc.spans().slice(0, 2000)))
+    callees, callers = adjacency(g)
+    assert callees["gateway"] >= {"order-service", "user-service"}
+    assert callers["order-service"] == {"gateway"}
