@@ -181,7 +181,7 @@ def main() -> None:
         all_events = pipeline.trace_events(store, None, None, config=config)
         features_s = time.perf_counter() - t0
         faults = store.table("faults")
-        first = pipeline._span_range(store)[0]
+        first = pipeline.span_range(store)[0]
         selection = (
             [] if args.no_selection else select_duration_model(store, config, args.target_fpr)
         )

@@ -1,4 +1,4 @@
-"""The `spanomaly` command line: thin commands over pipeline.py, one-line errors, --json."""
+"""The `spanomaly` command line: thin commands over the pipeline package, one-line errors, --json."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ windows), "metrics" (metric-derived instance windows), or "both".
 every span of the window (a client span's own time charged to the callee), summed per
 instance.
 
-Nothing here reads the store: pipeline.py hands in the findings, the graph and the
+Nothing here reads the store: the pipeline hands in the findings, the graph and the
 traffic of the window as Arrow tables.
 """
 

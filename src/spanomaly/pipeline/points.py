@@ -1,540 +1,25 @@
-"""Wiring of the stages: files → decoders → store (ingest), and later train / detect / rca."""
+"""Point-anomaly and root-cause wiring: instance windows, rca and evaluate."""
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from spanomaly.errors import FormatError, InputError, SpanomalyError
-from spanomaly.ingest import csv as csv_spans
-from spanomaly.ingest import faults as fault_labels
-from spanomaly.ingest import metrics as csv_metrics
-from spanomaly.ingest.base import Chunk, DecodeOptions
-from spanomaly.ingest.files import FORMATS, expand, sniff
-from spanomaly.store.base import Store, WriteResult
+from spanomaly.errors import InputError
+from spanomaly.ingest.base import Chunk
+from spanomaly.store.base import Store
 
 if TYPE_CHECKING:
-    from spanomaly.features.traces import FeatureConfig
+    pass
+
+from spanomaly.pipeline.events import span_range, trace_events
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGES = 50
-# CSV files are read by DuckDB in groups of about this many bytes: one query, one transaction
-CSV_GROUP_BYTES = 256 * 1024 * 1024
-
-Progress = Callable[[int, int, str], None]
-
-
-@dataclass
-class IngestReport:
-    """What one ingest call stored, skipped and refused."""
-
-    spans: int = 0
-    metrics: int = 0
-    logs: int = 0
-    faults: int = 0
-    fault_traces: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    files: int = 0
-    orphans: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, table: str, result: WriteResult) -> None:
-        """Count one write."""
-        setattr(self, table, getattr(self, table) + result.inserted)
-        self.duplicates += result.duplicates
-        self.rejected += result.rejected
-        self.note(r.message() for r in result.rejects)
-
-    def merge(self, other: IngestReport) -> None:
-        """Add the counts and messages of another report (of one unit) to this one."""
-        for name in (
-            "spans",
-            "metrics",
-            "logs",
-            "faults",
-            "fault_traces",
-            "duplicates",
-            "rejected",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.note(other.errors)
-
-    def note(self, messages: Iterable[str]) -> None:
-        """Keep the first messages; the counts say how many there were."""
-        for m in messages:
-            if len(self.errors) >= MAX_MESSAGES:
-                return
-            self.errors.append(m)
-
-    def to_json(self) -> dict[str, object]:
-        """The JSON document of `spanomaly ingest --json`."""
-        return {
-            "spans": self.spans,
-            "metrics": self.metrics,
-            "logs": self.logs,
-            "faults": self.faults,
-            "fault_traces": self.fault_traces,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "orphans": self.orphans,
-            "files": self.files,
-            "errors": self.errors,
-        }
-
-
-@dataclass
-class _Unit:
-    """A piece of ingest work: some files of one kind, decoded into chunks."""
-
-    label: str
-    files: list[Path]
-    size: int
-    decode: Callable[[], Iterator[Chunk]]
-    csv_kind: str | None = None  # a failing multi-file CSV unit is retried file by file
-
-
-def _classify(path: Path, fmt: str, options: DecodeOptions) -> str:
-    """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans, csv-metrics."""
-    kind = sniff(path)
-    if kind == "csv":
-        columns = csv_spans.header(path)
-        if fmt in ("csv",) or options.column_map:
-            return "csv-spans"
-        if csv_metrics.is_nezha_metrics(columns):
-            return "csv-metrics"
-        if csv_spans.is_nezha_traces(columns) or fmt == "nezha":
-            return "csv-spans"
-        raise InputError(
-            f"{path}: CSV of unknown layout (columns {', '.join(columns[:12])}); "
-            "give --format csv --map field=column,... or --format nezha"
-        )
-    wanted = {
-        "otlp": "otlp",
-        "jaeger": "jaeger",
-        "zipkin": "zipkin",
-        "csv": "csv",
-        "nezha": "nezha",
-    }
-    if (
-        fmt != "auto"
-        and not kind.startswith(wanted[fmt])
-        and not (fmt == "nezha" and kind == "nezha-labels")
-    ):
-        raise FormatError(f"{path}: looks like {kind}, not {fmt}")
-    return kind
-
-
-def _decoder(kind: str, path: Path, options: DecodeOptions) -> Callable[[], Iterator[Chunk]]:
-    if kind.startswith("otlp"):
-        from spanomaly.ingest import otlp
-
-        return lambda: otlp.decode_file(path, kind, options)
-    if kind == "jaeger":
-        from spanomaly.ingest import jaeger
-
-        return lambda: jaeger.decode_file(path, options)
-    if kind == "zipkin":
-        from spanomaly.ingest import zipkin
-
-        return lambda: zipkin.decode_file(path, options)
-    if kind == "nezha-labels":
-        return lambda: fault_labels.decode_nezha_labels(path, options.fault_duration_s)
-    raise InputError(f"{path}: no decoder for {kind}")
-
-
-def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestReport) -> list[_Unit]:
-    units: list[_Unit] = []
-    csv_files: dict[str, list[Path]] = {"csv-spans": [], "csv-metrics": []}
-    for path in files:
-        try:
-            kind = _classify(path, fmt, options)
-        except SpanomalyError as exc:
-            report.rejected += 1
-            report.note([str(exc)])
-            continue
-        if kind in csv_files:
-            csv_files[kind].append(path)
-        else:
-            units.append(
-                _Unit(path.name, [path], path.stat().st_size, _decoder(kind, path, options))
-            )
-    for kind, paths in csv_files.items():
-        for group in _groups(paths):
-            units.append(_csv_unit(kind, group, options))
-    return units
-
-
-def _csv_unit(kind: str, group: list[Path], options: DecodeOptions) -> _Unit:
-    if kind == "csv-spans":
-        decode: Callable[[], Iterator[Chunk]] = lambda: csv_spans.decode_files(group, options)  # noqa: E731
-    else:
-        headers = {f: csv_spans.header(f) for f in group}
-        decode = lambda: csv_metrics.decode_files(group, headers)  # noqa: E731
-    label = (
-        group[0].name if len(group) == 1 else f"{len(group)} CSV files ({group[0].parent.name}/)"
-    )
-    return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind)
-
-
-def _groups(paths: list[Path]) -> Iterator[list[Path]]:
-    group: list[Path] = []
-    size = 0
-    for p in paths:
-        group.append(p)
-        size += p.stat().st_size
-        if size >= CSV_GROUP_BYTES:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
-
-
-def _prefetch(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
-    """Decode the next chunks in a thread while the store writes this one.
-
-    Decoders spend their time in numpy, Arrow and protobuf code and the store in DuckDB, all
-    of which release the GIL, so on two cores decoding and storing overlap. At most `depth`
-    chunks wait, which bounds memory.
-    """
-    box: queue.Queue[object] = queue.Queue(depth)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        box.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            box.put(done)
-        except BaseException as exc:  # handed to the consumer, raised there
-            box.put(exc)
-
-    thread = threading.Thread(target=work, name="spanomaly-decode", daemon=True)
-    thread.start()
-    try:
-        while (item := box.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _run(unit: _Unit, store: Store, report: IngestReport, options: DecodeOptions) -> None:
-    """Store one unit (a file, or a group of CSV files) in one transaction."""
-    part = IngestReport()
-    try:
-        with store.transaction():
-            for chunk in _prefetch(unit.decode()):
-                part.add(chunk.table, store.write(chunk))
-    except SpanomalyError as exc:
-        if unit.csv_kind and len(unit.files) > 1:
-            # one bad file (truncated archive, odd layout) must not sink its neighbours
-            log.info("retrying %s file by file: %s", unit.label, exc)
-            for f in unit.files:
-                _run(_csv_unit(unit.csv_kind, [f], options), store, report, options)
-            return
-        report.rejected += 1
-        report.note([str(exc) if str(unit.files[0]) in str(exc) else f"{unit.files[0]}: {exc}"])
-        return
-    report.merge(part)
-
-
-def ingest(
-    paths: Iterable[str | Path],
-    store: Store,
-    fmt: str = "auto",
-    options: DecodeOptions | None = None,
-    progress: Progress | None = None,
-) -> IngestReport:
-    """Decode every file under paths and store it; bad records are counted, never stored."""
-    if fmt != "auto" and fmt not in FORMATS:
-        raise InputError(f"--format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
-    options = options or DecodeOptions()
-    files = expand(paths)
-    report = IngestReport(files=len(files))
-    units = _plan(files, fmt, options, report)
-    total = sum(u.size for u in units) or 1
-    done = 0
-    for unit in units:
-        if progress:
-            progress(done, total, unit.label)
-        _run(unit, store, report, options)
-        done += unit.size
-    if progress:
-        progress(total, total, "checking parents")
-    orphans = store.orphans()
-    report.orphans = orphans.num_rows
-    if orphans.num_rows:
-        sample = orphans.slice(0, 5).to_pylist()
-        report.note(
-            f"trace {r['trace_id']} span {r['span_id']} ({r['service']}): parent {r['parent_id']} "
-            "never arrived (kept)"
-            for r in sample
-        )
-    return report
-
-
-def open_store(path: str | Path, read_only: bool = False) -> Store:
-    """The store at path (DuckDB file)."""
-    from spanomaly.store.duckdb import DuckDBStore
-
-    return DuckDBStore(path, read_only=read_only)
-
-
-# -- collective anomalies: train / detect / feedback ------------------------------------------
-
-# spans are read and scored in chunks of this many seconds of trace start times
-DETECT_CHUNK_S = 3600.0
-_SPAN_FEATURE_COLUMNS = (
-    "trace_id, span_id, parent_id, service, instance, operation, kind, start_ns, duration_ns, "
-    "status, http_method, http_route, http_status_code, http_url, peer_service"
-)
-
-
-def _trace_filter(
-    start_ns: int | None,
-    end_ns: int | None,
-    exclude: Iterable[tuple[int, int]] = (),
-    exclude_flagged: bool = False,
-) -> tuple[str, list[object]]:
-    """SQL selecting the ids of traces whose first span starts in the period."""
-    having, params = [], []
-    if start_ns is not None:
-        having.append("min(start_ns) >= ?")
-        params.append(start_ns)
-    if end_ns is not None:
-        having.append("min(start_ns) < ?")
-        params.append(end_ns)
-    for lo, hi in exclude:
-        having.append("NOT (min(start_ns) >= ? AND min(start_ns) < ?)")
-        params.extend([lo, hi])
-    sql = f"SELECT trace_id FROM spans GROUP BY trace_id HAVING {' AND '.join(having) or 'TRUE'}"
-    if exclude_flagged:
-        sql += (
-            " EXCEPT SELECT trace_id FROM findings WHERE entity = 'trace' "
-            "AND trace_id IS NOT NULL AND feedback IS DISTINCT FROM 'normal'"
-        )
-    return sql, params
-
-
-def trace_events(
-    store: Store,
-    start_ns: int | None = None,
-    end_ns: int | None = None,
-    exclude: Iterable[tuple[int, int]] = (),
-    exclude_flagged: bool = False,
-    config: FeatureConfig | None = None,
-) -> pa.Table:
-    """The events (`features.traces.events`) of the traces starting in the period."""
-    from spanomaly.features import traces as trace_features
-
-    ids_sql, params = _trace_filter(start_ns, end_ns, exclude, exclude_flagged)
-    lower = "s.start_ns >= ? AND " if start_ns is not None else ""
-    spans = store.sql(
-        f"SELECT {_SPAN_FEATURE_COLUMNS} FROM spans s WHERE {lower}s.trace_id IN ({ids_sql})",
-        ([start_ns] if start_ns is not None else []) + params,
-    )
-    return trace_features.events(spans, config)
-
-
-def _span_range(store: Store) -> tuple[int | None, int | None]:
-    row = store.sql("SELECT min(start_ns) AS lo, max(start_ns) AS hi FROM spans").to_pylist()[0]
-    return row["lo"], row["hi"]
-
-
-@dataclass
-class TrainOptions:
-    """What `spanomaly train` fits: detectors, their parameters, the event keys."""
-
-    sequence: str | None = "lstm"
-    duration: str | None = "robust"
-    sequence_params: dict[str, object] = field(default_factory=dict)
-    duration_params: dict[str, object] = field(default_factory=dict)
-    key_fields: tuple[str, ...] | None = None
-    order: str = "start"
-    target_fpr: float = 1e-3
-    random_state: int = 0
-    exclude_flagged: bool = True  # traces with unresolved findings are not normal data
-
-
-def train(
-    store: Store,
-    model_dir: str | Path,
-    start_ns: int | None = None,
-    end_ns: int | None = None,
-    exclude: Iterable[tuple[int, int]] = (),
-    window_s: float | None = None,
-    options: TrainOptions | None = None,
-) -> dict[str, object]:
-    """Fit the trace model on the normal period and write it to model_dir.
-
-    With window_s the period is the last window_s seconds before end_ns (default: the last
-    span): retraining on a sliding window of recent normal data.
-    """
-    from spanomaly.detect.model import TraceModel, iso
-    from spanomaly.features.traces import DEFAULT_KEY_FIELDS, FeatureConfig
-
-    options = options or TrainOptions()
-    exclude = list(exclude)
-    if window_s is not None:
-        if window_s <= 0:
-            raise InputError("--window: must be positive")
-        if end_ns is None:
-            hi = _span_range(store)[1]
-            end_ns = None if hi is None else hi + 1
-        if end_ns is not None:
-            start_ns = max(start_ns or 0, end_ns - int(window_s * 1e9))
-    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
-        raise InputError("--from must be before --to")
-    config = FeatureConfig(
-        key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS), order=options.order
-    )
-    events = trace_events(store, start_ns, end_ns, exclude, options.exclude_flagged, config)
-    model = TraceModel(
-        features=config,
-        sequence=options.sequence,
-        duration=options.duration,
-        sequence_params=dict(options.sequence_params),
-        duration_params=dict(options.duration_params),
-        target_fpr=options.target_fpr,
-        random_state=options.random_state,
-    )
-    period = {
-        "period_from_ns": start_ns,
-        "period_to_ns": end_ns,
-        "period_from": iso(start_ns),
-        "period_to": iso(end_ns),
-        "excluded": [[iso(lo), iso(hi)] for lo, hi in exclude],
-        "window_s": window_s,
-    }
-    model.fit(events, period)
-    model.save(model_dir)
-    return {
-        "model": str(model_dir),
-        "from": iso(model.trained_on_["from_ns"]),
-        "to": iso(model.trained_on_["to_ns"]),
-        "traces": model.trained_on_["traces"],
-        "events": model.trained_on_["events"],
-        "keys": model.trained_on_["keys"],
-        "detectors": {
-            role: {
-                "name": det.name,
-                "threshold": det.threshold_,
-                "validation_fpr": det.validation_fpr_,
-                "fit_seconds": model.trained_on_["fit_seconds"].get(role),
-            }
-            for role, det in model.detectors_.items()
-        },
-    }
-
-
-def detect(
-    store: Store,
-    model_dir: str | Path,
-    start_ns: int | None = None,
-    end_ns: int | None = None,
-    engine: str = "local",
-    progress: Progress | None = None,
-) -> dict[str, object]:
-    """Score the traces starting in the period, store a finding per anomalous trace."""
-    from spanomaly.detect.model import TraceModel
-    from spanomaly.evaluate.metrics import alarms
-
-    if engine != "local":
-        raise InputError(f"--engine: {engine!r} is not available yet (only local)")
-    model = TraceModel.load(model_dir)
-    lo, hi = _span_range(store)
-    if lo is None or hi is None:
-        return _detect_doc(0, 0, 0)
-    start = max(start_ns, lo) if start_ns is not None else lo
-    end = min(end_ns, hi + 1) if end_ns is not None else hi + 1
-    chunk = int(DETECT_CHUNK_S * 1e9)
-    scored = anomalous = 0
-    found = []
-    t = start
-    while t < end:
-        if progress:
-            progress(t - start, max(end - start, 1), "traces")
-        events = trace_events(store, t, min(t + chunk, end), config=model.feature_config)
-        t += chunk
-        if events.num_rows == 0:
-            continue
-        result = model.detect(events)
-        scored += len(result.trace_ids)
-        anomalous += int(result.anomalous.sum())
-        if result.findings.num_rows:
-            # findings are written like an ingest chunk (Chunk's table names the ingest ones)
-            store.write(Chunk("findings", result.findings))  # type: ignore[arg-type]
-            found.append(result.findings)
-    if progress:
-        progress(1, 1, "done")
-    n_alarms = alarms(pa.concat_tables(found)).num_rows if found else 0
-    doc = _detect_doc(scored, anomalous, n_alarms)
-    points = detect_points(store, model_dir, start_ns, end_ns)  # issue 6: instance windows
-    if points:
-        doc.update(points)
-    return doc
-
-
-def _detect_doc(traces: int, anomalous: int, n_alarms: int) -> dict[str, object]:
-    return {
-        "traces_scored": traces,
-        "anomalous_traces": anomalous,
-        "instances_scored": 0,
-        "anomalous_windows": 0,
-        "alarms": n_alarms,
-    }
-
-
-def feedback(
-    store: Store, model_dir: str | Path, finding: str, normal: bool = True
-) -> dict[str, object]:
-    """Mark a finding as a false positive and update the model with its trace."""
-    from spanomaly.detect.model import TraceModel
-
-    if not normal:
-        raise InputError("feedback: only --normal (a false positive) is supported")
-    rows = store.sql(
-        "SELECT finding_id, trace_id, entity FROM findings WHERE finding_id = ?", [finding]
-    ).to_pylist()
-    if not rows:
-        raise InputError(f"--finding: no finding {finding!r} in the store")
-    trace_id = rows[0]["trace_id"]
-    doc: dict[str, object] = {"finding": finding, "feedback": "normal", "model_updated": False}
-    if trace_id:
-        model = TraceModel.load(model_dir)
-        spans = store.traces([trace_id])
-        from spanomaly.features.traces import events as trace_events_of
-
-        update = model.update(trace_events_of(spans, model.feature_config))
-        model.save(model_dir)
-        doc.update(model_updated=True, trace_id=trace_id, **update)
-    store.set_feedback([finding], "normal")
-    return doc
-
-
-# == point anomalies and root cause (issue 6) ==================================================
-# Instance windows are scored by point detectors trained on the normal period (a model in
-# <model>/point/); their findings and the trace findings are ranked into suspects by
-# `rca`, and `evaluate` measures detection and ranking against the fault labels (the only
-# place that reads them).
 
 POINT_DIR = "point"
 POINT_FORMAT = "spanomaly-point-model"
@@ -715,7 +200,6 @@ def _point_findings(
     import json
 
     import numpy as np
-    import pyarrow as pa
 
     from spanomaly.schema import FINDINGS
 
@@ -860,7 +344,6 @@ class _WindowContext:
 
 
 def _window_context(store: Store, start_ns: int, end_ns: int) -> _WindowContext:
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     from spanomaly.features.graph import dependency_graph
@@ -936,7 +419,7 @@ def rca(
     import json
 
     if start_ns is None or end_ns is None:
-        lo, hi = _span_range(store)
+        lo, hi = span_range(store)
         start_ns = start_ns if start_ns is not None else (lo or 0)
         end_ns = end_ns if end_ns is not None else ((hi or 0) + 1)
     if start_ns >= end_ns:
@@ -963,7 +446,6 @@ def evaluate(
     'metrics', all for 'both'); RCA for a fault ranks the findings of [start, end + 60 s].
     """
     import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     from spanomaly.evaluate import metrics as m
@@ -973,7 +455,7 @@ def evaluate(
         raise InputError(f"--evidence: {evidence!r} is not one of {', '.join(ranking.EVIDENCE)}")
     if method not in RCA_METHODS:
         raise InputError(f"--method: {method!r} is not one of {', '.join(RCA_METHODS)}")
-    lo, hi = _span_range(store)
+    lo, hi = span_range(store)
     start = start_ns if start_ns is not None else (lo or 0)
     end = end_ns if end_ns is not None else ((hi or 0) + 1)
     if start >= end:

@@ -1,0 +1,72 @@
+"""Trace events read from the store for a period: shared by training, detection and RCA."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from spanomaly.store.base import Store
+
+if TYPE_CHECKING:
+    from spanomaly.features.traces import FeatureConfig
+
+log = logging.getLogger(__name__)
+
+_SPAN_FEATURE_COLUMNS = (
+    "trace_id, span_id, parent_id, service, instance, operation, kind, start_ns, duration_ns, "
+    "status, http_method, http_route, http_status_code, http_url, peer_service"
+)
+
+
+def _trace_filter(
+    start_ns: int | None,
+    end_ns: int | None,
+    exclude: Iterable[tuple[int, int]] = (),
+    exclude_flagged: bool = False,
+) -> tuple[str, list[object]]:
+    """SQL selecting the ids of traces whose first span starts in the period."""
+    having, params = [], []
+    if start_ns is not None:
+        having.append("min(start_ns) >= ?")
+        params.append(start_ns)
+    if end_ns is not None:
+        having.append("min(start_ns) < ?")
+        params.append(end_ns)
+    for lo, hi in exclude:
+        having.append("NOT (min(start_ns) >= ? AND min(start_ns) < ?)")
+        params.extend([lo, hi])
+    sql = f"SELECT trace_id FROM spans GROUP BY trace_id HAVING {' AND '.join(having) or 'TRUE'}"
+    if exclude_flagged:
+        sql += (
+            " EXCEPT SELECT trace_id FROM findings WHERE entity = 'trace' "
+            "AND trace_id IS NOT NULL AND feedback IS DISTINCT FROM 'normal'"
+        )
+    return sql, params
+
+
+def trace_events(
+    store: Store,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    exclude: Iterable[tuple[int, int]] = (),
+    exclude_flagged: bool = False,
+    config: FeatureConfig | None = None,
+) -> pa.Table:
+    """The events (`features.traces.events`) of the traces starting in the period."""
+    from spanomaly.features import traces as trace_features
+
+    ids_sql, params = _trace_filter(start_ns, end_ns, exclude, exclude_flagged)
+    lower = "s.start_ns >= ? AND " if start_ns is not None else ""
+    spans = store.sql(
+        f"SELECT {_SPAN_FEATURE_COLUMNS} FROM spans s WHERE {lower}s.trace_id IN ({ids_sql})",
+        ([start_ns] if start_ns is not None else []) + params,
+    )
+    return trace_features.events(spans, config)
+
+
+def span_range(store: Store) -> tuple[int | None, int | None]:
+    row = store.sql("SELECT min(start_ns) AS lo, max(start_ns) AS hi FROM spans").to_pylist()[0]
+    return row["lo"], row["hi"]

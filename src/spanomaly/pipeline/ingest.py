@@ -1,0 +1,297 @@
+"""Ingest wiring: files → decoders → store, one transaction per file."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spanomaly.errors import FormatError, InputError, SpanomalyError
+from spanomaly.ingest import csv as csv_spans
+from spanomaly.ingest import faults as fault_labels
+from spanomaly.ingest import metrics as csv_metrics
+from spanomaly.ingest.base import Chunk, DecodeOptions
+from spanomaly.ingest.files import FORMATS, expand, sniff
+from spanomaly.store.base import Store, WriteResult
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+
+MAX_MESSAGES = 50
+# CSV files are read by DuckDB in groups of about this many bytes: one query, one transaction
+CSV_GROUP_BYTES = 256 * 1024 * 1024
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class IngestReport:
+    """What one ingest call stored, skipped and refused."""
+
+    spans: int = 0
+    metrics: int = 0
+    logs: int = 0
+    faults: int = 0
+    fault_traces: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    files: int = 0
+    orphans: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, table: str, result: WriteResult) -> None:
+        """Count one write."""
+        setattr(self, table, getattr(self, table) + result.inserted)
+        self.duplicates += result.duplicates
+        self.rejected += result.rejected
+        self.note(r.message() for r in result.rejects)
+
+    def merge(self, other: IngestReport) -> None:
+        """Add the counts and messages of another report (of one unit) to this one."""
+        for name in (
+            "spans",
+            "metrics",
+            "logs",
+            "faults",
+            "fault_traces",
+            "duplicates",
+            "rejected",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.note(other.errors)
+
+    def note(self, messages: Iterable[str]) -> None:
+        """Keep the first messages; the counts say how many there were."""
+        for m in messages:
+            if len(self.errors) >= MAX_MESSAGES:
+                return
+            self.errors.append(m)
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON document of `spanomaly ingest --json`."""
+        return {
+            "spans": self.spans,
+            "metrics": self.metrics,
+            "logs": self.logs,
+            "faults": self.faults,
+            "fault_traces": self.fault_traces,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "orphans": self.orphans,
+            "files": self.files,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class _Unit:
+    """A piece of ingest work: some files of one kind, decoded into chunks."""
+
+    label: str
+    files: list[Path]
+    size: int
+    decode: Callable[[], Iterator[Chunk]]
+    csv_kind: str | None = None  # a failing multi-file CSV unit is retried file by file
+
+
+def _classify(path: Path, fmt: str, options: DecodeOptions) -> str:
+    """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans, csv-metrics."""
+    kind = sniff(path)
+    if kind == "csv":
+        columns = csv_spans.header(path)
+        if fmt in ("csv",) or options.column_map:
+            return "csv-spans"
+        if csv_metrics.is_nezha_metrics(columns):
+            return "csv-metrics"
+        if csv_spans.is_nezha_traces(columns) or fmt == "nezha":
+            return "csv-spans"
+        raise InputError(
+            f"{path}: CSV of unknown layout (columns {', '.join(columns[:12])}); "
+            "give --format csv --map field=column,... or --format nezha"
+        )
+    wanted = {
+        "otlp": "otlp",
+        "jaeger": "jaeger",
+        "zipkin": "zipkin",
+        "csv": "csv",
+        "nezha": "nezha",
+    }
+    if (
+        fmt != "auto"
+        and not kind.startswith(wanted[fmt])
+        and not (fmt == "nezha" and kind == "nezha-labels")
+    ):
+        raise FormatError(f"{path}: looks like {kind}, not {fmt}")
+    return kind
+
+
+def _decoder(kind: str, path: Path, options: DecodeOptions) -> Callable[[], Iterator[Chunk]]:
+    if kind.startswith("otlp"):
+        from spanomaly.ingest import otlp
+
+        return lambda: otlp.decode_file(path, kind, options)
+    if kind == "jaeger":
+        from spanomaly.ingest import jaeger
+
+        return lambda: jaeger.decode_file(path, options)
+    if kind == "zipkin":
+        from spanomaly.ingest import zipkin
+
+        return lambda: zipkin.decode_file(path, options)
+    if kind == "nezha-labels":
+        return lambda: fault_labels.decode_nezha_labels(path, options.fault_duration_s)
+    raise InputError(f"{path}: no decoder for {kind}")
+
+
+def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestReport) -> list[_Unit]:
+    units: list[_Unit] = []
+    csv_files: dict[str, list[Path]] = {"csv-spans": [], "csv-metrics": []}
+    for path in files:
+        try:
+            kind = _classify(path, fmt, options)
+        except SpanomalyError as exc:
+            report.rejected += 1
+            report.note([str(exc)])
+            continue
+        if kind in csv_files:
+            csv_files[kind].append(path)
+        else:
+            units.append(
+                _Unit(path.name, [path], path.stat().st_size, _decoder(kind, path, options))
+            )
+    for kind, paths in csv_files.items():
+        for group in _groups(paths):
+            units.append(_csv_unit(kind, group, options))
+    return units
+
+
+def _csv_unit(kind: str, group: list[Path], options: DecodeOptions) -> _Unit:
+    if kind == "csv-spans":
+        decode: Callable[[], Iterator[Chunk]] = lambda: csv_spans.decode_files(group, options)  # noqa: E731
+    else:
+        headers = {f: csv_spans.header(f) for f in group}
+        decode = lambda: csv_metrics.decode_files(group, headers)  # noqa: E731
+    label = (
+        group[0].name if len(group) == 1 else f"{len(group)} CSV files ({group[0].parent.name}/)"
+    )
+    return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind)
+
+
+def _groups(paths: list[Path]) -> Iterator[list[Path]]:
+    group: list[Path] = []
+    size = 0
+    for p in paths:
+        group.append(p)
+        size += p.stat().st_size
+        if size >= CSV_GROUP_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def _prefetch(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
+    """Decode the next chunks in a thread while the store writes this one.
+
+    Decoders spend their time in numpy, Arrow and protobuf code and the store in DuckDB, all
+    of which release the GIL, so on two cores decoding and storing overlap. At most `depth`
+    chunks wait, which bounds memory.
+    """
+    box: queue.Queue[object] = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        box.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put(exc)
+
+    thread = threading.Thread(target=work, name="spanomaly-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _run(unit: _Unit, store: Store, report: IngestReport, options: DecodeOptions) -> None:
+    """Store one unit (a file, or a group of CSV files) in one transaction."""
+    part = IngestReport()
+    try:
+        with store.transaction():
+            for chunk in _prefetch(unit.decode()):
+                part.add(chunk.table, store.write(chunk))
+    except SpanomalyError as exc:
+        if unit.csv_kind and len(unit.files) > 1:
+            # one bad file (truncated archive, odd layout) must not sink its neighbours
+            log.info("retrying %s file by file: %s", unit.label, exc)
+            for f in unit.files:
+                _run(_csv_unit(unit.csv_kind, [f], options), store, report, options)
+            return
+        report.rejected += 1
+        report.note([str(exc) if str(unit.files[0]) in str(exc) else f"{unit.files[0]}: {exc}"])
+        return
+    report.merge(part)
+
+
+def ingest(
+    paths: Iterable[str | Path],
+    store: Store,
+    fmt: str = "auto",
+    options: DecodeOptions | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Decode every file under paths and store it; bad records are counted, never stored."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise InputError(f"--format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+    options = options or DecodeOptions()
+    files = expand(paths)
+    report = IngestReport(files=len(files))
+    units = _plan(files, fmt, options, report)
+    total = sum(u.size for u in units) or 1
+    done = 0
+    for unit in units:
+        if progress:
+            progress(done, total, unit.label)
+        _run(unit, store, report, options)
+        done += unit.size
+    if progress:
+        progress(total, total, "checking parents")
+    orphans = store.orphans()
+    report.orphans = orphans.num_rows
+    if orphans.num_rows:
+        sample = orphans.slice(0, 5).to_pylist()
+        report.note(
+            f"trace {r['trace_id']} span {r['span_id']} ({r['service']}): parent {r['parent_id']} "
+            "never arrived (kept)"
+            for r in sample
+        )
+    return report
+
+
+def open_store(path: str | Path, read_only: bool = False) -> Store:
+    """The store at path (DuckDB file)."""
+    from spanomaly.store.duckdb import DuckDBStore
+
+    return DuckDBStore(path, read_only=read_only)

@@ -1,0 +1,207 @@
+"""Collective-anomaly wiring: trace events from the store → train / detect / feedback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from spanomaly.errors import InputError
+from spanomaly.ingest.base import Chunk
+from spanomaly.store.base import Store
+
+if TYPE_CHECKING:
+    pass
+
+from spanomaly.pipeline.events import span_range, trace_events
+from spanomaly.pipeline.ingest import Progress
+from spanomaly.pipeline.points import detect_points
+
+log = logging.getLogger(__name__)
+
+# -- collective anomalies: train / detect / feedback ------------------------------------------
+
+# spans are read and scored in chunks of this many seconds of trace start times
+DETECT_CHUNK_S = 3600.0
+
+
+@dataclass
+class TrainOptions:
+    """What `spanomaly train` fits: detectors, their parameters, the event keys."""
+
+    sequence: str | None = "lstm"
+    duration: str | None = "robust"
+    sequence_params: dict[str, object] = field(default_factory=dict)
+    duration_params: dict[str, object] = field(default_factory=dict)
+    key_fields: tuple[str, ...] | None = None
+    order: str = "start"
+    target_fpr: float = 1e-3
+    random_state: int = 0
+    exclude_flagged: bool = True  # traces with unresolved findings are not normal data
+
+
+def train(
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    exclude: Iterable[tuple[int, int]] = (),
+    window_s: float | None = None,
+    options: TrainOptions | None = None,
+) -> dict[str, object]:
+    """Fit the trace model on the normal period and write it to model_dir.
+
+    With window_s the period is the last window_s seconds before end_ns (default: the last
+    span): retraining on a sliding window of recent normal data.
+    """
+    from spanomaly.detect.model import TraceModel, iso
+    from spanomaly.features.traces import DEFAULT_KEY_FIELDS, FeatureConfig
+
+    options = options or TrainOptions()
+    exclude = list(exclude)
+    if window_s is not None:
+        if window_s <= 0:
+            raise InputError("--window: must be positive")
+        if end_ns is None:
+            hi = span_range(store)[1]
+            end_ns = None if hi is None else hi + 1
+        if end_ns is not None:
+            start_ns = max(start_ns or 0, end_ns - int(window_s * 1e9))
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+        raise InputError("--from must be before --to")
+    config = FeatureConfig(
+        key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS), order=options.order
+    )
+    events = trace_events(store, start_ns, end_ns, exclude, options.exclude_flagged, config)
+    model = TraceModel(
+        features=config,
+        sequence=options.sequence,
+        duration=options.duration,
+        sequence_params=dict(options.sequence_params),
+        duration_params=dict(options.duration_params),
+        target_fpr=options.target_fpr,
+        random_state=options.random_state,
+    )
+    period = {
+        "period_from_ns": start_ns,
+        "period_to_ns": end_ns,
+        "period_from": iso(start_ns),
+        "period_to": iso(end_ns),
+        "excluded": [[iso(lo), iso(hi)] for lo, hi in exclude],
+        "window_s": window_s,
+    }
+    model.fit(events, period)
+    model.save(model_dir)
+    return {
+        "model": str(model_dir),
+        "from": iso(model.trained_on_["from_ns"]),
+        "to": iso(model.trained_on_["to_ns"]),
+        "traces": model.trained_on_["traces"],
+        "events": model.trained_on_["events"],
+        "keys": model.trained_on_["keys"],
+        "detectors": {
+            role: {
+                "name": det.name,
+                "threshold": det.threshold_,
+                "validation_fpr": det.validation_fpr_,
+                "fit_seconds": model.trained_on_["fit_seconds"].get(role),
+            }
+            for role, det in model.detectors_.items()
+        },
+    }
+
+
+def detect(
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    engine: str = "local",
+    progress: Progress | None = None,
+) -> dict[str, object]:
+    """Score the traces starting in the period, store a finding per anomalous trace."""
+    from spanomaly.detect.model import TraceModel
+    from spanomaly.evaluate.metrics import alarms
+
+    if engine != "local":
+        raise InputError(f"--engine: {engine!r} is not available yet (only local)")
+    model = TraceModel.load(model_dir)
+    lo, hi = span_range(store)
+    if lo is None or hi is None:
+        return _detect_doc(0, 0, 0)
+    start = max(start_ns, lo) if start_ns is not None else lo
+    end = min(end_ns, hi + 1) if end_ns is not None else hi + 1
+    chunk = int(DETECT_CHUNK_S * 1e9)
+    scored = anomalous = 0
+    found = []
+    t = start
+    while t < end:
+        if progress:
+            progress(t - start, max(end - start, 1), "traces")
+        events = trace_events(store, t, min(t + chunk, end), config=model.feature_config)
+        t += chunk
+        if events.num_rows == 0:
+            continue
+        result = model.detect(events)
+        scored += len(result.trace_ids)
+        anomalous += int(result.anomalous.sum())
+        if result.findings.num_rows:
+            # findings are written like an ingest chunk (Chunk's table names the ingest ones)
+            store.write(Chunk("findings", result.findings))  # type: ignore[arg-type]
+            found.append(result.findings)
+    if progress:
+        progress(1, 1, "done")
+    n_alarms = alarms(pa.concat_tables(found)).num_rows if found else 0
+    doc = _detect_doc(scored, anomalous, n_alarms)
+    points = detect_points(store, model_dir, start_ns, end_ns)  # issue 6: instance windows
+    if points:
+        doc.update(points)
+    return doc
+
+
+def _detect_doc(traces: int, anomalous: int, n_alarms: int) -> dict[str, object]:
+    return {
+        "traces_scored": traces,
+        "anomalous_traces": anomalous,
+        "instances_scored": 0,
+        "anomalous_windows": 0,
+        "alarms": n_alarms,
+    }
+
+
+def feedback(
+    store: Store, model_dir: str | Path, finding: str, normal: bool = True
+) -> dict[str, object]:
+    """Mark a finding as a false positive and update the model with its trace."""
+    from spanomaly.detect.model import TraceModel
+
+    if not normal:
+        raise InputError("feedback: only --normal (a false positive) is supported")
+    rows = store.sql(
+        "SELECT finding_id, trace_id, entity FROM findings WHERE finding_id = ?", [finding]
+    ).to_pylist()
+    if not rows:
+        raise InputError(f"--finding: no finding {finding!r} in the store")
+    trace_id = rows[0]["trace_id"]
+    doc: dict[str, object] = {"finding": finding, "feedback": "normal", "model_updated": False}
+    if trace_id:
+        model = TraceModel.load(model_dir)
+        spans = store.traces([trace_id])
+        from spanomaly.features.traces import events as trace_events_of
+
+        update = model.update(trace_events_of(spans, model.feature_config))
+        model.save(model_dir)
+        doc.update(model_updated=True, trace_id=trace_id, **update)
+    store.set_feedback([finding], "normal")
+    return doc
+
+
+# == point anomalies and root cause (issue 6) ==================================================
+# Instance windows are scored by point detectors trained on the normal period (a model in
+# <model>/point/); their findings and the trace findings are ranked into suspects by
+# `rca`, and `evaluate` measures detection and ranking against the fault labels (the only
+# place that reads them).
