@@ -1,0 +1,259 @@
+"""The collector's single writer: one thread owns the store and commits in batches.
+
+Request handlers `submit` the chunks they decoded and wait on the returned future; the
+writer takes every job waiting in its queue (up to ``batch_rows`` rows), concatenates them
+per table and writes each table in one transaction, then completes the jobs' futures, so a
+request is answered only after its rows are committed. Many concurrent senders thus cost one
+transaction per batch instead of one each, and never contend for the store.
+
+The queue is bounded by rows: `submit` raises `QueueFull` when the rows waiting would pass
+``max_pending_rows`` (unless the queue is empty, so one big request still gets through), and
+the server answers 503 with Retry-After. `call` runs a function on the store in the writer
+thread between batches (reads such as stats), so nothing else touches the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from spanomaly.errors import SpanomalyError, StoreError
+from spanomaly.ingest.base import Chunk
+from spanomaly.schema import TABLES
+from spanomaly.store.base import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_MAX_PENDING_ROWS = 262_144
+DEFAULT_BATCH_ROWS = 65_536
+
+
+class QueueFull(SpanomalyError):
+    """The writer's queue is full: the sender should retry later."""
+
+
+@dataclass
+class _Job:
+    """Chunks of one request and the future its handler waits on."""
+
+    chunks: list[Chunk]
+    rows: int
+    future: Future[None] = field(default_factory=Future)
+
+
+@dataclass
+class _Call:
+    """A function to run on the store in the writer thread."""
+
+    fn: Callable[[Store], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+@dataclass
+class WriterStats:
+    """What the writer has done so far."""
+
+    rows: dict[str, int] = field(default_factory=lambda: {"spans": 0, "metrics": 0})
+    duplicates: int = 0
+    batches: int = 0
+    requests: int = 0
+    failed_requests: int = 0
+    refused_requests: int = 0  # QueueFull
+    busy_s: float = 0.0  # time spent writing
+
+
+class Writer:
+    """The one thread that writes to the store, batching many requests per transaction."""
+
+    def __init__(
+        self,
+        store: Store,
+        max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        on_commit: Callable[[str, pa.Table], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.max_pending_rows = max_pending_rows
+        self.batch_rows = batch_rows
+        self.on_commit = on_commit
+        self.stats = WriterStats()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows submitted and not yet committed."""
+        return self._pending
+
+    def full(self) -> bool:
+        """Whether a new request would be refused now."""
+        return self._pending >= self.max_pending_rows
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spanomaly-writer", daemon=True)
+            self._thread.start()
+
+    def submit(self, chunks: list[Chunk]) -> Future[None]:
+        """Queue chunks; the future completes once they are committed. QueueFull when the
+        rows waiting would pass max_pending_rows (an empty queue takes any size)."""
+        rows = sum(c.data.num_rows for c in chunks if isinstance(c.data, pa.Table))
+        with self._lock:
+            if self._closed:
+                raise StoreError("the collector is shutting down")
+            if self._pending and self._pending + rows > self.max_pending_rows:
+                self.stats.refused_requests += 1
+                raise QueueFull(f"{self._pending} rows wait to be written; retry later")
+            self._pending += rows
+        job = _Job(chunks, rows)
+        self._queue.put(job)
+        return job.future
+
+    def call(self, fn: Callable[[Store], T]) -> Future[T]:
+        """Run fn(store) in the writer thread between batches; its result as a future."""
+        item = _Call(fn)
+        if self._closed:
+            item.future.set_exception(StoreError("the collector is shutting down"))
+        else:
+            self._queue.put(item)
+        return item.future
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread and close the store."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        self.store.close()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            jobs: list[_Job] = []
+            rows = 0
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Call):
+                    self._flush(jobs)  # a call sees every job queued before it
+                    jobs, rows = [], 0
+                    self._run_call(item)
+                else:
+                    jobs.append(item)
+                    rows += item.rows
+                if stop or rows >= self.batch_rows:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._flush(jobs)
+        # anything submitted after the stop marker (a race at shutdown) is still written
+        leftover = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Job):
+                leftover.append(item)
+            elif isinstance(item, _Call):
+                self._run_call(item)
+        self._flush(leftover)
+
+    def _run_call(self, item: _Call) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            return
+        try:
+            item.future.set_result(item.fn(self.store))
+        except BaseException as exc:
+            item.future.set_exception(exc)
+
+    def _flush(self, jobs: list[_Job]) -> None:
+        """Write the jobs' chunks, one transaction per table, then complete their futures."""
+        if not jobs:
+            return
+        failed: dict[int, BaseException] = {}
+        tables = sorted({c.table for job in jobs for c in job.chunks})
+        for table in tables:
+            holders = [job for job in jobs if any(c.table == table for c in job.chunks)]
+            try:
+                self._write(table, holders)
+            except Exception as exc:
+                if len(holders) == 1:
+                    failed[id(holders[0])] = exc
+                    continue
+                # find the request the store refuses; the others are written alone
+                log.warning("batch write of %s failed (%s); writing request by request", table, exc)
+                for job in holders:
+                    try:
+                        self._write(table, [job])
+                    except Exception as one:
+                        failed[id(job)] = one
+        self.stats.batches += 1
+        for job in jobs:
+            with self._lock:
+                self._pending -= job.rows
+            self.stats.requests += 1
+            error = failed.get(id(job))
+            if error is None:
+                job.future.set_result(None)
+            else:
+                self.stats.failed_requests += 1
+                log.error("could not store a request: %s", error)
+                job.future.set_exception(error)
+
+    def _write(self, table: str, jobs: list[_Job]) -> None:
+        schema = TABLES[table]
+        parts = [
+            c.data.select(schema.names).cast(schema)
+            for job in jobs
+            for c in job.chunks
+            if c.table == table and isinstance(c.data, pa.Table)
+        ]
+        data = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        started = time.perf_counter()
+        try:
+            result = self.store.write(Chunk(table, data))  # type: ignore[arg-type]
+        finally:
+            self.stats.busy_s += time.perf_counter() - started
+        took_ms = (time.perf_counter() - started) * 1e3
+        log.log(
+            logging.INFO if took_ms > 250 else logging.DEBUG,  # a long one is a checkpoint
+            "committed %d %s rows (%d duplicates) of %d requests in %.0f ms",
+            result.inserted,
+            table,
+            result.duplicates,
+            len(jobs),
+            took_ms,
+        )
+        self.stats.rows[table] = self.stats.rows.get(table, 0) + result.inserted
+        self.stats.duplicates += result.duplicates
+        if self.on_commit is not None:
+            try:
+                self.on_commit(table, data)
+            except Exception:
+                log.exception("on_commit callback failed")

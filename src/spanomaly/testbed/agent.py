@@ -1,0 +1,151 @@
+"""Monitoring agent: psutil readings of every instance and node, exported as OTLP metrics.
+
+Run with ``python -m spanomaly.testbed.agent --targets JSON --collector URL``; targets map
+an instance to ``{"pid", "service", "version", "node"}``. Each instance gets its own
+MeterProvider (its resource names the service, instance, version and node, as an SDK inside
+the instance would), each node one more; readings every ``--interval`` seconds.
+Per instance: ``process.cpu.utilization`` (share of one core), ``process.memory.rss``,
+``process.threads``, ``process.open_fds``, ``process.io.read_bytes``/``write_bytes``,
+``process.context_switches``. Per node: ``node.cpu.utilization`` and ``node.memory.rss`` of
+the node's instances, ``system.cpu.utilization`` and ``system.memory.utilization``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psutil
+
+from spanomaly.testbed import instrumentation
+
+
+class _Reader:
+    """Cached psutil readings of one process; missing values once it is gone."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.proc.cpu_percent(None)
+
+    def read(self) -> dict[str, float] | None:
+        try:
+            with self.proc.oneshot():
+                io = self.proc.io_counters()
+                ctx = self.proc.num_ctx_switches()
+                return {
+                    "cpu": self.proc.cpu_percent(None) / 100.0,
+                    "rss": float(self.proc.memory_info().rss),
+                    "threads": float(self.proc.num_threads()),
+                    "fds": float(self.proc.num_fds()),
+                    "read": float(io.read_chars),
+                    "write": float(io.write_chars),
+                    "ctx": float(ctx.voluntary + ctx.involuntary),
+                }
+        except (psutil.Error, OSError):
+            return None
+
+
+def _observer(get: Callable[[], float | None]) -> Callable[[Any], Iterable[Any]]:
+    from opentelemetry.metrics import Observation
+
+    def callback(options: Any) -> Iterable[Any]:
+        value = get()
+        return [] if value is None else [Observation(value)]
+
+    return callback
+
+
+def start(targets: dict[str, dict[str, Any]], collector: str, interval_s: float) -> list[Any]:
+    """Meter providers for every instance and node; their readers export on their own."""
+    providers = []
+    readers = {name: _Reader(int(t["pid"])) for name, t in targets.items()}
+    latest: dict[str, dict[str, float] | None] = {}
+
+    lock = threading.Lock()
+
+    def value(name: str, key: str) -> float | None:
+        with lock:
+            if key == "cpu" or name not in latest:  # cpu comes first in a collection round
+                latest[name] = readers[name].read()
+            row = latest.get(name)
+        return None if row is None else row[key]
+
+    gauges = [
+        ("process.cpu.utilization", "cpu", "1"),
+        ("process.memory.rss", "rss", "By"),
+        ("process.threads", "threads", "{thread}"),
+        ("process.open_fds", "fds", "{fd}"),
+    ]
+    counters = [
+        ("process.io.read_bytes", "read", "By"),
+        ("process.io.write_bytes", "write", "By"),
+        ("process.context_switches", "ctx", "{switch}"),
+    ]
+    for name, t in targets.items():
+        res = instrumentation.resource(t["service"], name, t.get("version", "v1"), t["node"])
+        provider = instrumentation.meter_provider(res, collector, interval_s)
+        meter = provider.get_meter("spanomaly.testbed.agent")
+        for metric, key, unit in gauges:
+            meter.create_observable_gauge(
+                metric, [_observer(lambda n=name, k=key: value(n, k))], unit=unit
+            )
+        for metric, key, unit in counters:
+            meter.create_observable_counter(
+                metric, [_observer(lambda n=name, k=key: value(n, k))], unit=unit
+            )
+        providers.append(provider)
+    nodes = sorted({t["node"] for t in targets.values()})
+    for node in nodes:
+        from opentelemetry.sdk.resources import Resource
+
+        res = Resource.create(
+            {"service.name": "node", "service.instance.id": node, "host.name": node}
+        )
+        provider = instrumentation.meter_provider(res, collector, interval_s)
+        meter = provider.get_meter("spanomaly.testbed.agent")
+        members = [n for n, t in targets.items() if t["node"] == node]
+
+        def node_sum(key: str, members: list[str] = members) -> float:
+            return sum((latest.get(m) or {}).get(key, 0.0) for m in members)
+
+        meter.create_observable_gauge(
+            "node.cpu.utilization", [_observer(lambda f=node_sum: f("cpu"))], unit="1"
+        )
+        meter.create_observable_gauge(
+            "node.memory.rss", [_observer(lambda f=node_sum: f("rss"))], unit="By"
+        )
+        meter.create_observable_gauge(
+            "system.cpu.utilization",
+            [_observer(lambda: psutil.cpu_percent(None) / 100.0)],
+            unit="1",
+        )
+        meter.create_observable_gauge(
+            "system.memory.utilization",
+            [_observer(lambda: psutil.virtual_memory().percent / 100.0)],
+            unit="1",
+        )
+        providers.append(provider)
+    return providers
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="monitoring agent")
+    p.add_argument("--targets", required=True)
+    p.add_argument("--collector", required=True)
+    p.add_argument("--interval", type=float, default=2.0)
+    a = p.parse_args(argv)
+    providers = start(json.loads(a.targets), a.collector, a.interval)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    for provider in providers:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

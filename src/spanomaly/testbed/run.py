@@ -1,0 +1,330 @@
+"""One testbed run: collector, proxies, services, agent, load and faults; then cleanup.
+
+`run(RunConfig(...))` returns a `RunResult`: the summary plus the ground truth as Arrow
+tables (FAULTS, FAULT_TRACES) for the caller (cli.py) to store once the collector is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from spanomaly.schema import FAULT_TRACES, FAULTS
+from spanomaly.testbed import load
+from spanomaly.testbed.faults import Fault, Injector, load_schedule
+from spanomaly.testbed.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+SERVICES = ("frontend", "movies", "books", "evaluation")
+
+
+@dataclass
+class RunConfig:
+    minutes: float = 2.0
+    rate: float = 20.0
+    faults: Path | None = None  # schedule file; None: the shipped default
+    time_scale: float = 1.0
+    db: Path | None = None  # store the collector we start writes to
+    collector: str | None = None  # an external collector's URL: start none
+    replicas: int = 2
+    profile: str = "constant"
+    seed: int = 0
+    run_dir: Path | None = None
+    agent_interval_s: float = 2.0
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    faults: pa.Table
+    fault_traces: pa.Table
+    run_dir: Path
+    run_id: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _wait_port(port: int, timeout_s: float, alive: Any = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        if alive is not None and not alive():
+            raise RuntimeError(f"process for port {port} exited while starting")
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout_s:.0f} s")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
+    """Run the testbed for cfg.minutes; every process is stopped before this returns."""
+    run_id = uuid.uuid4().hex[:12]
+    run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix=f"spanomaly-testbed-{run_id}-"))
+    for sub in ("logs", "control", "truth", "data"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    instances = {f"{svc}-{k}": svc for svc in SERVICES for k in range(1, cfg.replicas + 1)}
+    schedule = load_schedule(cfg.faults, instances, cfg.time_scale)
+    duration_s = cfg.minutes * 60
+    v2 = {f.instance for f in schedule if f.kind == "version" and f.instance}
+    v2 |= {
+        i
+        for f in schedule
+        if f.kind == "version" and f.instance is None
+        for i in f.targets(instances)
+    }
+    sup = Supervisor(run_id, run_dir / "logs")
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    injector: Injector | None = None
+    fault_log: list[Fault] = []
+    summary: dict[str, Any] = {"run_id": run_id, "run_dir": str(run_dir), "crashed": []}
+    t_start = time.time_ns()
+    try:
+        names = list(instances)
+        ports = free_ports(2 * len(names) + 1)
+        upstream = dict(zip(names, ports[: len(names)], strict=True))
+        listen = dict(zip(names, ports[len(names) : 2 * len(names)], strict=True))
+        collector = cfg.collector
+        if collector is None:
+            cport = ports[-1]
+            db = str(cfg.db or run_dir / "spanomaly.duckdb")
+            sup.spawn(
+                "collector",
+                [
+                    sys.executable,
+                    "-m",
+                    "spanomaly",
+                    "serve",
+                    "--port",
+                    str(cport),
+                    "--db",
+                    db,
+                    "--trace-idle",
+                    "5",
+                ],
+            )
+            collector = f"http://127.0.0.1:{cport}"
+            _wait_port(cport, 60, lambda: sup.procs["collector"].poll() is None)
+        summary["collector"] = collector
+        routes = {n: [listen[n], upstream[n]] for n in names}
+        control = run_dir / "control"
+        injector = Injector(control, {}, instances)
+        injector.spawn = sup.spawn
+        injector._publish()
+        sup.spawn(
+            "proxy",
+            [
+                sys.executable,
+                "-m",
+                "spanomaly.testbed.proxy",
+                "--routes",
+                json.dumps(routes),
+                "--control",
+                str(injector.proxy_control),
+            ],
+        )
+        peers = {
+            svc: [f"http://127.0.0.1:{listen[n]}" for n, s in instances.items() if s == svc]
+            for svc in SERVICES
+        }
+        pids = {}
+        for k, (name, svc) in enumerate(instances.items()):
+            version = "v2" if name in v2 else "v1"
+            node = f"node-{k % 2 + 1}"
+            pids[name] = sup.spawn(
+                name,
+                [
+                    sys.executable,
+                    "-m",
+                    "spanomaly.testbed.services",
+                    "--service",
+                    svc,
+                    "--instance",
+                    name,
+                    "--version",
+                    version,
+                    "--node",
+                    node,
+                    "--port",
+                    str(upstream[name]),
+                    "--peers",
+                    json.dumps(peers),
+                    "--collector",
+                    collector,
+                    "--data-dir",
+                    str(run_dir / "data"),
+                    "--control",
+                    str(injector.instance_control(name)),
+                    "--truth",
+                    str(run_dir / "truth" / f"{name}.jsonl"),
+                ],
+            )
+        injector.pids = pids
+        for name in names:
+            _wait_port(upstream[name], 90, lambda n=name: sup.procs[n].poll() is None)
+            _wait_port(listen[name], 30)
+        targets = {
+            n: {
+                "pid": pids[n],
+                "service": s,
+                "version": "v2" if n in v2 else "v1",
+                "node": f"node-{k % 2 + 1}",
+            }
+            for k, (n, s) in enumerate(instances.items())
+        }
+        sup.spawn(
+            "agent",
+            [
+                sys.executable,
+                "-m",
+                "spanomaly.testbed.agent",
+                "--targets",
+                json.dumps(targets),
+                "--collector",
+                collector,
+                "--interval",
+                str(cfg.agent_interval_s),
+            ],
+        )
+        summary["instances"] = {
+            n: {
+                "service": s,
+                "version": targets[n]["version"],
+                "node": targets[n]["node"],
+                "pid": pids[n],
+            }
+            for n, s in instances.items()
+        }
+        if on_start is not None:
+            on_start(run_id, summary)
+        t_start = time.time_ns()
+        for fault in schedule:
+            if fault.kind == "version":
+                fault.start_ns, fault.end_ns = t_start, None
+                fault_log.append(fault)
+        frontends = peers["frontend"]
+        stats = asyncio.run(
+            _drive(cfg, duration_s, frontends, schedule, injector, sup, fault_log, summary)
+        )
+        summary["load"] = stats.summary(cfg.rate)
+    finally:
+        t_end = time.time_ns()
+        if injector is not None:
+            injector.stop_all()
+        for fault in fault_log:
+            if fault.end_ns is None:
+                fault.end_ns = t_end
+        svc_names = [n for n in sup.procs if n in instances]
+        sup.stop(svc_names)  # instances flush their spans on SIGTERM
+        sup.stop(["agent"])
+        sup.stop([n for n in sup.procs if n not in ("collector",)])
+        time.sleep(0.5)
+        sup.stop(["collector"], timeout_s=30)  # commits what it accepted
+        sup.stop_all()
+        signal.signal(signal.SIGTERM, old_term)
+    summary["duration_s"] = round((t_end - t_start) / 1e9, 1)
+    summary["faults"] = len(fault_log)
+    faults_table = _faults_table(fault_log)
+    traces_table = _fault_traces_table(run_dir / "truth", {f.fault_id for f in fault_log})
+    summary["fault_traces"] = traces_table.num_rows
+    return RunResult(summary, faults_table, traces_table, run_dir, run_id)
+
+
+async def _drive(
+    cfg: RunConfig,
+    duration_s: float,
+    frontends: list[str],
+    schedule: list[Fault],
+    injector: Injector,
+    sup: Supervisor,
+    fault_log: list[Fault],
+    summary: dict[str, Any],
+) -> load.LoadStats:
+    stop = asyncio.Event()
+
+    async def scheduler() -> None:
+        t0 = time.monotonic()
+        timed = sorted((f for f in schedule if f.kind != "version"), key=lambda f: f.at_s)
+        events = [(f.at_s, True, f) for f in timed] + [
+            (f.at_s + f.duration_s, False, f) for f in timed
+        ]
+        events.sort(key=lambda e: (e[0], e[1]))
+        for at, on, fault in events:
+            if at >= duration_s:
+                break
+            await asyncio.sleep(max(0.0, at - (time.monotonic() - t0)))
+            if on:
+                if injector.start(fault):
+                    fault_log.append(fault)
+            else:
+                injector.stop(fault)
+
+    async def watchdog() -> None:
+        while not stop.is_set():
+            for name in sup.crashed():
+                summary["crashed"].append(name)
+            await asyncio.sleep(0.5)
+
+    tasks = [asyncio.create_task(scheduler()), asyncio.create_task(watchdog())]
+    try:
+        return await load.generate(frontends, cfg.rate, duration_s, cfg.profile, cfg.seed)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _faults_table(faults: list[Fault]) -> pa.Table:
+    rows = [f for f in faults if f.start_ns is not None and f.end_ns is not None]
+    return pa.Table.from_pydict(
+        {
+            "fault_id": [f.fault_id for f in rows],
+            "kind": [f.kind for f in rows],
+            "service": [f.service for f in rows],
+            "instance": [f.instance for f in rows],
+            "start_ns": [f.start_ns for f in rows],
+            "end_ns": [f.end_ns for f in rows],
+            "params": [json.dumps(f.params, sort_keys=True) for f in rows],
+        },
+        schema=FAULTS,
+    )
+
+
+def _fault_traces_table(truth_dir: Path, known: set[str]) -> pa.Table:
+    rows: dict[str, list[str]] = {"fault_id": [], "trace_id": [], "span_id": []}
+    for path in sorted(truth_dir.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError):
+                doc = json.loads(line)
+                if doc["fault_id"] in known:
+                    for key in rows:
+                        rows[key].append(doc[key])
+    return pa.Table.from_pydict(rows, schema=FAULT_TRACES)
