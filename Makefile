@@ -22,10 +22,10 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Until the testbed and detectors exist, the best end-to-end job is importing the real
-# TrainTicket data (traces, metrics, fault labels) and printing what the store holds.
+# Until `spanomaly demo` (testbed → train → detect → report) lands, the best end-to-end job
+# is the real TrainTicket day: ingest, train on its fault-free hours, detect, rank, evaluate.
 demo: $(VENV)/.installed
-	@echo "spanomaly demo (for now): ingest the TrainTicket data set of $(DATA) and show its stats"
+	@echo "spanomaly demo (for now): the TrainTicket day of $(DATA), end to end"
 	bash scripts/demo.sh "$(DATA)" "$(DB)"
 
 lint: $(VENV)/.installed-test
@@ -36,4 +36,4 @@ test: lint
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo.duckdb demo-data
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo.duckdb demo-data demo-model

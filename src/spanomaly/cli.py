@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,9 @@ def _errors() -> Iterator[None]:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 1)
+    except BrokenPipeError:  # the reader went away (`spanomaly rca | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except OSError as exc:
         _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), 1)
 
@@ -702,7 +706,7 @@ def evaluate(
             assert isinstance(r, dict)
             typer.echo(
                 f"{doc['detected']} of {doc['faults']} faults detected "
-                f"(recall {pct(doc['fault_recall'])}), {doc['false_alarms_per_hour']} false "
+                f"(recall {pct(doc['fault_recall'])}), {float(doc['false_alarms_per_hour']):.1f} false "  # type: ignore[arg-type]
                 f"alarms per hour, trace FPR {pct(doc['trace_fpr'])}"
             )
             for level in ("service", "instance"):
