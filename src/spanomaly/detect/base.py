@@ -214,19 +214,10 @@ def _finite(value: Any) -> Any:
 REGISTRY: dict[str, type[TraceDetector]] = {}
 
 
-def register(cls: type[TraceDetector]) -> type[TraceDetector]:
-    """Class decorator: make a detector known by its `name`."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-class TraceDetector:
-    """Base of the collective-anomaly detectors: validation split, thresholds, persistence."""
+class DetectorParams:
+    """Constructor arguments shared by every detector: stored as given, checked at fit."""
 
     name: ClassVar[str] = ""
-    kind: ClassVar[str] = ""  # sequence | duration
-    # a score at or below this is never anomalous, whatever the validation data say
-    THRESHOLD_FLOOR: ClassVar[float] = 0.0
 
     def __init__(
         self, *, target_fpr: float = 1e-3, validation_fraction: float = 0.2, random_state: int = 0
@@ -257,13 +248,28 @@ class TraceDetector:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
-    # -- fitting and scoring --------------------------------------------------------------
-
     def _check_params(self) -> None:
         if not 0 < self.target_fpr < 1:
             raise ModelError(f"{self.name}: target_fpr must be in (0, 1), not {self.target_fpr}")
         if not 0 < self.validation_fraction < 1:
             raise ModelError(f"{self.name}: validation_fraction must be in (0, 1)")
+
+
+def register(cls: type[TraceDetector]) -> type[TraceDetector]:
+    """Class decorator: make a detector known by its `name`."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+class TraceDetector(DetectorParams):
+    """Base of the collective-anomaly detectors: validation split, thresholds, persistence."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # sequence | duration
+    # a score at or below this is never anomalous, whatever the validation data say
+    THRESHOLD_FLOOR: ClassVar[float] = 0.0
+
+    # -- fitting and scoring --------------------------------------------------------------
 
     def _check_data(self, data: Sequences) -> None:
         if self.kind == "duration" and (data.log_duration is None or data.log_self is None):

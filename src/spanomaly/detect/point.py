@@ -46,7 +46,6 @@ and refit it on load (deterministic under `random_state`).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
@@ -54,7 +53,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from spanomaly.detect.base import fit_threshold
+from spanomaly.detect.base import DetectorParams, fit_threshold
 from spanomaly.errors import ModelError
 
 STATE_VERSION = 1
@@ -89,7 +88,7 @@ def split_rows(
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
-class PointDetector:
+class PointDetector(DetectorParams):
     """Base of the point detectors: validation split, threshold, calibration, persistence."""
 
     name: ClassVar[str] = ""
@@ -97,42 +96,7 @@ class PointDetector:
     QUANTILE_THRESHOLD: ClassVar[bool] = True
     TAIL_FRACTION: ClassVar[float] = 0.05
 
-    def __init__(
-        self, *, target_fpr: float = 1e-3, validation_fraction: float = 0.2, random_state: int = 0
-    ) -> None:
-        self.target_fpr = target_fpr
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
-
-    # -- parameters -----------------------------------------------------------------------
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        names: list[str] = []
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            for p in inspect.signature(init).parameters.values():
-                if p.kind == p.KEYWORD_ONLY and p.name not in names:
-                    names.append(p.name)
-        return names
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments."""
-        return {n: getattr(self, n) for n in self._param_names()}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
     # -- checks ---------------------------------------------------------------------------
-
-    def _check_params(self) -> None:
-        if not 0 < self.target_fpr < 1:
-            raise ModelError(f"{self.name}: target_fpr must be in (0, 1), not {self.target_fpr}")
-        if not 0 < self.validation_fraction < 1:
-            raise ModelError(f"{self.name}: validation_fraction must be in (0, 1)")
 
     @staticmethod
     def _matrix(X: Any) -> np.ndarray:
