@@ -21,6 +21,21 @@ _SPAN_FEATURE_COLUMNS = (
 )
 
 
+def period_conditions(
+    column: str, start_ns: int | None, end_ns: int | None, end_inclusive: bool = False
+) -> tuple[list[str], list[object]]:
+    """SQL conditions (and their parameters) keeping `column` within [start, end)."""
+    where: list[str] = []
+    params: list[object] = []
+    if start_ns is not None:
+        where.append(f"{column} >= ?")
+        params.append(start_ns)
+    if end_ns is not None:
+        where.append(f"{column} {'<=' if end_inclusive else '<'} ?")
+        params.append(end_ns)
+    return where, params
+
+
 def _trace_filter(
     start_ns: int | None,
     end_ns: int | None,
@@ -28,13 +43,7 @@ def _trace_filter(
     exclude_flagged: bool = False,
 ) -> tuple[str, list[object]]:
     """SQL selecting the ids of traces whose first span starts in the period."""
-    having, params = [], []
-    if start_ns is not None:
-        having.append("min(start_ns) >= ?")
-        params.append(start_ns)
-    if end_ns is not None:
-        having.append("min(start_ns) < ?")
-        params.append(end_ns)
+    having, params = period_conditions("min(start_ns)", start_ns, end_ns)
     for lo, hi in exclude:
         having.append("NOT (min(start_ns) >= ? AND min(start_ns) < ?)")
         params.extend([lo, hi])

@@ -17,7 +17,7 @@ from spanomaly.store.base import Store
 if TYPE_CHECKING:
     pass
 
-from spanomaly.pipeline.events import span_range, trace_events
+from spanomaly.pipeline.events import period_conditions, span_range, trace_events
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,8 @@ class PointOptions:
 
 
 def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> object:
-    where, params = ["instance IS NOT NULL"], []
-    if start_ns is not None:
-        where.append("time_ns >= ?")
-        params.append(start_ns)
-    if end_ns is not None:
-        where.append("time_ns < ?")
-        params.append(end_ns)
+    where, params = period_conditions("time_ns", start_ns, end_ns)
+    where.append("instance IS NOT NULL")
     return store.sql(
         "SELECT time_ns, service, instance, name, value FROM metrics WHERE " + " AND ".join(where),
         params,
@@ -365,13 +360,8 @@ def _window_context(store: Store, start_ns: int, end_ns: int) -> _WindowContext:
 
 
 def _findings_between(store: Store, start_ns: int | None, end_ns: int | None) -> object:
-    where, params = ["feedback IS DISTINCT FROM 'normal'"], []
-    if start_ns is not None:
-        where.append("time_ns >= ?")
-        params.append(start_ns)
-    if end_ns is not None:
-        where.append("time_ns <= ?")
-        params.append(end_ns)
+    where, params = period_conditions("time_ns", start_ns, end_ns, end_inclusive=True)
+    where.append("feedback IS DISTINCT FROM 'normal'")
     return store.sql(f"SELECT * FROM findings WHERE {' AND '.join(where)} ORDER BY time_ns", params)
 
 
