@@ -43,6 +43,7 @@ from spanomaly.ingest import receiver
 from spanomaly.ingest.receiver import Body, Limits, RequestError, Signal
 from spanomaly.serve.completion import DEFAULT_IDLE_S, DEFAULT_MAX_WAIT_S, TraceTracker
 from spanomaly.serve.decoder import DEFAULT_BATCH_BYTES, Decoder
+from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import DEFAULT_BATCH_ROWS, DEFAULT_MAX_PENDING_ROWS, QueueFull, Writer
 from spanomaly.store.base import Store
 
@@ -110,7 +111,11 @@ class Collector:
     """The state behind the routes: settings, writer, tracker, decode threads, counters."""
 
     def __init__(
-        self, settings: ServeSettings, store: Store, on_ready: Callable[[], None] | None = None
+        self,
+        settings: ServeSettings,
+        store: Store,
+        on_ready: Callable[[], None] | None = None,
+        online: Online | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.limits
@@ -127,6 +132,10 @@ class Collector:
         self.inflight_bytes = 0  # changed on the event loop only
         self.started = time.monotonic()
         self.on_ready = on_ready
+        self.online = online
+        if online is not None:
+            online.attach(store)
+            self.tracker.subscribe(online.on_complete)
 
     def _committed(self, table: str, data: pa.Table) -> None:
         if table == "spans":
@@ -137,10 +146,17 @@ class Collector:
         self.writer.start()
         self.decoder.start()
         self.tracker.start()
+        if self.online is not None:
+            self.online.start()
 
     def stop(self) -> None:
-        """Commit everything queued, close the store, deliver the open traces."""
+        """Commit everything queued, deliver the open traces, close the store."""
         self.decoder.close()
+        if self.online is not None:
+            with contextlib.suppress(Exception):
+                self.writer.call(lambda store: None).result()  # what is queued is committed
+            self.tracker.stop(flush=True)  # the open traces go to online scoring
+            self.online.stop()
         self.writer.close()
         self.tracker.stop(flush=True)
 
@@ -333,11 +349,13 @@ def create_app(
     store: Store | None = None,
     on_complete: Callable[[pa.Table], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    online: Online | None = None,
 ) -> FastAPI:
-    """The collector app over store (default: the DuckDB file of settings.db)."""
+    """The collector app over store (default: the DuckDB file of settings.db); with online,
+    completed traces and closed instance windows are scored as they come."""
     if store is None:
         store = open_store(settings)
-    collector = Collector(settings, store, on_ready)
+    collector = Collector(settings, store, on_ready, online)
     if on_complete is not None:
         collector.tracker.subscribe(on_complete)
 
@@ -386,9 +404,47 @@ def create_app(
             return collector.error(503, str(exc), None)
         return JSONResponse(doc)
 
+    if online is not None:
+        _model_routes(app, collector, online)
     if settings.token:
         app.add_middleware(TokenAuth, token=settings.token)
     return app
+
+
+def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
+    """GET /api/model (what is loaded) and POST /api/model/retrain {"from","to"} (ns)."""
+
+    @app.get("/api/model")
+    async def model_status() -> JSONResponse:
+        """The loaded model: period, detectors, thresholds, vocabulary; online counters."""
+        return JSONResponse(online.status())
+
+    @app.post("/api/model/retrain")
+    async def model_retrain(request: Request) -> Response:
+        """Fit new models on stored data: {"from": ns, "to": ns} and optionally
+        "point_window_s" (seconds) and "point_sources" (["traces", "metrics"])."""
+        try:
+            body = await request.json()
+            lo, hi, win = body.get("from"), body.get("to"), body.get("point_window_s")
+            sources = body.get("point_sources")
+            if not all(v is None or isinstance(v, int) for v in (lo, hi)):
+                raise ValueError("from/to must be integers (ns since the epoch) or null")
+            if win is not None and not isinstance(win, int | float):
+                raise ValueError("point_window_s must be a number of seconds")
+            if sources is not None and not (
+                isinstance(sources, list) and all(isinstance(x, str) for x in sources)
+            ):
+                raise ValueError("point_sources must be a list of names")
+        except (ValueError, AttributeError) as exc:
+            return collector.error(400, f"retrain: {exc}", None)
+        loop = asyncio.get_running_loop()
+        try:
+            doc = await loop.run_in_executor(
+                None, online.retrain, lo, hi, (), win, None if sources is None else tuple(sources)
+            )
+        except SpanomalyError as exc:
+            return collector.error(400, f"retrain: {exc}", None)
+        return JSONResponse(doc)
 
 
 def open_store(settings: ServeSettings) -> Store:
@@ -453,6 +509,7 @@ def serve(
     settings: ServeSettings,
     on_ready: Callable[[str], None] | None = None,
     on_complete: Callable[[pa.Table], None] | None = None,
+    online: Online | None = None,
 ) -> None:
     """Run the collector until SIGTERM/SIGINT; commits everything before returning."""
     # a store locked by another process fails here, before the port is taken
@@ -470,6 +527,7 @@ def serve(
         store,
         on_complete,
         on_ready=(lambda: on_ready(url)) if on_ready else None,
+        online=online,
     )
     config = uvicorn.Config(
         app,
