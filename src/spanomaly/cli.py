@@ -783,7 +783,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: testbed → online training and detection → evaluation → report."""
-    from spanomaly.pipeline.demo import PHASES, DemoConfig, run_demo
+    from spanomaly.pipeline.demo import PHASES, DemoConfig, check_schedule, run_demo
     from spanomaly.pipeline.report import report as write
     from spanomaly.testbed.faults import ScheduleError
 
@@ -794,6 +794,7 @@ def demo(
             raise InputError(f"--faults: {faults}: no such file")
         cfg = DemoConfig(minutes=minutes, out=out, train_s=train, rate=rate, faults=faults)
         try:
+            check_schedule(cfg)  # before anything starts
             doc = _with_phases(PHASES, lambda phase: run_demo(cfg, phase))
         except ScheduleError as exc:
             raise InputError(str(exc)) from exc

@@ -75,6 +75,15 @@ class _Training:
     loaded: threading.Event = field(default_factory=threading.Event)  # faults may start
 
 
+def check_schedule(cfg: DemoConfig) -> None:
+    """Read the fault schedule as the run will (ScheduleError on a bad one)."""
+    from spanomaly.testbed.faults import load_schedule
+    from spanomaly.testbed.run import SERVICES
+
+    instances = {f"{svc}-{k}": svc for svc in SERVICES for k in (1, 2)}
+    load_schedule(cfg.faults or demo_schedule(), instances)
+
+
 def _train_later(url: str, cfg: DemoConfig, state: _Training, phase: Phase) -> None:
     import httpx
 
