@@ -10,8 +10,11 @@ Routes:
   flight and 503 writer queue full (both with Retry-After), 503 store failure.
 - ``GET /api/health``: liveness and the collector's counters.
 - ``GET /api/stats``: what ``spanomaly stats --json`` prints, read through the writer.
+- ``/`` the dashboard, ``/api/...`` its JSON API, ``/docs`` and ``/openapi.json`` the API
+  reference (`spanomaly.serve.dashboard`, `spanomaly.serve.api`).
 
-With a token every route needs ``Authorization: Bearer <token>``. No route reads or writes a
+With a token every route needs ``Authorization: Bearer <token>`` (or the dashboard's
+session cookie). No route reads or writes a
 file other than the store. Completed traces (`spanomaly.serve.completion`) go to the
 callbacks given to `create_app`, or subscribed later through ``app.state.collector.tracker``.
 """
@@ -42,6 +45,7 @@ from spanomaly.errors import SpanomalyError, StoreError
 from spanomaly.ingest import receiver
 from spanomaly.ingest.receiver import Body, Limits, RequestError, Signal
 from spanomaly.serve.completion import DEFAULT_IDLE_S, DEFAULT_MAX_WAIT_S, TraceTracker
+from spanomaly.serve.hooks import OnlineHook
 from spanomaly.serve.decoder import DEFAULT_BATCH_BYTES, Decoder
 from spanomaly.serve.writer import DEFAULT_BATCH_ROWS, DEFAULT_MAX_PENDING_ROWS, QueueFull, Writer
 from spanomaly.store.base import Store
@@ -333,8 +337,10 @@ def create_app(
     store: Store | None = None,
     on_complete: Callable[[pa.Table], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    online: OnlineHook | None = None,
 ) -> FastAPI:
-    """The collector app over store (default: the DuckDB file of settings.db)."""
+    """The collector app over store (default: the DuckDB file of settings.db), with the
+    dashboard and its API; online: detection with a loaded model (Models view, feedback)."""
     if store is None:
         store = open_store(settings)
     collector = Collector(settings, store, on_ready)
@@ -358,7 +364,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.collector = collector
 
@@ -386,8 +392,9 @@ def create_app(
             return collector.error(503, str(exc), None)
         return JSONResponse(doc)
 
-    if settings.token:
-        app.add_middleware(TokenAuth, token=settings.token)
+    from spanomaly.serve import dashboard  # it builds on TokenAuth, defined here
+
+    dashboard.install(app, collector.writer, settings.token, online)
     return app
 
 
@@ -453,6 +460,7 @@ def serve(
     settings: ServeSettings,
     on_ready: Callable[[str], None] | None = None,
     on_complete: Callable[[pa.Table], None] | None = None,
+    online: OnlineHook | None = None,
 ) -> None:
     """Run the collector until SIGTERM/SIGINT; commits everything before returning."""
     # a store locked by another process fails here, before the port is taken
@@ -470,6 +478,7 @@ def serve(
         store,
         on_complete,
         on_ready=(lambda: on_ready(url)) if on_ready else None,
+        online=online,
     )
     config = uvicorn.Config(
         app,

@@ -1,0 +1,183 @@
+"""The dashboard's JSON API over a small store with planted anomalies and a trained model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import httpx
+
+from tests.serve.dashboard_data import (
+    INSTANCE,
+    NS,
+    XSS,
+    Data,
+    PipelineHook,
+    app_over,
+    build,
+    running,
+)
+from tests.synthetic import T0
+
+SERVICES = {"gateway", "user-service", "order-service", "auth-service"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    """The store and model, built once for the module."""
+    return build(tmp_path_factory.mktemp("dashboard"))
+
+
+@pytest.fixture
+def api(built: Data, tmp_path: Path) -> Iterator[tuple[httpx.Client, PipelineHook, Data]]:
+    """A client of the server on a private copy of the store, with the pipeline hook."""
+    data = built.copy_to(tmp_path)
+    app, hook = app_over(data)
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client, hook, data
+
+
+def test_overview_has_every_service_calls_alarms_and_suspects(api: tuple) -> None:
+    client, _, _ = api
+    doc = client.get("/api/overview").json()
+    nodes = {n["service"]: n for n in doc["graph"]["nodes"]}
+    assert set(nodes) == SERVICES | {XSS}
+    edges = {(e["caller"], e["callee"]): e for e in doc["graph"]["edges"]}
+    assert ("gateway", "order-service") in edges
+    e = edges[("gateway", "order-service")]
+    assert e["calls"] > 0 and e["rate"] > 0 and e["mean_ms"] > 0
+    # findings in the last 15 min of data put colour on the blamed services
+    assert doc["findings"] == 3
+    assert nodes["order-service"]["findings"] == 2 and nodes["order-service"]["anomaly"] > 0
+    assert nodes["gateway"]["anomaly"] == 0
+    assert all(n["instances"] >= 1 for n in doc["graph"]["nodes"])
+    assert {a["service"] for a in doc["alarms"]} == {"order-service", XSS}
+    assert all(a["active"] for a in doc["alarms"])
+    assert doc["suspects"] and doc["suspects"][0]["rank"] == 1
+    assert doc["suspects"][0]["service"] in {"order-service", XSS}
+
+
+def test_overview_window_is_bounded_by_from_and_to(api: tuple) -> None:
+    client, _, _ = api
+    doc = client.get("/api/overview", params={"from": T0 / NS, "to": T0 / NS + 600}).json()
+    assert doc["findings"] == 0 and doc["alarms"] == [] and doc["suspects"] == []
+    assert doc["window"]["from"].startswith("2023-11-14T22:13:20")
+    assert client.get("/api/overview", params={"from": "yesterday"}).status_code == 400
+
+
+def test_findings_filters_and_detail(api: tuple) -> None:
+    client, _, data = api
+    page = client.get("/api/findings").json()
+    assert page["total"] == 3 and len(page["items"]) == 3
+    times = [f["time_ms"] for f in page["items"]]
+    assert times == sorted(times, reverse=True)
+    only = client.get("/api/findings", params={"service": "order-service"}).json()
+    assert only["total"] == 2 and {f["service"] for f in only["items"]} == {"order-service"}
+    assert client.get("/api/findings", params={"kind": "instance"}).json()["total"] == 0
+    assert client.get("/api/findings", params={"kind": "trace"}).json()["total"] == 3
+    assert client.get("/api/findings", params={"to": T0 / NS + 3600}).json()["total"] == 0
+    assert client.get("/api/findings", params={"limit": 1}).json()["items"][0] == page["items"][0]
+    filters = client.get("/api/findings/filters").json()
+    assert filters["kinds"] == ["trace"] and XSS in filters["services"]
+
+    slow = next(f for f in page["items"] if f["span_id"] == data.planted["slow_span"])
+    detail = client.get(f"/api/findings/{slow['finding_id']}").json()
+    duration = detail["details"]["duration"]
+    assert duration["span_id"] == data.planted["slow_span"]
+    assert duration["duration_ms"] > 10 * duration["normal_duration_ms"]
+    assert client.get("/api/findings/nope").status_code == 404
+
+
+def test_trace_has_its_spans_and_the_deviating_one(api: tuple) -> None:
+    client, _, data = api
+    page = client.get("/api/findings", params={"service": "order-service"}).json()
+    unknown = next(f for f in page["items"] if f["span_id"] == data.planted["unknown_op"])
+    doc = client.get(f"/api/traces/{unknown['trace_id']}").json()
+    ids = {s["span_id"] for s in doc["spans"]}
+    assert data.planted["unknown_op"] in ids and len(ids) == len(doc["spans"]) > 5
+    assert min(s["offset_ms"] for s in doc["spans"]) == 0
+    roots = [s for s in doc["spans"] if s["parent_id"] is None]
+    assert len(roots) == 1 and roots[0]["duration_ms"] >= max(s["duration_ms"] for s in doc["spans"])
+    assert [f["finding_id"] for f in doc["findings"]] == [unknown["finding_id"]]
+    assert doc["findings"][0]["details"]["sequence"]["observed"].endswith("SELECT secrets |  | ok")
+    assert client.get("/api/traces/0123").status_code == 404
+
+
+def test_instance_series_with_anomaly_and_fault_windows(api: tuple) -> None:
+    client, _, _ = api
+    rows = client.get("/api/instances").json()
+    by = {r["instance"]: r for r in rows}
+    assert by[INSTANCE]["points"] == 240 and by[INSTANCE]["spans"] > 0
+    assert by[INSTANCE]["findings"] == 2
+    doc = client.get(f"/api/instances/{INSTANCE}/series").json()
+    assert doc["service"] == "order-service"
+    cpu = doc["series"]["cpu.utilization"]
+    assert len(cpu["t_ms"]) == len(cpu["v"]) > 100 and max(cpu["v"]) > 0.9
+    assert {"spans.rate_per_s", "spans.errors_per_s", "spans.mean_ms"} <= set(doc["series"])
+    assert [f["fault_id"] for f in doc["faults"]] == ["f1"]
+    assert len(doc["anomalies"]) == 2
+    assert client.get("/api/instances/nobody/series").status_code == 404
+
+
+def test_feedback_updates_the_model_and_hides_the_finding(api: tuple) -> None:
+    client, hook, data = api
+    before = client.get("/api/models").json()
+    assert before["online"] is True and before["vocabulary"] > 5
+    assert before["detectors"]["sequence"]["name"] == "ngram"
+    page = client.get("/api/findings").json()
+    unknown = next(f for f in page["items"] if f["span_id"] == data.planted["unknown_op"])
+    answer = client.post(f"/api/findings/{unknown['finding_id']}/feedback")
+    assert answer.status_code == 200, answer.text
+    doc = answer.json()
+    assert doc["model_updated"] is True and doc["new_keys"] >= 1
+    assert doc["flagged_before"] == 1 and doc["flagged_after"] == 0
+    assert hook.calls == [("feedback", unknown["finding_id"])]
+    after = client.get("/api/models").json()
+    assert after["vocabulary"] == before["vocabulary"] + doc["new_keys"]
+    assert after["feedback_traces"] == before["feedback_traces"] + 1
+    shown = client.get("/api/findings", params={"include_normal": False}).json()
+    assert unknown["finding_id"] not in {f["finding_id"] for f in shown["items"]}
+    assert client.get("/api/overview").json()["findings"] == 2
+    config = json.loads((data.model / "config.json").read_text())
+    assert config["trained_on"]["feedback_traces"] == 1
+
+
+def test_retrain_fits_on_the_period_given(api: tuple) -> None:
+    client, hook, _ = api
+    assert client.post("/api/models/retrain", json={"from": 10, "to": 5}).status_code == 400
+    lo, hi = T0 / NS, T0 / NS + 15  # the first half of the normal traces
+    doc = client.post("/api/models/retrain", json={"from": lo, "to": hi}).json()
+    assert doc["traces"] == 150 and doc["detectors"]["sequence"]["name"] == "ngram"
+    assert hook.calls == [("retrain", (T0, T0 + 15 * NS))]
+    assert client.get("/api/models").json()["traces"] == doc["traces"]
+
+
+def test_without_a_model_feedback_is_only_recorded(built: Data, tmp_path: Path) -> None:
+    data = built.copy_to(tmp_path)
+    app, hook = app_over(data, online=False)
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/api/models").json() == {"online": False}
+        assert client.post("/api/models/retrain", json={}).status_code == 409
+        fid = client.get("/api/findings").json()["items"][0]["finding_id"]
+        doc = client.post(f"/api/findings/{fid}/feedback").json()
+        assert doc == {"finding": fid, "feedback": "normal", "model_updated": False}
+        assert client.get(f"/api/findings/{fid}").json()["feedback"] == "normal"
+        assert client.post("/api/findings/nope/feedback").status_code == 404
+    assert hook.calls == []
+
+
+def test_no_get_route_changes_state_and_openapi_documents_every_api_route(api: tuple) -> None:
+    client, _, _ = api
+    doc = client.get("/openapi.json").json()
+    api_paths = {p for p in doc["paths"] if p.startswith("/api/")}
+    assert {"/api/overview", "/api/findings", "/api/traces/{trace_id}", "/api/models"} <= api_paths
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert op.get("description") or op.get("summary"), (method, path)
+    changing = {p for p, ops in doc["paths"].items() if "post" in ops}
+    assert changing == {
+        "/v1/traces", "/v1/metrics", "/api/findings/{finding_id}/feedback", "/api/models/retrain",
+    }  # fmt: skip
+    assert all(set(doc["paths"][p]) == {"post"} for p in changing)
