@@ -57,6 +57,7 @@ def test_overview_has_every_service_calls_alarms_and_suspects(api: tuple) -> Non
     assert all(a["active"] for a in doc["alarms"])
     assert doc["suspects"] and doc["suspects"][0]["rank"] == 1
     assert doc["suspects"][0]["service"] in {"order-service", XSS}
+    assert doc["suspects"][0]["evidence"]["reasons"]  # parsed, with the findings' reasons
 
 
 def test_overview_window_is_bounded_by_from_and_to(api: tuple) -> None:

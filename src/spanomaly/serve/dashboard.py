@@ -49,6 +49,7 @@ SECURITY_HEADERS = [
 ]
 _LOGIN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>spanomaly: sign in</title>
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/style.css"></head>
 <body class="login"><form method="post" action="/login">
 <h1>spanomaly</h1><p>{message}</p>

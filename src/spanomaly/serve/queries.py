@@ -221,7 +221,10 @@ def overview(store: Store, w: Window, top: int = 5) -> dict[str, Any]:
     if found.num_rows:
         edges = calls.select(["caller", "callee", "callee_instance", "calls"]).cast(GRAPH_SCHEMA)
         ranked = rank(found, edges, traffic.select(["service", "instance", "requests"]))
-        suspects = _rows(ranked.slice(0, top))
+        suspects = [
+            r | {"evidence": json.loads(r["evidence"]) if r["evidence"] else None}
+            for r in _rows(ranked.slice(0, top))
+        ]
     return {
         "window": w.to_json(),
         "graph": g,

@@ -58,6 +58,7 @@
   // -- formatting --------------------------------------------------------------------------
   const fmtTime = (ms) => (ms === null || ms === undefined ? "" : new Date(ms).toISOString().replace("T", " ").slice(0, 23));
   const fmtNum = (x, d = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+  const fmtP = (p) => (p === null || p === undefined ? "–" : p >= 0.001 || p === 0 ? Number(p).toFixed(4) : Number(p).toExponential(1));
   const colour = (a) => `hsl(${Math.round(120 * (1 - Math.min(Math.max(a || 0, 0), 1)))}, 70%, 42%)`;
   const toInput = (ms) => (ms ? new Date(ms).toISOString().slice(0, 16) : "");
   const fromInput = (v) => (v ? String(Date.parse(v + ":00Z") / 1000) : "");
@@ -163,7 +164,7 @@
     const { pos, width, height } = layout(g.nodes, g.edges);
     const root = svg("svg", { id: "graph", viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "service dependency graph" });
     root.append(
-      svg("defs", null, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }))),
+      svg("defs", null, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }))),
     );
     const maxRate = Math.max(1e-9, ...g.edges.map((e) => e.rate));
     for (const e of g.edges) {
@@ -212,7 +213,11 @@
     const ol = el("ol", { id: "suspects", class: "list" });
     for (const s of suspects) {
       const inst = s.instance ? el("a", { href: `#/instance/${encodeURIComponent(s.instance)}`, text: s.instance }) : "";
-      ol.append(el("li", null, el("strong", { text: s.service }), " ", inst, s.operation ? ` · ${s.operation}` : "", el("div", { class: "muted", text: `score ${fmtNum(s.score)} · ${s.evidence}` })));
+      const ev = s.evidence || {};
+      const reasons = el("ul", { class: "reasons" });
+      for (const r of ev.reasons || []) reasons.append(el("li", { text: r }));
+      const why = [`score ${fmtNum(s.score)}`, `${ev.trace_findings || 0} trace findings`, `${ev.anomalous_windows || 0} anomalous windows`, ev.graph || ""].filter(Boolean).join(" · ");
+      ol.append(el("li", null, el("strong", { text: s.service }), " ", inst, s.operation ? ` · ${s.operation}` : "", el("div", { class: "muted", text: why }), reasons));
     }
     return ol;
   }
@@ -323,9 +328,9 @@
     if (d.sequence) {
       const s = d.sequence;
       box.append(el("h3", { text: "Sequence: expected versus observed" }),
-        el("p", null, "after ", el("code", { text: s.previous }), " observed ", el("code", { class: "observed", text: s.observed }), ` (p ${fmtNum(s.p, 4)}, rank ${s.rank})`));
+        el("p", null, "after ", el("code", { text: s.previous }), " observed ", el("code", { class: "observed", text: s.observed }), ` (p ${fmtP(s.p)}, rank ${s.rank})`));
       const t = el("table", { class: "grid expected" }, el("tr", null, el("th", { text: "expected next" }), el("th", { text: "p" })));
-      for (const e of s.expected || []) t.append(el("tr", null, el("td", null, el("code", { text: e.key })), el("td", { class: "num", text: fmtNum(e.p, 4) })));
+      for (const e of s.expected || []) t.append(el("tr", null, el("td", null, el("code", { text: e.key })), el("td", { class: "num", text: fmtP(e.p) })));
       box.append(t);
     }
     if (d.duration) {
@@ -391,8 +396,18 @@
     const band = doc.bucket_s * 1000;
     for (const f of doc.faults) root.append(svg("rect", { class: "fault", x: x(f.from_ms), y: 0, width: Math.max(2, x(f.to_ms) - x(f.from_ms)), height: H }, svg("title", { text: `fault ${f.kind} ${f.fault_id}` })));
     for (const a of doc.anomalies) root.append(svg("rect", { class: "anomaly", x: x(a.time_ms), y: 0, width: Math.max(2, x(a.time_ms + band) - x(a.time_ms)), height: H }, svg("title", { text: a.reason || "" })));
-    const pts = s.t_ms.map((t, i) => `${x(t).toFixed(1)},${y(s.v[i]).toFixed(1)}`).join(" ");
-    root.append(svg("polyline", { class: "series", points: pts }));
+    // one line per run of buckets with data; a gap in the data is a gap in the line
+    let run = [];
+    const flush = () => {
+      if (run.length === 1) root.append(svg("circle", { class: "point", cx: x(run[0][0]).toFixed(1), cy: y(run[0][1]).toFixed(1), r: 2 }));
+      else if (run.length) root.append(svg("polyline", { class: "series", points: run.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" ") }));
+      run = [];
+    };
+    s.t_ms.forEach((t, i) => {
+      if (run.length && t - run[run.length - 1][0] > 1.5 * band) flush();
+      run.push([t, s.v[i]]);
+    });
+    flush();
     return el("figure", { class: "chart-box" }, el("figcaption", { text: `${name} (max ${fmtNum(vmax, 3)})` }), root);
   }
 
