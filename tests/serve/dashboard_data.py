@@ -68,7 +68,9 @@ def build(directory: Path) -> Data:
     normal_traces(b, 300)
     later = T0 + 3600 * NS
     normal_traces(b, 40, start_ns=later)
-    planted = {k: plant(b, k, later + (5 + i) * NS) for i, k in enumerate(["unknown_op", "slow_span"])}
+    planted = {
+        k: plant(b, k, later + (5 + i) * NS) for i, k in enumerate(["unknown_op", "slow_span"])
+    }
     root = order_request()
     read = _find(root, "order_read")
     read.service, read.operation = XSS, XSS
@@ -142,7 +144,9 @@ class PipelineHook:
         """Train again on [from_ns, to_ns)."""
         self.calls.append(("retrain", (from_ns, to_ns)))
         options = trace_pipeline.TrainOptions(sequence="ngram")
-        return self._run(lambda s: trace_pipeline.train(s, self.model, from_ns, to_ns, options=options))
+        return self._run(
+            lambda s: trace_pipeline.train(s, self.model, from_ns, to_ns, options=options)
+        )
 
     def feedback(self, finding_id: str) -> dict[str, Any]:
         """Mark a false positive and update the model."""

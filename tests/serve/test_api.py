@@ -6,8 +6,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import httpx
+import pytest
 
 from tests.serve.dashboard_data import (
     INSTANCE,
@@ -100,7 +100,9 @@ def test_trace_has_its_spans_and_the_deviating_one(api: tuple) -> None:
     assert data.planted["unknown_op"] in ids and len(ids) == len(doc["spans"]) > 5
     assert min(s["offset_ms"] for s in doc["spans"]) == 0
     roots = [s for s in doc["spans"] if s["parent_id"] is None]
-    assert len(roots) == 1 and roots[0]["duration_ms"] >= max(s["duration_ms"] for s in doc["spans"])
+    assert len(roots) == 1 and roots[0]["duration_ms"] >= max(
+        s["duration_ms"] for s in doc["spans"]
+    )
     assert [f["finding_id"] for f in doc["findings"]] == [unknown["finding_id"]]
     assert doc["findings"][0]["details"]["sequence"]["observed"].endswith("SELECT secrets |  | ok")
     assert client.get("/api/traces/0123").status_code == 404

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -25,6 +26,7 @@ from spanomaly.store.base import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+OVERVIEW_TTL_S = 2.0  # an overview answer is reused this long (the page polls every 5 s)
 
 FromQ = Annotated[str | None, Query(alias="from", description="start: ISO-8601 or unix seconds")]
 ToQ = Annotated[str | None, Query(alias="to", description="end (exclusive): ISO-8601 or unix s")]
@@ -50,6 +52,7 @@ def parse_time(text: str | None, name: str) -> int | None:
 def router(writer: Writer, online: OnlineHook | None = None) -> APIRouter:
     """The /api routes of the dashboard over the writer's store and the online hook."""
     api = APIRouter(prefix="/api", tags=["dashboard"])
+    cache: dict[tuple[int | None, int | None], tuple[float, dict[str, Any]]] = {}
 
     async def read(fn: Callable[[Store], T]) -> T:
         try:
@@ -76,7 +79,15 @@ def router(writer: Writer, online: OnlineHook | None = None) -> APIRouter:
         edges: calls with rate, errors, mean latency), alarms and top suspects of a window
         (default: the last 15 minutes of data)."""
         lo, hi = parse_time(start, "from"), parse_time(end, "to")
-        return await read(lambda s: queries.overview(s, queries.window(s, lo, hi)))
+        key = (lo, hi)
+        hit = cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < OVERVIEW_TTL_S:
+            return hit[1]  # many open dashboards poll; the store is read once per TTL
+        doc = await read(lambda s: queries.overview(s, queries.window(s, lo, hi)))
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = (time.monotonic(), doc)
+        return doc
 
     @api.get("/findings")
     async def findings(
@@ -116,6 +127,7 @@ def router(writer: Writer, online: OnlineHook | None = None) -> APIRouter:
     @api.post("/findings/{finding_id}/feedback")
     async def feedback(finding_id: str) -> dict[str, Any]:
         """Mark a finding as a false positive; with a loaded model this updates it online."""
+        cache.clear()
         if online is not None:
             return await act(lambda: online.feedback(finding_id))
         n = await read(lambda s: s.set_feedback([finding_id], "normal"))
@@ -160,6 +172,7 @@ def router(writer: Writer, online: OnlineHook | None = None) -> APIRouter:
         """Fit the model again on the normal data of a period and use it from now on."""
         if online is None:
             raise HTTPException(409, "no model loaded: start the server with --model DIR")
+        cache.clear()
         lo = parse_time(_text(period.get("from")), "from")
         hi = parse_time(_text(period.get("to")), "to")
         if lo is not None and hi is not None and lo >= hi:

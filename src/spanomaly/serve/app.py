@@ -45,8 +45,8 @@ from spanomaly.errors import SpanomalyError, StoreError
 from spanomaly.ingest import receiver
 from spanomaly.ingest.receiver import Body, Limits, RequestError, Signal
 from spanomaly.serve.completion import DEFAULT_IDLE_S, DEFAULT_MAX_WAIT_S, TraceTracker
-from spanomaly.serve.hooks import OnlineHook
 from spanomaly.serve.decoder import DEFAULT_BATCH_BYTES, Decoder
+from spanomaly.serve.hooks import OnlineHook
 from spanomaly.serve.writer import DEFAULT_BATCH_ROWS, DEFAULT_MAX_PENDING_ROWS, QueueFull, Writer
 from spanomaly.store.base import Store
 

@@ -105,11 +105,11 @@ class Guard(TokenAuth):
                 else:
                     await super().__call__(scope, receive, secured)  # 401, OTLP/JSON body
                 return
-            if how == "cookie" and scope["method"] not in ("GET", "HEAD"):
-                if _header(scope, CSRF_HEADER) != b"1":
-                    forbidden = Response("missing X-Spanomaly header", status_code=403)
-                    await forbidden(scope, receive, secured)
-                    return
+            unsafe = scope["method"] not in ("GET", "HEAD")
+            if how == "cookie" and unsafe and _header(scope, CSRF_HEADER) != b"1":
+                forbidden = Response("missing X-Spanomaly header", status_code=403)
+                await forbidden(scope, receive, secured)
+                return
         await self.app(scope, receive, secured)
 
     def _how(self, scope: Scope) -> str | None:

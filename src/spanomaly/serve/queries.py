@@ -473,8 +473,6 @@ def _group(table: pa.Table) -> list[tuple[str, dict[str, list[Any]]]]:
     start = 0
     for i in range(1, len(names) + 1):
         if i == len(names) or names[i] != names[start]:
-            out.append(
-                (names[start], {"b": b[start:i], "v": [round(x, 6) for x in v[start:i]]})
-            )
+            out.append((names[start], {"b": b[start:i], "v": [round(x, 6) for x in v[start:i]]}))
             start = i
     return out
