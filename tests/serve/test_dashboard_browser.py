@@ -254,3 +254,18 @@ def test_a_token_needs_the_login_form(built: Data, browser: Any, tmp_path: Path)
             assert page.locator("svg#graph g.node").count() == len(SERVICES)
     finally:
         context.close()
+
+
+def test_the_api_docs_page_renders_without_a_network(session: Session) -> None:
+    page = session.page
+    page.route(
+        "**/*", lambda r: r.continue_() if r.request.url.startswith(session.url) else r.abort()
+    )
+    page.goto(f"{session.url}/docs")
+    endpoints = page.locator("section.endpoint")
+    endpoints.first.wait_for()
+    text = page.locator("main").text_content()
+    for path in ["/api/overview", "/api/findings/{finding_id}/feedback", "/api/traces/{trace_id}"]:
+        assert path in text
+    assert endpoints.count() >= 12
+    session.shot("api-docs")
