@@ -1,7 +1,7 @@
 """A small store and model for the dashboard tests: synthetic traces (tests.synthetic) with
 planted anomalies, one of them in a span whose service and operation are an XSS payload,
 an n-gram trace model trained on the normal hour, findings from `detect`, an instance's
-metrics and a fault label; plus an online hook over the pipeline and a server in a thread."""
+metrics with a CPU spike inside a fault label and an instance finding on it; plus an online hook over the pipeline and a server in a thread."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import uvicorn
 
 from spanomaly.ingest.base import Chunk
 from spanomaly.pipeline import traces as trace_pipeline
-from spanomaly.schema import FAULTS, METRICS, SPANS
+from spanomaly.schema import FAULTS, FINDINGS, METRICS, SPANS
 from spanomaly.serve.app import ServeSettings, bind, create_app, url_of
 from spanomaly.serve.writer import Writer
 from spanomaly.store.duckdb import DuckDBStore
@@ -29,6 +29,7 @@ from tests.synthetic import T0, TraceBuilder, _find, normal_traces, order_reques
 NS = 1_000_000_000
 XSS = "<img src=x onerror=alert(1)>"
 INSTANCE = "order-service-7d9f8-abcde"
+SPIKE = "cpu-spike-finding"  # the instance finding
 
 
 @dataclass
@@ -106,6 +107,19 @@ def build(directory: Path) -> Data:
         options = trace_pipeline.TrainOptions(sequence="ngram")
         trace_pipeline.train(store, model, T0, T0 + 3000 * NS, options=options)
         trace_pipeline.detect(store, model, later, None)
+        spike = {  # what a point detector says of the CPU spike (one instance window)
+            "finding_id": "cpu-spike-finding",
+            "time_ns": int(t[200]),
+            "detector": "point:ecod:metrics",
+            "entity": "instance",
+            "service": "order-service",
+            "instance": INSTANCE,
+            "score": 7.5,
+            "threshold": 1.0,
+            "reason": f"{INSTANCE} (metrics): cpu.utilization 0.95 (z +60.0)",
+            "details": json.dumps({"source": "metrics", "features": [{"feature": "m:cpu"}]}),
+        }
+        store.write(Chunk("findings", pa.Table.from_pylist([spike], schema=FINDINGS)))  # type: ignore[arg-type]
     return Data(db, model, planted, xss_span)
 
 

@@ -12,6 +12,7 @@ import pytest
 from tests.serve.dashboard_data import (
     INSTANCE,
     NS,
+    SPIKE,
     XSS,
     Data,
     PipelineHook,
@@ -49,12 +50,13 @@ def test_overview_has_every_service_calls_alarms_and_suspects(api: tuple) -> Non
     e = edges[("gateway", "order-service")]
     assert e["calls"] > 0 and e["rate"] > 0 and e["mean_ms"] > 0
     # findings in the last 15 min of data put colour on the blamed services
-    assert doc["findings"] == 3
-    assert nodes["order-service"]["findings"] == 2 and nodes["order-service"]["anomaly"] > 0
+    assert doc["findings"] == 4  # 3 trace findings and the CPU spike
+    assert nodes["order-service"]["findings"] == 3 and nodes["order-service"]["anomaly"] > 0
     assert nodes["gateway"]["anomaly"] == 0
     assert all(n["instances"] >= 1 for n in doc["graph"]["nodes"])
-    assert {a["service"] for a in doc["alarms"]} == {"order-service", XSS}
-    assert all(a["active"] for a in doc["alarms"])
+    # the spike ten minutes before the end is an alarm of its own, no longer active
+    alarms = sorted((a["service"], a["active"], a["findings"]) for a in doc["alarms"])
+    assert alarms == [(XSS, True, 1), ("order-service", False, 1), ("order-service", True, 2)]
     assert doc["suspects"] and doc["suspects"][0]["rank"] == 1
     assert doc["suspects"][0]["service"] in {"order-service", XSS}
     assert doc["suspects"][0]["evidence"]["reasons"]  # parsed, with the findings' reasons
@@ -71,17 +73,17 @@ def test_overview_window_is_bounded_by_from_and_to(api: tuple) -> None:
 def test_findings_filters_and_detail(api: tuple) -> None:
     client, _, data = api
     page = client.get("/api/findings").json()
-    assert page["total"] == 3 and len(page["items"]) == 3
+    assert page["total"] == 4 and len(page["items"]) == 4
     times = [f["time_ms"] for f in page["items"]]
     assert times == sorted(times, reverse=True)
     only = client.get("/api/findings", params={"service": "order-service"}).json()
-    assert only["total"] == 2 and {f["service"] for f in only["items"]} == {"order-service"}
-    assert client.get("/api/findings", params={"kind": "instance"}).json()["total"] == 0
+    assert only["total"] == 3 and {f["service"] for f in only["items"]} == {"order-service"}
+    assert client.get("/api/findings", params={"kind": "instance"}).json()["total"] == 1
     assert client.get("/api/findings", params={"kind": "trace"}).json()["total"] == 3
-    assert client.get("/api/findings", params={"to": T0 / NS + 3600}).json()["total"] == 0
+    assert client.get("/api/findings", params={"to": T0 / NS + 3600}).json()["total"] == 1
     assert client.get("/api/findings", params={"limit": 1}).json()["items"][0] == page["items"][0]
     filters = client.get("/api/findings/filters").json()
-    assert filters["kinds"] == ["trace"] and XSS in filters["services"]
+    assert filters["kinds"] == ["instance", "trace"] and XSS in filters["services"]
 
     slow = next(f for f in page["items"] if f["span_id"] == data.planted["slow_span"])
     detail = client.get(f"/api/findings/{slow['finding_id']}").json()
@@ -113,14 +115,17 @@ def test_instance_series_with_anomaly_and_fault_windows(api: tuple) -> None:
     rows = client.get("/api/instances").json()
     by = {r["instance"]: r for r in rows}
     assert by[INSTANCE]["points"] == 240 and by[INSTANCE]["spans"] > 0
-    assert by[INSTANCE]["findings"] == 2
+    assert by[INSTANCE]["findings"] == 3
     doc = client.get(f"/api/instances/{INSTANCE}/series").json()
     assert doc["service"] == "order-service"
     cpu = doc["series"]["cpu.utilization"]
     assert len(cpu["t_ms"]) == len(cpu["v"]) > 100 and max(cpu["v"]) > 0.9
     assert {"spans.rate_per_s", "spans.errors_per_s", "spans.mean_ms"} <= set(doc["series"])
     assert [f["fault_id"] for f in doc["faults"]] == ["f1"]
-    assert len(doc["anomalies"]) == 2
+    assert len(doc["anomalies"]) == 3
+    spike = next(a for a in doc["anomalies"] if a["finding_id"] == SPIKE)
+    fault = doc["faults"][0]
+    assert fault["from_ms"] <= spike["time_ms"] <= fault["to_ms"]
     assert client.get("/api/instances/nobody/series").status_code == 404
 
 
@@ -142,7 +147,7 @@ def test_feedback_updates_the_model_and_hides_the_finding(api: tuple) -> None:
     assert after["feedback_traces"] == before["feedback_traces"] + 1
     shown = client.get("/api/findings", params={"include_normal": False}).json()
     assert unknown["finding_id"] not in {f["finding_id"] for f in shown["items"]}
-    assert client.get("/api/overview").json()["findings"] == 2
+    assert client.get("/api/overview").json()["findings"] == 3
     config = json.loads((data.model / "config.json").read_text())
     assert config["trained_on"]["feedback_traces"] == 1
 

@@ -16,7 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serve.dashboard_data import INSTANCE, XSS, Data, PipelineHook, app_over, build, running
+from tests.serve.dashboard_data import (
+    INSTANCE,
+    SPIKE,
+    XSS,
+    Data,
+    PipelineHook,
+    app_over,
+    build,
+    running,
+)
+from tests.serve.test_app import body as spans_body
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -106,14 +116,13 @@ def test_graph_renders_every_service_coloured_by_anomaly(session: Session) -> No
         "fill"
     )
     assert page.locator("svg#graph line.edge").count() >= 3
-    assert page.locator("#alarms li").count() == 2
+    assert page.locator("#alarms li").count() == 3
     assert page.locator("#suspects li").count() >= 1
     session.shot("overview")
     # a click on a service opens its findings
     order.click()
     page.wait_for_url("**/#/anomalies?service=order-service")
-    page.locator("table#findings tbody tr").nth(1).wait_for()
-    assert page.locator("table#findings tbody tr").count() == 2
+    expect(page.locator("table#findings tbody tr")).to_have_count(3)
 
 
 def test_a_finding_opens_its_trace_with_the_deviating_span(session: Session) -> None:
@@ -170,8 +179,7 @@ def test_marking_a_false_positive_updates_the_model(session: Session) -> None:
     page.locator("#hide-normal").check()
     page.locator("#filters button[type=submit]").click()
     page.wait_for_url("**hide_normal=1")
-    page.locator("table#findings tbody tr").first.wait_for()
-    assert page.locator("table#findings tbody tr").count() == 2
+    expect(page.locator("table#findings tbody tr")).to_have_count(3)
     assert page.locator(f'tr[data-finding="{unknown["finding_id"]}"]').count() == 0
 
 
@@ -179,13 +187,12 @@ def test_filters_by_service_kind_and_time(session: Session) -> None:
     page = session.page
     session.open("#/anomalies")
     rows = page.locator("table#findings tbody tr")
-    rows.nth(2).wait_for()
-    assert rows.count() == 3
+    expect(rows).to_have_count(4)
     page.locator("select#service").select_option("order-service")
     page.locator("#filters button[type=submit]").click()
     page.wait_for_url("**service=order-service")
-    expect(rows).to_have_count(2)
-    assert {rows.nth(i).locator("td").nth(2).text_content() for i in range(2)} == {"order-service"}
+    expect(rows).to_have_count(3)
+    assert {rows.nth(i).locator("td").nth(2).text_content() for i in range(3)} == {"order-service"}
     session.shot("filtered")
     page.locator("select#kind").select_option("trace")
     page.locator("#filters button[type=submit]").click()
@@ -231,9 +238,16 @@ def test_instance_view_draws_series_with_anomaly_and_fault_windows(session: Sess
     chart.wait_for()
     assert chart.locator("polyline.series").count() == 1
     assert chart.locator("rect.fault").count() == 1
-    assert chart.locator("rect.anomaly").count() == 2
+    assert chart.locator("rect.anomaly").count() == 3
     assert page.locator('svg.chart[data-series="spans.rate_per_s"]').count() == 1
     session.shot("instance")
+    # an instance finding opens the instance with the finding's window marked
+    session.open("#/anomalies?kind=instance")
+    page.locator(f'tr[data-finding="{SPIKE}"]').click()
+    page.wait_for_url(f"**/#/instance/{INSTANCE}?finding={SPIKE}")
+    expect(page.locator("#explanation .reason")).to_contain_text("cpu.utilization 0.95")
+    expect(chart.locator("rect.anomaly.selected")).to_have_count(1)
+    session.shot("instance-finding")
 
 
 def test_a_token_needs_the_login_form(built: Data, browser: Any, tmp_path: Path) -> None:
@@ -269,3 +283,20 @@ def test_the_api_docs_page_renders_without_a_network(session: Session) -> None:
         assert path in text
     assert endpoints.count() >= 12
     session.shot("api-docs")
+
+
+def test_the_overview_follows_new_data_live(session: Session) -> None:
+    page = session.page
+    session.open("#/overview")
+    nodes = page.locator("svg#graph g.node")
+    expect(nodes).to_have_count(len(SERVICES))
+    sent = httpx.post(
+        f"{session.url}/v1/traces",
+        content=spans_body(0, 5),  # five root spans of a new service "svc"
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=30,
+    )
+    assert sent.status_code == 200
+    # the page polls every 5 s: the new service appears without a reload
+    expect(page.locator('svg#graph g.node[data-service="svc"]')).to_have_count(1, timeout=15_000)
+    expect(nodes).to_have_count(len(SERVICES) + 1)

@@ -374,19 +374,28 @@
     main().replaceChildren(el("section", { class: "panel" }, el("h2", { text: "Instances" }), t));
   }
 
-  async function instanceView(instance, _params, gen) {
-    const doc = await api(`/api/instances/${encodeURIComponent(instance)}/series`);
+  async function instanceView(instance, params, gen) {
+    const fid = params.get("finding");
+    const [doc, finding] = await Promise.all([
+      api(`/api/instances/${encodeURIComponent(instance)}/series`),
+      fid ? api(`/api/findings/${encodeURIComponent(fid)}`) : Promise.resolve(null),
+    ]);
     if (gen !== generation) return;
     const box = el("section", { class: "panel" }, el("h2", null, "Instance ", el("code", { text: doc.instance })),
       el("p", { class: "muted", text: `${doc.service || ""} · ${fmtTime(doc.window.from_ms)} – ${fmtTime(doc.window.to_ms)} · bucket ${fmtNum(doc.bucket_s, 1)} s · ${doc.anomalies.length} anomalies · ${doc.faults.length} fault windows` }),
       el("p", { class: "legend" }, el("span", { class: "key anomaly" }), " anomaly window ", el("span", { class: "key fault" }), " fault window (label)"));
     const names = Object.keys(doc.series);
     if (!names.length) box.append(el("p", { class: "muted", text: "No data in this window." }));
-    for (const name of names) box.append(chart(name, doc.series[name], doc));
-    main().replaceChildren(box);
+    for (const name of names) box.append(chart(name, doc.series[name], doc, fid));
+    if (!finding) { main().replaceChildren(box); return; }
+    const why = el("section", { id: "explanation", class: "panel" }, el("h2", { text: "Finding" }),
+      el("p", { class: "reason", text: finding.reason }),
+      el("p", { class: "muted", text: `${fmtTime(finding.time_ms)} · ${finding.detector} · score ${fmtNum(finding.score, 3)} (threshold ${fmtNum(finding.threshold, 3)})` }),
+      kv(finding.details), feedbackButton(finding));
+    main().replaceChildren(el("div", { class: "columns" }, el("div", { class: "wide" }, box), el("div", { class: "side" }, why)));
   }
 
-  function chart(name, s, doc) {
+  function chart(name, s, doc, selected) {
     const W = 720, H = 110, P = 4;
     const lo = doc.window.from_ms, hi = doc.window.to_ms;
     const x = (t) => P + ((W - 2 * P) * (t - lo)) / Math.max(1, hi - lo);
@@ -395,7 +404,7 @@
     const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, width: W, height: H, "data-series": name });
     const band = doc.bucket_s * 1000;
     for (const f of doc.faults) root.append(svg("rect", { class: "fault", x: x(f.from_ms), y: 0, width: Math.max(2, x(f.to_ms) - x(f.from_ms)), height: H }, svg("title", { text: `fault ${f.kind} ${f.fault_id}` })));
-    for (const a of doc.anomalies) root.append(svg("rect", { class: "anomaly", x: x(a.time_ms), y: 0, width: Math.max(2, x(a.time_ms + band) - x(a.time_ms)), height: H }, svg("title", { text: a.reason || "" })));
+    for (const a of doc.anomalies) root.append(svg("rect", { class: a.finding_id === selected ? "anomaly selected" : "anomaly", x: x(a.time_ms), y: 0, width: Math.max(2, x(a.time_ms + band) - x(a.time_ms)), height: H }, svg("title", { text: a.reason || "" })));
     // one line per run of buckets with data; a gap in the data is a gap in the line
     let run = [];
     const flush = () => {
