@@ -20,7 +20,7 @@ from fastapi.encoders import jsonable_encoder
 
 from spanomaly.errors import SpanomalyError, StoreError
 from spanomaly.serve import queries
-from spanomaly.serve.hooks import OnlineHook
+from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import Writer
 from spanomaly.store.base import Store
 
@@ -49,7 +49,7 @@ def parse_time(text: str | None, name: str) -> int | None:
     return int(when.timestamp() * 1e9)
 
 
-def router(writer: Writer, online: OnlineHook | None = None) -> APIRouter:
+def router(writer: Writer, online: Online | None = None) -> APIRouter:
     """The /api routes of the dashboard over the writer's store and the online hook."""
     api = APIRouter(prefix="/api", tags=["dashboard"])
     cache: dict[tuple[int | None, int | None], tuple[float, dict[str, Any]]] = {}

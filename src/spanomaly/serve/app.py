@@ -46,7 +46,7 @@ from spanomaly.ingest import receiver
 from spanomaly.ingest.receiver import Body, Limits, RequestError, Signal
 from spanomaly.serve.completion import DEFAULT_IDLE_S, DEFAULT_MAX_WAIT_S, TraceTracker
 from spanomaly.serve.decoder import DEFAULT_BATCH_BYTES, Decoder
-from spanomaly.serve.hooks import OnlineHook
+from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import DEFAULT_BATCH_ROWS, DEFAULT_MAX_PENDING_ROWS, QueueFull, Writer
 from spanomaly.store.base import Store
 
@@ -337,7 +337,7 @@ def create_app(
     store: Store | None = None,
     on_complete: Callable[[pa.Table], None] | None = None,
     on_ready: Callable[[], None] | None = None,
-    online: OnlineHook | None = None,
+    online: Online | None = None,
 ) -> FastAPI:
     """The collector app over store (default: the DuckDB file of settings.db), with the
     dashboard and its API; online: detection with a loaded model (Models view, feedback)."""
@@ -460,7 +460,7 @@ def serve(
     settings: ServeSettings,
     on_ready: Callable[[str], None] | None = None,
     on_complete: Callable[[pa.Table], None] | None = None,
-    online: OnlineHook | None = None,
+    online: Online | None = None,
 ) -> None:
     """Run the collector until SIGTERM/SIGINT; commits everything before returning."""
     # a store locked by another process fails here, before the port is taken

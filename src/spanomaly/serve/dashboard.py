@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spanomaly.serve.api import router
 from spanomaly.serve.app import TokenAuth
-from spanomaly.serve.hooks import OnlineHook
+from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import Writer
 
 STATIC = Path(str(resources.files("spanomaly.serve") / "static"))
@@ -161,9 +161,7 @@ def _path_of(scope: Scope) -> str:
     return scope["path"] + (f"?{query}" if query else "")
 
 
-def install(
-    app: FastAPI, writer: Writer, token: str | None, online: OnlineHook | None = None
-) -> None:
+def install(app: FastAPI, writer: Writer, token: str | None, online: Online | None = None) -> None:
     """Add the dashboard pages, assets, API and docs to app, behind the guard."""
     app.include_router(router(writer, online))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -1,26 +1,24 @@
-"""What the server needs from online detection, as a Protocol (serve never imports the
-pipeline: `spanomaly serve --model DIR` builds the detector and passes it in).
+"""What the collector can be handed besides its store: online detection (`Online`).
 
-The dashboard's Models view shows `status()`, and its actions call `retrain` and
-`feedback`; they run in a worker thread, never in the store writer's thread, so an
-implementation may itself wait on `Writer.call`.
+serve/ never imports the pipeline; `spanomaly serve --model DIR` builds the object and
+passes it to `create_app`. The dashboard's Models view shows `status()`, and its actions
+call `retrain` and `feedback` in a worker thread (never the store writer's thread).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 
-@runtime_checkable
-class OnlineHook(Protocol):
+class Online(Protocol):
     """Online detection with a loaded model: status, retraining and operator feedback."""
 
     def status(self) -> dict[str, Any]:
-        """What is trained, on which period, thresholds, vocabulary size, counters."""
+        """The loaded model (period, detectors, thresholds, vocabulary) and counters."""
         ...
 
-    def retrain(self, from_ns: int | None, to_ns: int | None) -> dict[str, Any]:
-        """Fit the model again on the normal data of [from_ns, to_ns) and load it."""
+    def retrain(self, start_ns: int | None = None, end_ns: int | None = None) -> dict[str, Any]:
+        """Fit new models on the period and swap them in (blocks: call from a worker)."""
         ...
 
     def feedback(self, finding_id: str) -> dict[str, Any]:
