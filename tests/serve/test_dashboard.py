@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spanomaly.serve.dashboard import COOKIE, CSP, STATIC, session_value
+from spanomaly.serve.dashboard import COOKIE, CSP, STATIC, safe_next, session_value
 from spanomaly.store.duckdb import DuckDBStore
 from tests.serve.dashboard_data import running
 from tests.serve.test_app import body as spans_body
@@ -75,6 +75,9 @@ def test_login_sets_a_session_cookie_and_state_changes_need_the_header(guarded: 
         wrong = c.post("/login", data={"token": "nope", "next": "/"})
         assert wrong.status_code == 401 and "Wrong token." in wrong.text
         assert COOKIE not in c.cookies
+        assert [safe_next(p) for p in ["/#/trace/1", "//evil", "/\\evil", "http://evil"]] == [
+            "/#/trace/1", "/", "/", "/",
+        ]  # fmt: skip
         ok = c.post("/login", data={"token": TOKEN, "next": "//evil.example/"})
         assert ok.status_code == 303 and ok.headers["location"] == "/"
         cookie = ok.headers["set-cookie"]

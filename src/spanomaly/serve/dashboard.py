@@ -64,10 +64,15 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"spanomaly-dashboard-session", hashlib.sha256).hexdigest()
 
 
+def safe_next(path: str) -> str:
+    """path when it stays on this server (no open redirect), else "/"."""
+    local = path.startswith("/") and not path.startswith("//") and "\\" not in path
+    return path if local else "/"
+
+
 def login_page(message: str, next_path: str = "/", status: int = 401) -> HTMLResponse:
     """The login form (served with 401 to a browser without the token)."""
-    safe_next = next_path if next_path.startswith("/") and not next_path.startswith("//") else "/"
-    body = _LOGIN.format(message=html.escape(message), next=html.escape(safe_next))
+    body = _LOGIN.format(message=html.escape(message), next=html.escape(safe_next(next_path)))
     return HTMLResponse(body, status_code=status)
 
 
@@ -137,8 +142,7 @@ class Guard(TokenAuth):
         next_path = (form.get("next") or ["/"])[0]
         if not hmac.compare_digest(given, self.token):
             return login_page("Wrong token.", next_path)
-        safe = next_path if next_path.startswith("/") and not next_path.startswith("//") else "/"
-        response = RedirectResponse(safe, status_code=303)
+        response = RedirectResponse(safe_next(next_path), status_code=303)
         response.set_cookie(
             COOKIE, self.session.decode(), httponly=True, samesite="strict", path="/"
         )
