@@ -1,7 +1,8 @@
 """The dashboard's JSON API (a FastAPI router under /api): one route behind every view.
 
-Reads run in the collector's writer thread (`Writer.call`) between write batches, so they
-never race the OTLP writes and hold them up only for one bounded query. Times in query
+Reads run on a cursor of their own in a worker thread where the store offers one
+(`Store.cursor`), beside the OTLP writes; otherwise in the collector's writer thread between
+write batches (`Writer.call`), holding the writes up for one bounded query. Times in query
 parameters are ISO-8601 or unix seconds. Actions (retrain, feedback) are POSTs; no GET
 changes anything. The OpenAPI document is at /openapi.json, a local page at /docs.
 """
@@ -55,8 +56,14 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
     cache: dict[tuple[int | None, int | None], tuple[float, dict[str, Any]]] = {}
 
     async def read(fn: Callable[[Store], T]) -> T:
+        """fn(store) on a cursor of its own beside the writes where the store offers one,
+        else in the writer thread between write batches."""
+        cursor_of = getattr(writer.store, "cursor", None)
         try:
-            return await asyncio.wrap_future(writer.call(fn))
+            if cursor_of is None:
+                return await asyncio.wrap_future(writer.call(fn))
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, _on_cursor, cursor_of, fn)
         except StoreError as exc:
             raise HTTPException(503, str(exc)) from exc
 
@@ -130,7 +137,12 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         cache.clear()
         if online is not None:
             return await act(lambda: online.feedback(finding_id))
-        n = await read(lambda s: s.set_feedback([finding_id], "normal"))
+        try:  # a write: in the writer thread
+            n = await asyncio.wrap_future(
+                writer.call(lambda s: s.set_feedback([finding_id], "normal"))
+            )
+        except StoreError as exc:
+            raise HTTPException(503, str(exc)) from exc
         found(n or None, "such finding")
         return {"finding": finding_id, "feedback": "normal", "model_updated": False}
 
@@ -180,6 +192,15 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         return await act(lambda: online.retrain(lo, hi))
 
     return api
+
+
+def _on_cursor(cursor_of: Callable[[], Store], fn: Callable[[Store], T]) -> T:
+    """fn on a fresh cursor of the store, closed afterwards (runs in a worker thread)."""
+    store = cursor_of()
+    try:
+        return fn(store)
+    finally:
+        store.close()
 
 
 def _text(value: str | float | None) -> str | None:
