@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 DB ?= demo.duckdb
 
-.PHONY: demo test lint install install-test clean
+.PHONY: demo trainticket test lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,14 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Until `spanomaly demo` (testbed → train → detect → report) lands, the best end-to-end job
-# is the real TrainTicket day: ingest, train on its fault-free hours, detect, rank, evaluate.
+# The main job: testbed → online training and detection → evaluation → report (demo-out/).
 demo: $(VENV)/.installed
-	@echo "spanomaly demo (for now): the TrainTicket day of $(DATA), end to end"
-	bash scripts/demo.sh "$(DATA)" "$(DB)"
+	$(BIN)/spanomaly demo --out demo-out
+
+# The same method on the real TrainTicket day: ingest, train on its fault-free hours,
+# detect, rank, evaluate.
+trainticket: $(VENV)/.installed
+	bash scripts/trainticket.sh "$(DATA)" "$(DB)"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
@@ -36,4 +39,4 @@ test: lint
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo.duckdb demo-data demo-model
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo.duckdb demo-data demo-model demo-out

@@ -13,7 +13,7 @@ import pytest
 from tests.ingest.test_csv import GOOD, NEZHA_HEADER
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SPANOMALY_DB": str(cwd / "s.duckdb")}
     return subprocess.run(
         [sys.executable, "-m", "spanomaly", *args],
@@ -21,7 +21,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 

@@ -31,6 +31,7 @@ DbOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _fail(message: str, code: int) -> None:
@@ -247,6 +248,14 @@ def serve(
         float,
         typer.Option(help="seconds without a new span after the root ends: trace complete"),
     ] = 5.0,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="score traces and instance windows online with this model directory "
+            "(empty: wait for POST /api/model/retrain)",
+        ),
+    ] = None,
 ) -> None:
     """OTLP/HTTP collector (/v1/traces, /v1/metrics), the dashboard (/) and its JSON API (/api,
     described at /docs)."""
@@ -277,7 +286,12 @@ def serve(
                 err=True,
             )
 
-        run_server(settings, on_ready=ready)
+        online = None
+        if model is not None:
+            from spanomaly.pipeline.online import OnlineDetector
+
+            online = OnlineDetector(Path(model))
+        run_server(settings, on_ready=ready, online=online)
 
 
 ModelOpt = Annotated[
@@ -369,6 +383,9 @@ def train(
         str, typer.Option(help="instance-window detector: ecod|iforest|lof|dbscan|peer|none")
     ] = "ecod",
     point_window: Annotated[float, typer.Option(help="instance window, seconds")] = 60.0,
+    point_sources: Annotated[
+        str, typer.Option(help="instance windows of: traces (RED features), metrics, or both")
+    ] = "traces,metrics",
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
@@ -419,7 +436,7 @@ def train(
         )
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
-            doc = pipeline.train(
+            doc = pipeline.train_models(
                 store,
                 Path(model),
                 parse_time(from_, "--from"),
@@ -427,20 +444,13 @@ def train(
                 windows,
                 parse_duration(window, "--window") if window else None,
                 options,
-            )
-            if _none(point):  # issue 6: point detectors of instance windows, same period
-                hi_ns = parse_time(str(doc["to"]), "--to")
-                doc["point"] = pipeline.train_points(
-                    store,
-                    Path(model),
-                    parse_time(str(doc["from"]), "--from"),
-                    None if hi_ns is None else hi_ns + 1,
-                    windows,
-                    pipeline.PointOptions(
-                        detector=point, window_s=point_window, target_fpr=target_fpr,
-                        random_state=seed,
-                    ),
-                )  # fmt: skip
+                # issue 6: point detectors of instance windows, same period
+                pipeline.PointOptions(
+                    detector=point, window_s=point_window, target_fpr=target_fpr,
+                    random_state=seed,
+                    sources=tuple(x.strip() for x in point_sources.split(",") if x.strip()),
+                ) if _none(point) else None,
+            )  # fmt: skip
         finally:
             store.close()
 
@@ -726,3 +736,169 @@ def evaluate(
                 )
 
         _emit(doc, as_json, human)
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="folder for index.html and results.json")],
+    db: DbOpt = None,
+    model: ModelOpt = DEFAULT_MODEL_DIR,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    title: Annotated[str, typer.Option(help="title of the report")] = "spanomaly report",
+    as_json: JsonOpt = False,
+) -> None:
+    """Static HTML report (offline, plots inline) of the evaluation against the labels."""
+    from spanomaly import pipeline
+    from spanomaly.pipeline.report import report as write
+
+    with _errors():
+        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
+        if lo is not None and hi is not None and lo >= hi:
+            raise InputError("--from must be before --to")
+        store = pipeline.open_store(db_path(db), read_only=True)
+        try:
+            path, doc = write(store, out, lo, hi, Path(model), title=title)
+        finally:
+            store.close()
+        _emit(
+            {"report": str(path), "results": str(out / "results.json"), "evaluation": doc},
+            as_json,
+            lambda: typer.echo(f"report: {path}"),
+        )
+
+
+@app.command()
+def demo(
+    minutes: Annotated[
+        float, typer.Option(help="most minutes of load (it ends after the fault schedule)")
+    ] = 8.0,
+    out: Annotated[Path, typer.Option("--out", help="folder for the store, model, report")] = Path(
+        "demo-out"
+    ),
+    train: Annotated[float, typer.Option(help="seconds of normal load to train on")] = 90.0,
+    rate: Annotated[float, typer.Option(help="requests per second")] = 20.0,
+    faults: Annotated[
+        Path | None, typer.Option("--faults", help="fault schedule (TOML); default: the demo's")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job: testbed → online training and detection → evaluation → report."""
+    from spanomaly.pipeline.demo import PHASES, DemoConfig, run_demo
+    from spanomaly.pipeline.report import report as write
+    from spanomaly.testbed.faults import ScheduleError
+
+    with _errors():
+        if minutes <= 0 or rate <= 0 or train <= 0 or train >= minutes * 60:
+            raise InputError("--minutes, --rate, --train > 0 and --train < the run")
+        if faults is not None and not faults.is_file():
+            raise InputError(f"--faults: {faults}: no such file")
+        cfg = DemoConfig(minutes=minutes, out=out, train_s=train, rate=rate, faults=faults)
+        try:
+            doc = _with_phases(PHASES, lambda phase: run_demo(cfg, phase))
+        except ScheduleError as exc:
+            raise InputError(str(exc)) from exc
+        store = _open_for_report(Path(doc["paths"]["db"]))
+        try:
+            path, _ = write(
+                store,
+                out / "report",
+                doc["training"]["loaded_ns"],
+                None,
+                Path(doc["paths"]["model"]),
+                evaluation=doc["evaluation"],
+                title="spanomaly demo: the movie and book encyclopedia under faults",
+            )
+        finally:
+            store.close()
+        doc["paths"]["report"] = str(path)
+        doc["timings"]["total_s"] = cfg.timings.get("total_s")
+        _emit(doc, as_json, lambda: _demo_summary(doc))
+
+
+def _open_for_report(db: Path) -> object:
+    from spanomaly import pipeline
+
+    return pipeline.open_store(str(db), read_only=True)
+
+
+def _with_phases(phases: tuple[str, ...], work: Callable[[Callable[[str], None]], T]) -> T:
+    """Run work(phase) under a rich progress display naming the phase and its elapsed time
+    (a line per phase on stderr when the output is not a terminal)."""
+    import time
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = _console()
+    if not console.is_terminal:
+        t0 = time.monotonic()
+
+        def line(name: str) -> None:
+            typer.echo(f"[{time.monotonic() - t0:6.1f} s] {name}", err=True)
+
+        return work(line)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("({task.completed:.0f}/{task.total:.0f})"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(phases[0], total=len(phases))
+
+        def phase(name: str) -> None:
+            done = phases.index(name) if name in phases else 0
+            bar.update(task, description=name, completed=done)
+
+        result = work(phase)
+        bar.update(task, description="done", completed=len(phases))
+    return result
+
+
+def _demo_summary(doc: dict[str, Any]) -> None:
+    """The demo's table on the terminal: a row per fault."""
+    from rich.table import Table
+
+    ev = doc["evaluation"]
+    table = Table(title="spanomaly demo: every fault, detected and ranked")
+    for col in ("fault kind", "injected into", "detected", "time to detect", "trace P / R / F1",
+                "rank: service", "rank: instance"):  # fmt: skip
+        table.add_column(col)
+    for f in ev.get("per_fault", []):
+        tr = (ev["per_type"].get(f["kind"]) or {}).get("trace")
+        prf = (
+            "-"
+            if not tr
+            else " / ".join(f"{100 * tr[k]:.0f}%" for k in ("precision", "recall", "f1"))
+        )
+        ttd = f["time_to_detect_s"]
+        table.add_row(
+            f["kind"],
+            str(f["instance"] or f["service"]),
+            "[green]yes[/]" if f["detected"] else "[red]no[/]",
+            "-" if ttd is None else f"{ttd:.1f} s",
+            prf,
+            str(f["rank"]["service"] or "-"),
+            str(f["rank"]["instance"] or "-"),
+        )
+    console = _console()
+    console.print(table)
+    svc, inst = ev["rca"]["service"], ev["rca"]["instance"]
+    console.print(
+        f"{ev['detected']} of {ev['faults']} faults detected; service AS@1 "
+        f"{_pct(svc['top1'])}, instance AS@1 {_pct(inst['top1'])}; "
+        f"{ev['false_alarms_per_hour']:.1f} false alarms per hour; "
+        f"model trained on {doc['training']['traces']} traces in {doc['training']['seconds']} s; "
+        f"demo took {doc['timings'].get('total_s')} s"
+    )
+    console.print(f"report: {doc['paths']['report']}")
+
+
+def _pct(v: object) -> str:
+    return "-" if v is None else f"{100 * float(v):.0f} %"  # type: ignore[arg-type]
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False)

@@ -1,7 +1,8 @@
 """A small store and model for the dashboard tests: synthetic traces (tests.synthetic) with
 planted anomalies, one of them in a span whose service and operation are an XSS payload,
 an n-gram trace model trained on the normal hour, findings from `detect`, an instance's
-metrics with a CPU spike inside a fault label and an instance finding on it; plus an online hook over the pipeline and a server in a thread."""
+metrics with a CPU spike inside a fault label and an instance finding on it; plus the
+server (with the online detector) in a thread."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ import uvicorn
 
 from spanomaly.ingest.base import Chunk
 from spanomaly.pipeline import traces as trace_pipeline
+from spanomaly.pipeline.online import OnlineDetector
+from spanomaly.pipeline.traces import TrainOptions
 from spanomaly.schema import FAULTS, FINDINGS, METRICS, SPANS
 from spanomaly.serve.app import ServeSettings, bind, create_app, url_of
-from spanomaly.serve.writer import Writer
 from spanomaly.store.duckdb import DuckDBStore
 from tests.synthetic import T0, TraceBuilder, _find, normal_traces, order_request, plant
 
@@ -104,7 +106,7 @@ def build(directory: Path) -> Data:
             }
         )
         store.write(Chunk("faults", _full(fault, FAULTS)))  # type: ignore[arg-type]
-        options = trace_pipeline.TrainOptions(sequence="ngram")
+        options = TrainOptions(sequence="ngram")
         trace_pipeline.train(store, model, T0, T0 + 3000 * NS, options=options)
         trace_pipeline.detect(store, model, later, None)
         spike = {  # what a point detector says of the CPU spike (one instance window)
@@ -123,58 +125,14 @@ def build(directory: Path) -> Data:
     return Data(db, model, planted, xss_span)
 
 
-class PipelineHook:
-    """The online hook over the pipeline's train and feedback, through the server's writer
-    (what `spanomaly serve --model DIR` wires; here for the tests)."""
-
-    def __init__(self, model: Path) -> None:
-        self.model = model
-        self.writer: Writer | None = None
-        self.calls: list[tuple[str, Any]] = []
-
-    def _run(self, fn: Any) -> Any:
-        assert self.writer is not None
-        return self.writer.call(fn).result(timeout=60)
-
-    def status(self) -> dict[str, Any]:
-        """The model directory's config: period, detectors and thresholds, vocabulary."""
-        config = json.loads((self.model / "config.json").read_text())
-        vocabulary = json.loads((self.model / "vocabulary.json").read_text())
-        trained = config["trained_on"]
-        return {
-            "model": str(self.model),
-            "from": trained.get("from"),
-            "to": trained.get("to"),
-            "traces": trained.get("traces"),
-            "vocabulary": len(vocabulary["keys"]),
-            "feedback_traces": trained.get("feedback_traces", 0),
-            "detectors": {
-                role: {"name": d["detector"], "threshold": d["fitted"]["threshold_"]}
-                for role, d in config["detectors"].items()
-            },
-        }
-
-    def retrain(self, from_ns: int | None, to_ns: int | None) -> dict[str, Any]:
-        """Train again on [from_ns, to_ns)."""
-        self.calls.append(("retrain", (from_ns, to_ns)))
-        options = trace_pipeline.TrainOptions(sequence="ngram")
-        return self._run(
-            lambda s: trace_pipeline.train(s, self.model, from_ns, to_ns, options=options)
-        )
-
-    def feedback(self, finding_id: str) -> dict[str, Any]:
-        """Mark a false positive and update the model."""
-        self.calls.append(("feedback", finding_id))
-        return self._run(lambda s: trace_pipeline.feedback(s, self.model, finding_id))
-
-
-def app_over(data: Data, token: str | None = None, online: bool = True) -> tuple[Any, PipelineHook]:
-    """The server app over a copy's store, with the pipeline hook (or none)."""
-    hook = PipelineHook(data.model)
+def app_over(
+    data: Data, token: str | None = None, online: bool = True
+) -> tuple[Any, OnlineDetector | None]:
+    """The server app over a copy's store, with the online detector on its model (or none)."""
+    detector = OnlineDetector(data.model, train_options=TrainOptions(sequence="ngram"))
     settings = ServeSettings(db=data.db, decode_processes=0, token=token)
-    app = create_app(settings, DuckDBStore(data.db), online=hook if online else None)
-    hook.writer = app.state.collector.writer
-    return app, hook
+    app = create_app(settings, DuckDBStore(data.db), online=detector if online else None)
+    return app, detector if online else None
 
 
 @contextmanager

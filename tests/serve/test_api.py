@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from spanomaly.pipeline.online import OnlineDetector
 from tests.serve.dashboard_data import (
     INSTANCE,
     NS,
     SPIKE,
     XSS,
     Data,
-    PipelineHook,
     app_over,
     build,
     running,
@@ -32,12 +32,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Data:
 
 
 @pytest.fixture
-def api(built: Data, tmp_path: Path) -> Iterator[tuple[httpx.Client, PipelineHook, Data]]:
-    """A client of the server on a private copy of the store, with the pipeline hook."""
+def api(built: Data, tmp_path: Path) -> Iterator[tuple[httpx.Client, OnlineDetector, Data]]:
+    """A client of the server on a private copy of the store, with the online detector."""
     data = built.copy_to(tmp_path)
-    app, hook = app_over(data)
+    app, online = app_over(data)
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        yield client, hook, data
+        yield client, online, data
 
 
 def test_overview_has_every_service_calls_alarms_and_suspects(api: tuple) -> None:
@@ -130,9 +130,9 @@ def test_instance_series_with_anomaly_and_fault_windows(api: tuple) -> None:
 
 
 def test_feedback_updates_the_model_and_hides_the_finding(api: tuple) -> None:
-    client, hook, data = api
-    before = client.get("/api/models").json()
-    assert before["online"] is True and before["vocabulary"] > 5
+    client, _, data = api
+    before = client.get("/api/model").json()
+    assert before["loaded"] is True and before["vocabulary"] > 5
     assert before["detectors"]["sequence"]["name"] == "ngram"
     page = client.get("/api/findings").json()
     unknown = next(f for f in page["items"] if f["span_id"] == data.planted["unknown_op"])
@@ -141,51 +141,54 @@ def test_feedback_updates_the_model_and_hides_the_finding(api: tuple) -> None:
     doc = answer.json()
     assert doc["model_updated"] is True and doc["new_keys"] >= 1
     assert doc["flagged_before"] == 1 and doc["flagged_after"] == 0
-    assert hook.calls == [("feedback", unknown["finding_id"])]
-    after = client.get("/api/models").json()
-    assert after["vocabulary"] == before["vocabulary"] + doc["new_keys"]
-    assert after["feedback_traces"] == before["feedback_traces"] + 1
+    after = client.get("/api/model").json()  # the detector serves the updated model
+    vocabulary = json.loads((data.model / "vocabulary.json").read_text())["keys"]
+    assert len(vocabulary) == before["vocabulary"] + doc["new_keys"]
+    assert "order-service | order-service | SELECT secrets |  | ok" in vocabulary
+    feedback_traces = before["trained_on"]["feedback_traces"] + 1
+    assert after["trained_on"]["feedback_traces"] == feedback_traces
     shown = client.get("/api/findings", params={"include_normal": False}).json()
     assert unknown["finding_id"] not in {f["finding_id"] for f in shown["items"]}
     assert client.get("/api/overview").json()["findings"] == 3
     config = json.loads((data.model / "config.json").read_text())
     assert config["trained_on"]["feedback_traces"] == 1
+    assert client.post("/api/findings/nope/feedback").status_code == 400  # InputError
 
 
-def test_retrain_fits_on_the_period_given(api: tuple) -> None:
-    client, hook, _ = api
-    assert client.post("/api/models/retrain", json={"from": 10, "to": 5}).status_code == 400
-    lo, hi = T0 / NS, T0 / NS + 15  # the first half of the normal traces
-    doc = client.post("/api/models/retrain", json={"from": lo, "to": hi}).json()
+def test_retrain_from_the_dashboard_fits_on_the_period_given(api: tuple) -> None:
+    client, _, _ = api
+    # what the Models view sends: whole minutes in ns, as JSON integers
+    doc = client.post("/api/model/retrain", json={"from": T0, "to": T0 + 15 * NS}).json()
     assert doc["traces"] == 150 and doc["detectors"]["sequence"]["name"] == "ngram"
-    assert hook.calls == [("retrain", (T0, T0 + 15 * NS))]
-    assert client.get("/api/models").json()["traces"] == doc["traces"]
+    assert client.get("/api/model").json()["trained_on"]["traces"] == 150
 
 
 def test_without_a_model_feedback_is_only_recorded(built: Data, tmp_path: Path) -> None:
     data = built.copy_to(tmp_path)
-    app, hook = app_over(data, online=False)
+    app, online = app_over(data, online=False)
+    assert online is None
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert client.get("/api/models").json() == {"online": False}
-        assert client.post("/api/models/retrain", json={}).status_code == 409
+        assert client.get("/api/model").status_code == 404
+        assert client.post("/api/model/retrain", json={}).status_code == 404
         fid = client.get("/api/findings").json()["items"][0]["finding_id"]
         doc = client.post(f"/api/findings/{fid}/feedback").json()
         assert doc == {"finding": fid, "feedback": "normal", "model_updated": False}
         assert client.get(f"/api/findings/{fid}").json()["feedback"] == "normal"
         assert client.post("/api/findings/nope/feedback").status_code == 404
-    assert hook.calls == []
+    config = json.loads((data.model / "config.json").read_text())
+    assert config["trained_on"]["feedback_traces"] == 0  # the model files are untouched
 
 
 def test_no_get_route_changes_state_and_openapi_documents_every_api_route(api: tuple) -> None:
     client, _, _ = api
     doc = client.get("/openapi.json").json()
     api_paths = {p for p in doc["paths"] if p.startswith("/api/")}
-    assert {"/api/overview", "/api/findings", "/api/traces/{trace_id}", "/api/models"} <= api_paths
+    assert {"/api/overview", "/api/findings", "/api/traces/{trace_id}", "/api/model"} <= api_paths
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             assert op.get("description") or op.get("summary"), (method, path)
     changing = {p for p, ops in doc["paths"].items() if "post" in ops}
     assert changing == {
-        "/v1/traces", "/v1/metrics", "/api/findings/{finding_id}/feedback", "/api/models/retrain",
+        "/v1/traces", "/v1/metrics", "/api/findings/{finding_id}/feedback", "/api/model/retrain",
     }  # fmt: skip
     assert all(set(doc["paths"][p]) == {"post"} for p in changing)

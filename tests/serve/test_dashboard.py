@@ -10,20 +10,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+from spanomaly.serve.app import ServeSettings, create_app
 from spanomaly.serve.dashboard import COOKIE, CSP, STATIC, safe_next, session_value
 from spanomaly.store.duckdb import DuckDBStore
 from tests.serve.dashboard_data import running
 from tests.serve.test_app import body as spans_body
+from tests.serve.test_online_hook import FakeOnline
 
 TOKEN = "s3cret-token"
 HTML = {"Accept": "text/html"}
 
 
 def _app(tmp_path: Path, token: str | None) -> object:
-    from spanomaly.serve.app import ServeSettings, create_app
-
+    """An app over an empty store with a fake online detector (its routes are guarded too)."""
     settings = ServeSettings(db=tmp_path / "s.duckdb", decode_processes=0, token=token)
-    return create_app(settings, DuckDBStore(tmp_path / "s.duckdb"))
+    return create_app(settings, DuckDBStore(tmp_path / "s.duckdb"), online=FakeOnline())
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_login_sets_a_session_cookie_and_state_changes_need_the_header(guarded: 
         # a cookie alone cannot change state (a cross-site form could send it)
         assert c.post("/api/findings/x/feedback").status_code == 403
         r = c.post("/api/findings/x/feedback", headers={"X-Spanomaly": "1"})
-        assert r.status_code == 404  # through the guard: no such finding
+        assert r.status_code == 200 and r.json() == {"finding": "x"}  # to the detector
         # the OTLP senders' bearer token needs no such header
         sent = c.post(
             "/v1/traces",
@@ -109,7 +110,7 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
         assert "script-src 'self';" in CSP and "unsafe-inline" not in CSP
         # no token: no login, and GET never changes state
         assert c.get("/api/findings/x/feedback").status_code == 405
-        assert c.get("/api/models/retrain").status_code == 405
+        assert c.get("/api/model/retrain").status_code == 405
 
 
 def test_pages_load_only_local_assets() -> None:

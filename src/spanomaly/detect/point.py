@@ -311,6 +311,9 @@ class ECOD(PointDetector):
     probability of the value under the training distribution of that feature."""
 
     name = "ecod"
+    # in the units of the features: the normaliser's z-scores, where the top 5 % of a
+    # standard normal lie about 0.4 beyond their start
+    MIN_TAIL_SCALE = 0.25
 
     def __init__(self, *, tail: bool = True, tail_fraction: float = 0.05, **kw: Any) -> None:
         super().__init__(**kw)
@@ -321,11 +324,13 @@ class ECOD(PointDetector):
         self.sorted_ = np.sort(X, axis=0)
         n = X.shape[0]
         k = max(int(n * self.tail_fraction), 1)
-        # exponential tails beyond the training range: mean excess over the tail's start
+        # exponential tails beyond the training range: mean excess over the tail's start,
+        # no narrower than MIN_TAIL_SCALE (a feature that never varied in training, or a
+        # few training windows, must not turn any change into certainty)
         hi = self.sorted_[n - k :]
         lo = self.sorted_[:k]
-        self.right_scale_ = np.maximum((hi - hi[0]).mean(axis=0), 1e-6)
-        self.left_scale_ = np.maximum((lo[-1] - lo).mean(axis=0), 1e-6)
+        self.right_scale_ = np.maximum((hi - hi[0]).mean(axis=0), self.MIN_TAIL_SCALE)
+        self.left_scale_ = np.maximum((lo[-1] - lo).mean(axis=0), self.MIN_TAIL_SCALE)
 
     def _contributions(self, X: np.ndarray) -> np.ndarray:
         s = self.sorted_

@@ -253,9 +253,11 @@ def metric_windows(
 ) -> pa.Table:
     """Metric points per (window, service, instance), one column `m.<name>` per metric.
 
-    `metrics` has the METRICS columns (time_ns, service, instance, name, value); points
-    without an instance (node or whole-service metrics) are left out. The value is the mean
-    over the window; non-finite values are ignored.
+    `metrics` has the METRICS columns (time_ns, service, instance, name, value, and
+    optionally kind); points without an instance (node or whole-service metrics) are left
+    out. The value is the mean over the window; non-finite values are ignored. A ``sum``
+    (a counter, cumulative as OpenTelemetry SDKs send it by default) becomes its rate per
+    second between consecutive points of the instance; a drop (a restart) gives no rate.
     """
     w = int(window_s * NS)
     if metrics.num_rows == 0:
@@ -264,7 +266,19 @@ def metric_windows(
     con = duckdb.connect()
     try:
         con.execute("SET preserve_insertion_order = false")
-        con.register("_m", metrics.select(["time_ns", "service", "instance", "name", "value"]))
+        cols = ["time_ns", "service", "instance", "name", "value"]
+        if "kind" in metrics.column_names:
+            con.register("_raw", metrics.select([*cols, "kind"]))
+            con.execute(
+                "CREATE TEMP VIEW _m AS SELECT time_ns, service, instance, name, CASE "
+                "WHEN kind IS DISTINCT FROM 'sum' THEN value "
+                "WHEN value < lag(value) OVER w THEN NULL "
+                "ELSE (value - lag(value) OVER w) "
+                "/ nullif((time_ns - lag(time_ns) OVER w) / 1e9, 0) END AS value "
+                "FROM _raw WINDOW w AS (PARTITION BY instance, name ORDER BY time_ns)"
+            )
+        else:
+            con.register("_m", metrics.select(cols))
         if names is None:
             names = [
                 r[0]

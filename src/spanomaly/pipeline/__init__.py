@@ -18,7 +18,14 @@ from spanomaly.pipeline.points import (
     rca,
     train_points,
 )
-from spanomaly.pipeline.traces import DETECT_CHUNK_S, TrainOptions, detect, feedback, train
+from spanomaly.pipeline.traces import (
+    DETECT_CHUNK_S,
+    TrainOptions,
+    detect,
+    feedback,
+    train,
+    train_models,
+)
 
 __all__ = [
     "DETECT_CHUNK_S",
@@ -39,5 +46,6 @@ __all__ = [
     "span_range",
     "trace_events",
     "train",
+    "train_models",
     "train_points",
 ]

@@ -38,13 +38,15 @@ class PointOptions:
     recent: int = 10
     target_fpr: float = 1e-3
     random_state: int = 0
+    sources: tuple[str, ...] = POINT_SOURCES  # windows of span RED features, of metrics
 
 
 def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> object:
     where, params = period_conditions("time_ns", start_ns, end_ns)
     where.append("instance IS NOT NULL")
     return store.sql(
-        "SELECT time_ns, service, instance, name, value FROM metrics WHERE " + " AND ".join(where),
+        "SELECT time_ns, service, instance, name, value, kind FROM metrics WHERE "
+        + " AND ".join(where),
         params,
     )
 
@@ -108,6 +110,10 @@ def train_points(
         )
     if options.window_s <= 0:
         raise InputError("--point-window: must be positive")
+    bad = [x for x in options.sources if x not in POINT_SOURCES]
+    if bad or not options.sources:
+        raise InputError(f"--point-sources: {', '.join(bad) or 'none given'}; "
+                         f"sources: {', '.join(POINT_SOURCES)}")  # fmt: skip
     events = trace_events(store, start_ns, end_ns, exclude)
     profile = win.SelfTimeProfile().fit(events)  # type: ignore[arg-type]
     windows = _instance_windows(store, start_ns, end_ns, profile, options.window_s, exclude)
@@ -129,7 +135,7 @@ def train_points(
     host = list(windows["host_metrics"])  # type: ignore[arg-type]
     config["host_metrics"] = host
     doc["host_metrics"] = host
-    for source in POINT_SOURCES:
+    for source in options.sources:
         w = windows[source]
         w = w.select([n for n in w.names if n not in host])  # type: ignore[attr-defined]
         if w.n < 10 or not w.names:  # type: ignore[attr-defined]
@@ -490,20 +496,41 @@ def evaluate(
     ttd = m.time_to_detect(findings, faults)  # type: ignore[arg-type]
     svc_ranks: list[int | None] = []
     inst_ranks: list[int | None] = []
+    per_fault: list[dict[str, object]] = []
     slack = int(m.SLACK_S * 1e9)
-    for f in faults.to_pylist():  # one ranking per fault
+    rows = faults.to_pylist()
+    for k, f in enumerate(rows):  # one ranking per fault
+        hi = _rca_end(rows, k, slack)
         ranked = _rank_window(
             store,
             f["start_ns"],
-            f["end_ns"] + slack,
+            hi,
             evidence,
             method,
             model_dir,
-            findings=_between(findings, f["start_ns"], f["end_ns"] + slack),
+            findings=_between(findings, f["start_ns"], hi),
         )
         s_rank, i_rank = ranking.positions(ranked, f["service"], f["instance"])  # type: ignore[arg-type]
         svc_ranks.append(s_rank)
         inst_ranks.append(i_rank if f["instance"] is not None else s_rank)
+        per_fault.append(
+            {
+                "fault_id": f["fault_id"],
+                "kind": f["kind"],
+                "service": f["service"],
+                "instance": f["instance"],
+                "start_ns": f["start_ns"],
+                "end_ns": f["end_ns"],
+                "rca_end_ns": hi,
+                "detected": bool(detected[k]),
+                "time_to_detect_s": None if not np.isfinite(ttd[k]) else float(ttd[k]),
+                "rank": {"service": s_rank, "instance": inst_ranks[-1]},
+                "suspects": [
+                    {key: r[key] for key in ("rank", "service", "instance", "operation", "score")}
+                    for r in ranked.slice(0, 5).to_pylist()  # type: ignore[attr-defined]
+                ],
+            }
+        )
     kinds = faults.column("kind").to_pylist()
     per_type: dict[str, object] = {}
     for kind in sorted(set(kinds)):
@@ -513,6 +540,7 @@ def evaluate(
             "detected": int(detected[sel].sum()),
             "fault_recall": float(detected[sel].mean()),
             "time_to_detect_s": m.mean_or_none(ttd[sel]),
+            "trace": _kind_trace_prf(faults.filter(pa.array(sel)), fault_traces, traces, findings),
             "rca": {
                 "service": m.accuracy_at_k([r for r, s in zip(svc_ranks, sel, strict=True) if s]),
                 "instance": m.accuracy_at_k([r for r, s in zip(inst_ranks, sel, strict=True) if s]),
@@ -530,7 +558,43 @@ def evaluate(
             "instance": m.accuracy_at_k(inst_ranks),
         },
         "per_type": per_type,
+        "per_fault": per_fault,
     }
+
+
+def _rca_end(faults: list[dict[str, object]], k: int, slack: int) -> int:
+    """End of fault k's RCA window: its end + slack, but not into the next fault's start
+    (dense schedules would hand the next fault's evidence to this one)."""
+    f = faults[k]
+    end = int(f["end_ns"])  # type: ignore[call-overload]
+    later = [int(g["start_ns"]) for g in faults if int(g["start_ns"]) > int(f["start_ns"])]  # type: ignore[call-overload]
+    nxt = min(later, default=end + slack)
+    return max(end, min(end + slack, nxt - 1))
+
+
+def _kind_trace_prf(
+    faults: object, fault_traces: object, traces: object, findings: object
+) -> dict[str, float] | None:
+    """Trace P/R/F1 over the traces that start in these faults' windows (+ slack); None
+    when the faults have no per-request labels."""
+    import pyarrow.compute as pc
+
+    from spanomaly.evaluate import metrics as m
+
+    labelled = fault_traces.filter(  # type: ignore[attr-defined]
+        pc.is_in(fault_traces.column("fault_id"), value_set=faults.column("fault_id"))  # type: ignore[attr-defined]
+    ).column("trace_id")
+    if len(labelled) == 0:
+        return None
+    starts, ends = m.fault_windows(faults)  # type: ignore[arg-type]
+    t = traces.column("start_ns").to_numpy(zero_copy_only=False)  # type: ignore[attr-defined]
+    scored = traces.filter(pa.array(m.in_windows(t, starts, ends))).column("trace_id")  # type: ignore[attr-defined]
+    flagged = (
+        pc.unique(pc.drop_null(findings.column("trace_id")))  # type: ignore[attr-defined]
+        if findings.num_rows  # type: ignore[attr-defined]
+        else pa.array([], pa.string())
+    )
+    return m.trace_prf(scored, flagged, pc.unique(labelled))
 
 
 def _between(table: object, lo: int, hi: int) -> object:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 from spanomaly.pipeline.events import span_range, trace_events
 from spanomaly.pipeline.ingest import Progress
-from spanomaly.pipeline.points import detect_points
+from spanomaly.pipeline.points import PointOptions, detect_points, train_points
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ def train(
         "model": str(model_dir),
         "from": iso(model.trained_on_["from_ns"]),
         "to": iso(model.trained_on_["to_ns"]),
+        "from_ns": model.trained_on_["from_ns"],
+        "to_ns": model.trained_on_["to_ns"],
         "traces": model.trained_on_["traces"],
         "events": model.trained_on_["events"],
         "keys": model.trained_on_["keys"],
@@ -113,6 +115,33 @@ def train(
             for role, det in model.detectors_.items()
         },
     }
+
+
+def train_models(
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    exclude: Iterable[tuple[int, int]] = (),
+    window_s: float | None = None,
+    options: TrainOptions | None = None,
+    point: PointOptions | None = None,
+) -> dict[str, object]:
+    """Fit the trace model and (with point options) the instance-window model, same period."""
+    exclude = list(exclude)
+    doc = train(store, model_dir, start_ns, end_ns, exclude, window_s, options)
+    if point is not None and point.detector:
+        lo, hi = doc["from_ns"], doc["to_ns"]
+        assert isinstance(lo, int | None) and isinstance(hi, int | None)
+        doc["point"] = train_points(
+            store,
+            model_dir,
+            lo,
+            None if hi is None else hi + 1,
+            exclude,
+            point,
+        )
+    return doc
 
 
 def detect(

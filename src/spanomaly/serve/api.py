@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 
 from spanomaly.errors import SpanomalyError, StoreError
@@ -54,6 +54,7 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
     """The /api routes of the dashboard over the writer's store and the online hook."""
     api = APIRouter(prefix="/api", tags=["dashboard"])
     cache: dict[tuple[int | None, int | None], tuple[float, dict[str, Any]]] = {}
+    # the model's status and retraining: GET /api/model, POST /api/model/retrain (app.py)
 
     async def read(fn: Callable[[Store], T]) -> T:
         """fn(store) on a cursor of its own beside the writes where the store offers one,
@@ -166,31 +167,6 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         doc = await read(lambda s: queries.instance_series(s, instance, lo, hi))
         return found(doc, "such instance")
 
-    @api.get("/models")
-    async def models() -> dict[str, Any]:
-        """What is trained, on which period, thresholds, vocabulary size (online detection's
-        status); ``{"online": false}`` when the server runs without a model."""
-        if online is None:
-            return {"online": False}
-        return {"online": True} | await act(online.status)
-
-    @api.post("/models/retrain")
-    async def retrain(
-        period: Annotated[
-            dict[str, str | float | None],
-            Body(description='{"from": ISO-8601 or unix s, "to": ...}', examples=[{"from": None}]),
-        ],
-    ) -> dict[str, Any]:
-        """Fit the model again on the normal data of a period and use it from now on."""
-        if online is None:
-            raise HTTPException(409, "no model loaded: start the server with --model DIR")
-        cache.clear()
-        lo = parse_time(_text(period.get("from")), "from")
-        hi = parse_time(_text(period.get("to")), "to")
-        if lo is not None and hi is not None and lo >= hi:
-            raise HTTPException(400, "from must be before to")
-        return await act(lambda: online.retrain(lo, hi))
-
     return api
 
 
@@ -201,7 +177,3 @@ def _on_cursor(cursor_of: Callable[[], Store], fn: Callable[[Store], T]) -> T:
         return fn(store)
     finally:
         store.close()
-
-
-def _text(value: str | float | None) -> str | None:
-    return None if value is None else str(value)

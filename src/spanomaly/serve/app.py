@@ -10,6 +10,7 @@ Routes:
   flight and 503 writer queue full (both with Retry-After), 503 store failure.
 - ``GET /api/health``: liveness and the collector's counters.
 - ``GET /api/stats``: what ``spanomaly stats --json`` prints, read through the writer.
+- ``GET /api/model``, ``POST /api/model/retrain``: the online detector's model (with one).
 - ``/`` the dashboard, ``/api/...`` its JSON API, ``/docs`` and ``/openapi.json`` the API
   reference (`spanomaly.serve.dashboard`, `spanomaly.serve.api`).
 
@@ -114,7 +115,11 @@ class Collector:
     """The state behind the routes: settings, writer, tracker, decode threads, counters."""
 
     def __init__(
-        self, settings: ServeSettings, store: Store, on_ready: Callable[[], None] | None = None
+        self,
+        settings: ServeSettings,
+        store: Store,
+        on_ready: Callable[[], None] | None = None,
+        online: Online | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.limits
@@ -131,6 +136,10 @@ class Collector:
         self.inflight_bytes = 0  # changed on the event loop only
         self.started = time.monotonic()
         self.on_ready = on_ready
+        self.online = online
+        if online is not None:
+            online.attach(store)
+            self.tracker.subscribe(online.on_complete)
 
     def _committed(self, table: str, data: pa.Table) -> None:
         if table == "spans":
@@ -141,10 +150,17 @@ class Collector:
         self.writer.start()
         self.decoder.start()
         self.tracker.start()
+        if self.online is not None:
+            self.online.start()
 
     def stop(self) -> None:
-        """Commit everything queued, close the store, deliver the open traces."""
+        """Commit everything queued, deliver the open traces, close the store."""
         self.decoder.close()
+        if self.online is not None:
+            with contextlib.suppress(Exception):
+                self.writer.call(lambda store: None).result()  # what is queued is committed
+            self.tracker.stop(flush=True)  # the open traces go to online scoring
+            self.online.stop()
         self.writer.close()
         self.tracker.stop(flush=True)
 
@@ -340,10 +356,11 @@ def create_app(
     online: Online | None = None,
 ) -> FastAPI:
     """The collector app over store (default: the DuckDB file of settings.db), with the
-    dashboard and its API; online: detection with a loaded model (Models view, feedback)."""
+    dashboard and its API; with online, completed traces and closed instance windows are
+    scored as they come (and the dashboard's Models view and feedback use it)."""
     if store is None:
         store = open_store(settings)
-    collector = Collector(settings, store, on_ready)
+    collector = Collector(settings, store, on_ready, online)
     if on_complete is not None:
         collector.tracker.subscribe(on_complete)
 
@@ -392,10 +409,48 @@ def create_app(
             return collector.error(503, str(exc), None)
         return JSONResponse(doc)
 
+    if online is not None:
+        _model_routes(app, collector, online)
     from spanomaly.serve import dashboard  # it builds on TokenAuth, defined here
 
-    dashboard.install(app, collector.writer, settings.token, online)
+    dashboard.install(app, collector.writer, settings.token, online)  # and its guard
     return app
+
+
+def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
+    """GET /api/model (what is loaded) and POST /api/model/retrain {"from","to"} (ns)."""
+
+    @app.get("/api/model")
+    async def model_status() -> JSONResponse:
+        """The loaded model: period, detectors, thresholds, vocabulary; online counters."""
+        return JSONResponse(online.status())
+
+    @app.post("/api/model/retrain")
+    async def model_retrain(request: Request) -> Response:
+        """Fit new models on stored data: {"from": ns, "to": ns} and optionally
+        "point_window_s" (seconds) and "point_sources" (["traces", "metrics"])."""
+        try:
+            body = await request.json()
+            lo, hi, win = body.get("from"), body.get("to"), body.get("point_window_s")
+            sources = body.get("point_sources")
+            if not all(v is None or isinstance(v, int) for v in (lo, hi)):
+                raise ValueError("from/to must be integers (ns since the epoch) or null")
+            if win is not None and not isinstance(win, int | float):
+                raise ValueError("point_window_s must be a number of seconds")
+            if sources is not None and not (
+                isinstance(sources, list) and all(isinstance(x, str) for x in sources)
+            ):
+                raise ValueError("point_sources must be a list of names")
+        except (ValueError, AttributeError) as exc:
+            return collector.error(400, f"retrain: {exc}", None)
+        loop = asyncio.get_running_loop()
+        try:
+            doc = await loop.run_in_executor(
+                None, online.retrain, lo, hi, (), win, None if sources is None else tuple(sources)
+            )
+        except SpanomalyError as exc:
+            return collector.error(400, f"retrain: {exc}", None)
+        return JSONResponse(doc)
 
 
 def open_store(settings: ServeSettings) -> Store:

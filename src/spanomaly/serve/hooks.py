@@ -1,23 +1,50 @@
 """What the collector can be handed besides its store: online detection (`Online`).
 
-serve/ never imports the pipeline; `spanomaly serve --model DIR` builds the object and
-passes it to `create_app`. The dashboard's Models view shows `status()`, and its actions
-call `retrain` and `feedback` in a worker thread (never the store writer's thread).
+serve/ never imports the pipeline; `spanomaly serve --model DIR` builds the object
+(`spanomaly.pipeline.online.OnlineDetector`) and passes it to `create_app`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
+
+import pyarrow as pa
+
+from spanomaly.store.base import Store
 
 
 class Online(Protocol):
-    """Online detection with a loaded model: status, retraining and operator feedback."""
+    """Scores traces as they complete and instance windows as they close."""
+
+    def attach(self, store: Store) -> None:
+        """Use the collector's store (the detector opens its own cursor on it)."""
+        ...
+
+    def on_complete(self, completed: pa.Table) -> None:
+        """Completed traces (`serve.completion.COMPLETED`), from the tracker's thread."""
+        ...
+
+    def start(self) -> None:
+        """Start scoring."""
+        ...
+
+    def stop(self) -> None:
+        """Score what is queued, then stop."""
+        ...
 
     def status(self) -> dict[str, Any]:
         """The loaded model (period, detectors, thresholds, vocabulary) and counters."""
         ...
 
-    def retrain(self, start_ns: int | None = None, end_ns: int | None = None) -> dict[str, Any]:
+    def retrain(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        exclude: Iterable[tuple[int, int]] = (),
+        point_window_s: float | None = None,
+        point_sources: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
         """Fit new models on the period and swap them in (blocks: call from a worker)."""
         ...
 

@@ -115,6 +115,10 @@ class Store(Protocol):
         """Record operator feedback ('normal' or None) on findings; how many were found."""
         ...
 
+    def cursor(self) -> Store:
+        """Another handle on the same data for another thread of this process."""
+        ...
+
     def close(self) -> None:
         """Flush and release the store."""
         ...

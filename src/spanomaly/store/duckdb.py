@@ -100,6 +100,7 @@ class DuckDBStore:
             raise StoreError(f"{self.path}: no store here (ingest something first)")
         self._con = _open(self.path, read_only, config)
         self._depth = 0  # nesting of transaction()
+        self._owner = True  # False for a cursor(): closing it leaves the database open
         self._con.execute("SET preserve_insertion_order = false")
         if not read_only:
             for name in TABLES:
@@ -409,10 +410,26 @@ class DuckDBStore:
             raise StoreError(f"{self.path}: cannot store feedback: {first}") from exc
         return int(n)
 
+    def cursor(self) -> DuckDBStore:
+        """Another connection to the same database, for use from another thread.
+
+        DuckDB connections are not shared between threads; a cursor reads what is committed
+        and may write too (its transactions are its own). Closing it leaves this one open.
+        """
+        other = object.__new__(DuckDBStore)
+        other.path = self.path
+        other.span_key_with_start = self.span_key_with_start
+        other._con = self._con.cursor()
+        other._depth = 0
+        other._owner = False
+        other._con.execute("SET preserve_insertion_order = false")
+        return other
+
     def close(self) -> None:
-        """Checkpoint and close the file."""
-        with contextlib.suppress(duckdb.Error):  # read-only stores cannot checkpoint
-            self._con.execute("CHECKPOINT")
+        """Checkpoint and close the file (a cursor: just its connection)."""
+        if self._owner:
+            with contextlib.suppress(duckdb.Error):  # read-only stores cannot checkpoint
+                self._con.execute("CHECKPOINT")
         self._con.close()
 
     def __enter__(self) -> DuckDBStore:

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ class RunConfig:
     seed: int = 0
     run_dir: Path | None = None
     agent_interval_s: float = 2.0
+    collector_args: list[str] = field(default_factory=list)  # more flags for `serve`
+    # with a gate, fault times count from the moment it is set (not from the start of the
+    # load), and the load ends `tail_s` after the last fault; `minutes` caps the load
+    faults_gate: threading.Event | None = None
+    tail_s: float = 6.0
 
 
 @dataclass
@@ -128,6 +134,7 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
                     db,
                     "--trace-idle",
                     "5",
+                    *cfg.collector_args,
                 ],
             )
             collector = f"http://127.0.0.1:{cport}"
@@ -268,8 +275,12 @@ async def _drive(
     summary: dict[str, Any],
 ) -> load.LoadStats:
     stop = asyncio.Event()
+    load_stop = asyncio.Event()
+    gate = cfg.faults_gate
 
     async def scheduler() -> None:
+        while gate is not None and not gate.is_set():
+            await asyncio.sleep(0.2)
         t0 = time.monotonic()
         timed = sorted((f for f in schedule if f.kind != "version"), key=lambda f: f.at_s)
         events = [(f.at_s, True, f) for f in timed] + [
@@ -277,7 +288,7 @@ async def _drive(
         ]
         events.sort(key=lambda e: (e[0], e[1]))
         for at, on, fault in events:
-            if at >= duration_s:
+            if gate is None and at >= duration_s:
                 break
             await asyncio.sleep(max(0.0, at - (time.monotonic() - t0)))
             if on:
@@ -285,6 +296,9 @@ async def _drive(
                     fault_log.append(fault)
             else:
                 injector.stop(fault)
+        if gate is not None:
+            await asyncio.sleep(cfg.tail_s)
+            load_stop.set()
 
     async def watchdog() -> None:
         while not stop.is_set():
@@ -294,7 +308,9 @@ async def _drive(
 
     tasks = [asyncio.create_task(scheduler()), asyncio.create_task(watchdog())]
     try:
-        return await load.generate(frontends, cfg.rate, duration_s, cfg.profile, cfg.seed)
+        return await load.generate(
+            frontends, cfg.rate, duration_s, cfg.profile, cfg.seed, stop=load_stop
+        )
     finally:
         stop.set()
         for task in tasks:

@@ -51,7 +51,7 @@
       body: JSON.stringify(body || {}),
     });
     const doc = await r.json().catch(() => ({}));
-    if (!r.ok) throw new Error(doc.detail || `HTTP ${r.status}`);
+    if (!r.ok) throw new Error(doc.detail || doc.message || `HTTP ${r.status}`);
     return doc;
   }
 
@@ -422,10 +422,13 @@
 
   // -- models ----------------------------------------------------------------------------------
   async function models(_arg, _params, gen) {
-    const doc = await api("/api/models");
+    // the online detector's model: GET /api/model, 404 when the server runs without one
+    const r = await fetch("/api/model", { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    if (!r.ok && r.status !== 404) throw new Error(`/api/model: HTTP ${r.status}`);
+    const doc = r.ok ? await r.json() : null;
     if (gen !== generation) return;
     const box = el("section", { id: "models", class: "panel" }, el("h2", { text: "Models" }));
-    if (!doc.online) {
+    if (!doc) {
       box.append(el("p", { class: "muted", text: "No model loaded: start the server with --model DIR for online detection, retraining and learning from feedback." }));
       main().replaceChildren(box);
       return;
@@ -439,7 +442,8 @@
       ev.preventDefault();
       out.textContent = "retraining…";
       try {
-        const res = await post("/api/models/retrain", { from: fromInput(from.value) || null, to: fromInput(to.value) || null });
+        const ns = (v) => (v ? Date.parse(v + ":00Z") * 1e6 : null); // whole minutes: exact as JSON integers
+        const res = await post("/api/model/retrain", { from: ns(from.value), to: ns(to.value) });
         out.replaceChildren(kv(res));
       } catch (err) {
         out.replaceChildren(el("span", { class: "error", text: err.message }));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The current main job, until the testbed demo lands: the TrainTicket day end to end.
+# `make trainticket`: the method on the real TrainTicket day end to end.
 # Ingest traces, metrics and fault labels; train on the fault-free hours 14:15-23:00 UTC;
 # detect over the whole day; rank root causes; evaluate against the 17 labelled faults.
 set -euo pipefail

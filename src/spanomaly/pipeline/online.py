@@ -1,0 +1,292 @@
+"""Online detection while serving: completed traces and closed instance windows are scored
+as the collector stores them, so findings appear without running `detect`.
+
+The collector (`spanomaly.serve`) knows nothing of models: `cli serve --model DIR` builds an
+`OnlineDetector` and hands it over. The collector calls `attach` with its store (the
+detector takes its own cursor, so scoring never holds up the writer), `on_complete` with
+each table of completed traces (from the tracker's thread: it only queues the ids), and
+`start` / `stop`. A thread of the detector scores the queued traces every `interval_s`
+and, once an instance window is older than `grace_s`, the windows that closed.
+`retrain` and `feedback` are the dashboard's actions; they swap the model in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from spanomaly.errors import InputError
+from spanomaly.ingest.base import Chunk
+from spanomaly.pipeline.points import POINT_DIR, PointOptions, detect_points, load_points
+from spanomaly.pipeline.traces import TrainOptions, feedback, train_models
+from spanomaly.store.base import Store
+
+if TYPE_CHECKING:
+    from spanomaly.detect.model import TraceModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_S = 1.0
+DEFAULT_GRACE_S = 8.0  # a window is scored this long after it ends (late spans, metrics)
+
+
+class OnlineDetector:
+    """Scores completed traces and closed instance windows with the model in model_dir."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        grace_s: float = DEFAULT_GRACE_S,
+        train_options: TrainOptions | None = None,
+        point_options: PointOptions | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.clock = clock  # ns since the epoch: when instance windows close
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.train_options = train_options
+        self.point_options = point_options
+        self._store: Store | None = None
+        self._cursor: Store | None = None
+        self._model: TraceModel | None = None
+        self._window_ns: int | None = None
+        self._point_info: dict[str, Any] | None = None
+        self._closed_ns: int | None = None  # instance windows before this are scored
+        self._pending: list[pa.Array] = []
+        self._queue_lock = threading.Lock()
+        self._model_lock = threading.RLock()  # scoring vs. a model swap
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.training = False
+        self.counts = {
+            "traces_scored": 0,
+            "anomalous_traces": 0,
+            "instances_scored": 0,
+            "anomalous_windows": 0,
+        }
+        self.last_scored_ns: int | None = None
+        self.errors = 0
+
+    # -- the collector's side ------------------------------------------------------------
+
+    def attach(self, store: Store) -> None:
+        """Use store (the collector's) for reading spans and writing findings."""
+        self._store = store
+        self._load()
+
+    def on_complete(self, completed: pa.Table) -> None:
+        """Queue the ids of completed traces (called from the tracker's thread)."""
+        if completed.num_rows:
+            with self._queue_lock:
+                self._pending.append(completed.column("trace_id").combine_chunks())
+
+    def start(self) -> None:
+        """Start scoring in a thread of its own."""
+        if self._store is None:
+            raise RuntimeError("attach a store before start")
+        self._cursor = self._store.cursor()
+        if self._window_ns:
+            self._closed_ns = self.clock() // self._window_ns * self._window_ns
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="spanomaly-online", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Score what is queued and the windows up to the last data, then stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._cursor is not None:
+            with contextlib.suppress(Exception):
+                self._score_traces()
+                self._score_windows(final=True)
+            self._cursor.close()
+            self._cursor = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._score_traces()
+                self._score_windows()
+            except Exception:  # one bad round must not end online scoring
+                self.errors += 1
+                log.exception("online scoring failed; going on")
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        from spanomaly.detect.model import TraceModel
+
+        if not (self.model_dir / "config.json").exists():
+            log.info("%s holds no model yet: online scoring waits for one", self.model_dir)
+            return
+        with self._model_lock:
+            self._model = TraceModel.load(self.model_dir)
+            point = load_points(self.model_dir)
+            self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
+            if self._window_ns and self._closed_ns is None and self._cursor is not None:
+                self._closed_ns = self.clock() // self._window_ns * self._window_ns
+            self._point_info = (
+                {
+                    "detector": point.config.get("detector"),
+                    "window_s": point.config.get("window_s"),
+                    "sources": sorted(point.sources),
+                }
+                if point
+                else None
+            )
+
+    def _score_traces(self) -> None:
+        with self._queue_lock:
+            pending, self._pending = self._pending, []
+        if not pending or self._cursor is None or self._model is None:
+            return  # before a model is loaded, completed traces are not scored
+        from spanomaly.features.traces import events as trace_events_of
+
+        ids = pa.chunked_array(pending).unique().to_pylist()
+        with self._model_lock:
+            model = self._model
+            assert model is not None
+            spans = self._cursor.traces(ids)
+            if spans.num_rows == 0:
+                return
+            result = model.detect(trace_events_of(spans, model.feature_config))
+            if result.findings.num_rows:
+                self._cursor.write(Chunk("findings", result.findings))  # type: ignore[arg-type]
+        self.counts["traces_scored"] += len(result.trace_ids)
+        self.counts["anomalous_traces"] += int(result.anomalous.sum())
+        self.last_scored_ns = self.clock()
+
+    def _score_windows(self, final: bool = False) -> None:
+        w = self._window_ns
+        if not w or self._closed_ns is None or self._cursor is None:
+            return
+        now = self.clock()
+        closed = (now - int(self.grace_s * 1e9)) // w * w
+        if final:
+            closed = (now // w + 1) * w
+        if closed <= self._closed_ns:
+            return
+        with self._model_lock:
+            doc = detect_points(self._cursor, self.model_dir, self._closed_ns, closed)
+        self._closed_ns = closed
+        if doc:
+            self.counts["instances_scored"] += doc["instances_scored"]
+            self.counts["anomalous_windows"] += doc["anomalous_windows"]
+
+    # -- the dashboard's side ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What is loaded (period, detectors, thresholds, vocabulary) and what was scored."""
+        from spanomaly.detect.model import iso
+
+        with self._model_lock:
+            model = self._model
+            point = self._point_info
+        doc: dict[str, Any] = {
+            "model": str(self.model_dir),
+            "loaded": model is not None,
+            "training": self.training,
+            "scored": dict(self.counts),
+            "last_scored": iso(self.last_scored_ns),
+            "queued_traces": sum(len(a) for a in self._pending),
+            "errors": self.errors,
+        }
+        if model is not None:
+            trained = model.trained_on_
+            doc["trained_on"] = {
+                "from": iso(trained.get("from_ns")),
+                "to": iso(trained.get("to_ns")),
+                "traces": trained.get("traces"),
+                "events": trained.get("events"),
+                "feedback_traces": trained.get("feedback_traces", 0),
+            }
+            doc["vocabulary"] = trained.get("keys")
+            doc["detectors"] = {
+                role: {"name": det.name, "threshold": det.threshold_}
+                for role, det in model.detectors_.items()
+            }
+        if point is not None:
+            doc["point"] = point
+        return doc
+
+    def retrain(
+        self,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        exclude: Iterable[tuple[int, int]] = (),
+        point_window_s: float | None = None,
+        point_sources: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        """Fit new models on the period, then swap them in for the loaded ones.
+
+        The point model keeps the loaded one's window and sources unless given.
+        """
+        if self._store is None:
+            raise RuntimeError("attach a store before retrain")
+        point = self.point_options
+        loaded = load_points(self.model_dir)
+        if point is None and loaded is not None:
+            point = PointOptions(
+                detector=str(loaded.config.get("detector", "ecod")),
+                window_s=float(loaded.config["window_s"]),  # type: ignore[arg-type]
+                sources=tuple(loaded.config["sources"]),  # type: ignore[arg-type]
+            )
+        point = point or PointOptions()
+        if point_window_s is not None:
+            if point_window_s <= 0:
+                raise InputError("point_window_s: must be positive")
+            point = replace(point, window_s=point_window_s)
+        if point_sources is not None:
+            point = replace(point, sources=tuple(point_sources))
+        self.training = True
+        cursor = self._store.cursor()
+        self.model_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".train-", dir=self.model_dir.parent))
+        try:
+            doc = train_models(
+                cursor, staging, start_ns, end_ns, exclude, None, self.train_options, point
+            )
+            with self._model_lock:
+                old = self.model_dir.with_name(self.model_dir.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                if self.model_dir.exists():
+                    self.model_dir.rename(old)
+                staging.rename(self.model_dir)
+                shutil.rmtree(old, ignore_errors=True)
+                self._load()
+        finally:
+            self.training = False
+            cursor.close()
+            shutil.rmtree(staging, ignore_errors=True)
+        doc["model"] = str(self.model_dir)
+        return doc
+
+    def feedback(self, finding_id: str) -> dict[str, Any]:
+        """Mark a finding as a false positive; its trace updates the loaded model."""
+        if self._store is None:
+            raise RuntimeError("attach a store before feedback")
+        cursor = self._store.cursor()
+        try:
+            with self._model_lock:
+                doc = feedback(cursor, self.model_dir, finding_id)
+                self._load()
+        finally:
+            cursor.close()
+        return doc
+
+
+__all__ = ["DEFAULT_GRACE_S", "DEFAULT_INTERVAL_S", "POINT_DIR", "OnlineDetector"]
