@@ -5,8 +5,9 @@ spans (a binary call tree over four layers of services: 5 entry services, then 1
 15), 2-3 instances per service, spread over two hours, with 2,000 trace findings and 500
 instance findings; serves it with `spanomaly.serve` in this process and measures:
 
-- the API: median wall time of each dashboard route (also the time the store writer is
-  held by the read, since reads run in the writer thread);
+- the API: median wall time of each dashboard route;
+- ingestion beside the reads: OTLP export latency alone and while a client reads the
+  overview without pause (reads run on a cursor of their own, not in the writer thread);
 - the browser (Playwright + /usr/bin/chromium): time to first render of the overview (page
   load until all 50 service nodes are drawn) and time to open a trace (click on a finding
   in the list until the waterfall shows the deviating span), median of several runs.
@@ -21,6 +22,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +148,18 @@ def make_findings(spans: pa.Table, traces: int, n_trace: int, n_instance: int) -
     return pa.concat_tables(parts)
 
 
+class _WithoutCursor:
+    """The store without `cursor`: the dashboard then reads in the writer thread."""
+
+    def __init__(self, store: DuckDBStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        if name == "cursor":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
 def timed(fn: object, runs: int) -> float:
     """Median wall time of fn() in ms."""
     times = []
@@ -162,6 +176,11 @@ def main() -> None:
     ap.add_argument("--traces", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--reads-in-writer",
+        action="store_true",
+        help="read in the writer thread (the fallback for stores without cursors), to compare",
+    )
     args = ap.parse_args()
     from spanomaly.serve import api
     from spanomaly.serve.app import ServeSettings, create_app
@@ -178,11 +197,15 @@ def main() -> None:
             store.write(Chunk("findings", found))  # type: ignore[arg-type]
         build_s = time.perf_counter() - t
         app = create_app(ServeSettings(db=db, decode_processes=0), DuckDBStore(db))
+        if args.reads_in_writer:
+            writer = app.state.collector.writer
+            writer.store = _WithoutCursor(writer.store)
         doc: dict[str, object] = {
             "traces": args.traces,
             "spans": spans.num_rows,
             "services": 50,
             "findings": found.num_rows,
+            "reads": "writer thread" if args.reads_in_writer else "own cursor",
             "build_s": round(build_s, 1),
         }
         with running(app) as url, httpx.Client(base_url=url, timeout=120) as c:
@@ -203,12 +226,56 @@ def main() -> None:
                 api_ms[name] = timed(lambda p=path: c.get(p).raise_for_status(), args.runs)
             doc["api_median_ms"] = api_ms
             assert len(c.get("/api/overview").json()["graph"]["nodes"]) == 50
+            doc["ingest_ms"] = ingest_figures(url, c)
             doc["browser"] = browser_figures(url, first, args.runs)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         for k, v in doc.items():
             print(f"{k}: {v}")
+
+
+def ingest_figures(url: str, c: httpx.Client, requests: int = 40) -> dict[str, object]:
+    """OTLP export latency (500 spans a request) alone and while a client reads the
+    overview without pause: do the dashboard's reads hold up ingestion?"""
+    from tests.serve.conftest import spans_request
+
+    headers = {"Content-Type": "application/x-protobuf"}
+
+    def send(first: int) -> list[float]:
+        times = []
+        for i in range(requests):
+            body = spans_request(first + i * 500, 500).SerializeToString()
+            t = time.perf_counter()
+            assert c.post("/v1/traces", content=body, headers=headers).status_code == 200
+            times.append((time.perf_counter() - t) * 1e3)
+        return times
+
+    alone = send(10**9)
+    stop = threading.Event()
+    reads = [0]
+
+    def reader() -> None:
+        with httpx.Client(base_url=url, timeout=120) as r:
+            while not stop.is_set():
+                r.get(f"/api/overview?to={T0 / NS + 7200 + reads[0] * 1e-3}").raise_for_status()
+                reads[0] += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        busy = send(2 * 10**9)
+    finally:
+        stop.set()
+        thread.join()
+    return {
+        "alone_p50": round(statistics.median(alone), 1),
+        "alone_max": round(max(alone), 1),
+        "with_reads_p50": round(statistics.median(busy), 1),
+        "with_reads_max": round(max(busy), 1),
+        "overviews_read_meanwhile": reads[0],
+        "requests": requests,
+    }
 
 
 def browser_figures(url: str, first: dict[str, object], runs: int) -> dict[str, object]:
