@@ -160,6 +160,7 @@ def test_marking_a_false_positive_updates_the_model(session: Session) -> None:
     session.open("#/models")
     page.locator("#model-status").wait_for()
     assert "ngram" in page.locator("#model-status").text_content()
+    session.shot("models")
     before = httpx.get(f"{session.url}/api/model", timeout=30).json()
     keys = json.loads((session.data.model / "vocabulary.json").read_text())["keys"]
     unknown = next(
@@ -302,3 +303,16 @@ def test_the_overview_follows_new_data_live(session: Session) -> None:
     # the page polls every 5 s: the new service appears without a reload
     expect(page.locator('svg#graph g.node[data-service="svc"]')).to_have_count(1, timeout=15_000)
     expect(nodes).to_have_count(len(SERVICES) + 1)
+
+
+def test_retrain_from_the_models_view(session: Session) -> None:
+    page = session.page
+    session.open("#/models")
+    page.locator("#retrain-from").fill("2023-11-14T22:13")
+    page.locator("#retrain-to").fill("2023-11-14T22:14")
+    page.locator("#retrain button[type=submit]").click()
+    expect(page.locator("#retrain-result dl.kv").first).to_be_visible(timeout=60_000)
+    doc = httpx.get(f"{session.url}/api/model", timeout=30).json()
+    assert doc["trained_on"]["traces"] == 300  # the normal traces of that minute
+    assert doc["trained_on"]["from"].startswith("2023-11-14T22:13:20")
+    session.shot("retrained")
