@@ -143,3 +143,25 @@ def test_tree_order_and_other_key_fields() -> None:
     )
     assert all(len(k.split(" | ")) == 2 for k in model.vocabulary_.tokens[4:])
     assert model.feature_config.order == "tree"
+
+
+def test_an_error_is_named_where_it_started_not_where_it_surfaced(model: TraceModel) -> None:
+    import pyarrow as pa
+
+    from tests.synthetic import order_request
+
+    b = TraceBuilder(seed=9)
+    ids = b.add(order_request(), T0 + 3 * 10**12)
+    spans = b.table()
+    parent = dict(zip(spans.column("span_id").to_pylist(), spans.column("parent_id").to_pylist(),
+                      strict=True))  # fmt: skip
+    failed, sid = set(), ids["order_read"]
+    while sid is not None:  # the database read fails, and with it every caller up to the root
+        failed.add(sid)
+        sid = parent.get(sid)
+    status = ["error" if s in failed else "ok" for s in spans.column("span_id").to_pylist()]
+    spans = spans.set_column(spans.schema.get_field_index("status"), "status", pa.array(status))
+    result = model.detect(events(spans))
+    assert result.anomalous.all()
+    row = result.findings.to_pylist()[0]
+    assert row["span_id"] == ids["order_read"] and row["service"] == "order-service"

@@ -175,3 +175,48 @@ def test_sequences_datasets_unique_subset() -> None:
     assert sub.n_traces == 2 and list(sub.trace_ids) == [seqs.trace_ids[3], seqs.trace_ids[0]]
     assert np.array_equal(sub.keys[: sub.lengths[0]], seqs.keys[seqs.offsets[3] : seqs.offsets[4]])
     assert sub.events is not None and sub.events.num_rows == sub.n_events
+
+
+def test_a_call_that_never_reached_its_server_is_blamed_on_who_answers_there() -> None:
+    def trace(t: str, url: str, reached: str | None, status: str = "unset") -> list[dict]:
+        rows = [
+            {"trace_id": t, "span_id": t + "r", "service": "web", "instance": "web-1",
+             "operation": "GET /", "kind": "server", "start_ns": T0, "duration_ns": 100},
+            {"trace_id": t, "span_id": t + "c", "parent_id": t + "r", "service": "web",
+             "instance": "web-1", "operation": "GET", "kind": "client", "http_url": url,
+             "status": status, "start_ns": T0 + 1, "duration_ns": 90},
+        ]  # fmt: skip
+        if reached:
+            rows.append(
+                {
+                    "trace_id": t,
+                    "span_id": t + "s",
+                    "parent_id": t + "c",
+                    "service": "db",
+                    "instance": reached,
+                    "operation": "GET /x",
+                    "kind": "server",
+                    "start_ns": T0 + 2,
+                    "duration_ns": 80,
+                }
+            )
+        return rows
+
+    spans = _spans(
+        trace("a", "http://10.0.0.1:81/x/1", "db-1")
+        + trace("b", "http://10.0.0.2:81/x/2", "db-2")
+        + trace("c", "http://10.0.0.2:81/x/3", None, "error")  # reset: no server span
+        + trace("d", "http://10.0.0.9:81/x/4", None, "error")  # an address nobody answered
+    )
+    ev = T.events(spans)
+    blame = {
+        r["span_id"]: (r["blame_service"], r["blame_instance"])
+        for r in ev.to_pylist()
+        if r["span_id"].endswith("c")
+    }
+    assert blame == {
+        "ac": ("db", "db-1"),
+        "bc": ("db", "db-2"),
+        "cc": ("db", "db-2"),  # the instance that answers at 10.0.0.2:81
+        "dc": ("web", "web-1"),  # nothing known: the caller itself
+    }

@@ -35,6 +35,7 @@ from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spanomaly import __version__
 from spanomaly.detect import duration as _duration  # noqa: F401  (registers detectors)
@@ -237,17 +238,39 @@ class TraceModel:
             ratio = ev.score / det.threshold_
             anomalous = det.event_flags(ev)
             if role == "sequence":
-                # the first deviating event; the end when only the end deviates
+                # the first deviating event; the end when only the end deviates. Errors
+                # travel up the call tree (a failed call fails its callers), so where
+                # deviating events are errors, the last of them (the deepest) is named.
                 idx = segment_argmax(anomalous.astype(np.float64), data.offsets)
                 has = np.zeros(data.n_traces, dtype=bool)
                 ok = idx >= 0
                 has[ok] = anomalous[idx[ok]]
                 idx = np.where(has, idx, -1)
+                err_idx = self._last_error(data, anomalous)
+                idx = np.where(err_idx >= 0, err_idx, idx)
             else:
                 idx = segment_argmax(np.where(anomalous, ratio, -np.inf), data.offsets)
             r = np.where(idx >= 0, ratio[np.maximum(idx, 0)] if len(ratio) else 0.0, 0.0)
             out[role] = (idx, r)
         return out
+
+    @staticmethod
+    def _last_error(data: Sequences, anomalous: np.ndarray) -> np.ndarray:
+        """Per trace, the last deviating event whose status is an error (-1 if none)."""
+        if data.events is None or "status_class" not in data.events.column_names:
+            return np.full(data.n_traces, -1, dtype=np.int64)
+        err = np.asarray(
+            pc.equal(data.events.column("status_class"), "error")
+            .fill_null(False)
+            .to_numpy(zero_copy_only=False),
+            dtype=bool,
+        )
+        pos = np.arange(len(anomalous), dtype=np.float64)
+        last = segment_argmax(np.where(anomalous & err, pos, -1.0), data.offsets)
+        ok = last >= 0
+        hit = np.zeros(data.n_traces, dtype=bool)
+        hit[ok] = (anomalous & err)[last[ok]]
+        return np.where(hit, last, -1)
 
     def _explain(
         self, data: Sequences, result: TraceResult, per_event: dict[str, EventScores]

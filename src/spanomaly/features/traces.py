@@ -19,7 +19,10 @@ Dataset A is the key ids per trace (`Sequences.keys`, flat, with `offsets` marki
 traces); dataset B is each event's duration and self time on a log scale
 (`log1p(x / time_scale)`). Self time is the duration minus the union of the children's
 intervals; for a client span it is the network and queueing time of the call, which the
-explanation attributes to the callee (`blame_service`, `blame_instance`).
+explanation attributes to the callee (`blame_service`, `blame_instance`). A client span
+whose call never reached a traced server (a reset connection, a timeout) is blamed on the
+service (and, where one instance answers at that address, the instance) that answered
+other calls to the same address (host:port of its URL) in the same batch.
 
 Everything is vectorised: DuckDB for the joins and the ordering, Arrow and numpy after.
 """
@@ -215,7 +218,10 @@ def _events_sql(config: FeatureConfig) -> str:
              {_operation_sql()} AS operation,
              CASE WHEN status = 'error' OR http_status_code >= 500 THEN 'error'
                   WHEN http_status_code >= 400 THEN '4xx' ELSE 'ok' END AS status_class,
-             peer_service
+             peer_service,
+             CASE WHEN kind = 'client' THEN lower(regexp_extract(
+               coalesce(http_url, ''), '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]+@)?([^/?#]+)', 2))
+             END AS addr
       FROM _spans),
     j AS (
       SELECT s.*, coalesce(p.service, '') AS parent_service, p.start_ns AS parent_start_ns,
@@ -247,19 +253,28 @@ def _events_sql(config: FeatureConfig) -> str:
              a.n_remote, a.r_service, a.r_operation,
              CASE WHEN a.r_instance = a.r_instance_max THEN a.r_instance END AS r_instance
       FROM j LEFT JOIN a ON a.trace_id = j.trace_id AND a.span_id = j.span_id),
+    m AS (
+      SELECT addr, min(r_service) AS m_service,
+             CASE WHEN count(DISTINCT r_instance) = 1
+                   AND count(r_instance) = count(*) THEN min(r_instance) END AS m_instance
+      FROM e WHERE kind = 'client' AND calls_one AND coalesce(addr, '') <> ''
+      GROUP BY addr HAVING count(DISTINCT r_service) = 1),
     f AS (
-      SELECT *,
+      SELECT e.*,
              CASE WHEN calls_one THEN r_service
                     || CASE WHEN n_remote = 1 THEN ' ' || r_operation ELSE '' END
                   WHEN kind = 'client' AND coalesce(peer_service, '') <> '' THEN peer_service
                   ELSE '' END AS callee,
              CASE WHEN calls_one THEN r_service
+                  WHEN kind = 'client' AND m.m_service IS NOT NULL THEN m.m_service
                   WHEN kind = 'client' AND coalesce(peer_service, '') <> '' THEN peer_service
                   ELSE service END AS blame_service,
              CASE WHEN calls_one THEN r_instance
+                  WHEN kind = 'client' AND m.m_service IS NOT NULL THEN m.m_instance
                   WHEN kind = 'client' AND coalesce(peer_service, '') <> '' THEN NULL
                   ELSE instance END AS blame_instance
-      FROM e)"""
+      FROM e LEFT JOIN m ON e.n_remote IS DISTINCT FROM 1 AND e.addr = m.addr
+        AND (coalesce(e.peer_service, '') = '' OR e.peer_service = m.m_service))"""
     select = (
         "SELECT trace_id, span_id, parent_id, service, instance, operation, parent_service, "
         "callee, status_class, blame_service, blame_instance, "

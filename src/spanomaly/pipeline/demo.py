@@ -53,7 +53,8 @@ class DemoConfig:
 
     minutes: float = 8.0  # most minutes of load (it ends once the fault schedule has run)
     out: Path = Path("demo-out")
-    train_s: float = 90.0  # seconds of normal load to train on
+    train_s: float = 90.0  # seconds of normal load; the first warmup_s are not trained on
+    warmup_s: float = 15.0
     rate: float = 20.0
     faults: Path | None = None  # None: the shipped demo schedule
     point_window_s: float = 5.0
@@ -85,7 +86,7 @@ def _train_later(url: str, cfg: DemoConfig, state: _Training, phase: Phase) -> N
         reply = httpx.post(
             f"{url}/api/model/retrain",
             json={
-                "from": state.start_ns,
+                "from": state.start_ns + int(cfg.warmup_s * 1e9),
                 "to": state.end_ns,
                 "point_window_s": cfg.point_window_s,
             },

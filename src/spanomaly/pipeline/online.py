@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1.0
-DEFAULT_GRACE_S = 8.0  # a window is scored this long after it ends (late spans, metrics)
+DEFAULT_GRACE_S = 15.0  # a window is scored this long after it ends (late spans, metrics)
 
 
 class OnlineDetector:
