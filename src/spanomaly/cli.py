@@ -257,7 +257,8 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """OTLP/HTTP collector (/v1/traces, /v1/metrics) and JSON API (/api/health, /api/stats)."""
+    """OTLP/HTTP collector (/v1/traces, /v1/metrics), the dashboard (/) and its JSON API (/api,
+    described at /docs)."""
     with _errors():
         if not 0 <= port <= 65535:
             raise InputError(f"--port: {port} is not a port number")
@@ -281,7 +282,7 @@ def serve(
             auth = ", bearer token required" if token else ""
             typer.echo(
                 f"spanomaly: serving on {url} (store {settings.db}{auth}); "
-                f"send OTLP/HTTP to {url}/v1/traces and {url}/v1/metrics",
+                f"send OTLP/HTTP to {url}/v1/traces and {url}/v1/metrics; dashboard at {url}/",
                 err=True,
             )
 

@@ -10,8 +10,12 @@ Routes:
   flight and 503 writer queue full (both with Retry-After), 503 store failure.
 - ``GET /api/health``: liveness and the collector's counters.
 - ``GET /api/stats``: what ``spanomaly stats --json`` prints, read through the writer.
+- ``GET /api/model``, ``POST /api/model/retrain``: the online detector's model (with one).
+- ``/`` the dashboard, ``/api/...`` its JSON API, ``/docs`` and ``/openapi.json`` the API
+  reference (`spanomaly.serve.dashboard`, `spanomaly.serve.api`).
 
-With a token every route needs ``Authorization: Bearer <token>``. No route reads or writes a
+With a token every route needs ``Authorization: Bearer <token>`` (or the dashboard's
+session cookie). No route reads or writes a
 file other than the store. Completed traces (`spanomaly.serve.completion`) go to the
 callbacks given to `create_app`, or subscribed later through ``app.state.collector.tracker``.
 """
@@ -351,8 +355,9 @@ def create_app(
     on_ready: Callable[[], None] | None = None,
     online: Online | None = None,
 ) -> FastAPI:
-    """The collector app over store (default: the DuckDB file of settings.db); with online,
-    completed traces and closed instance windows are scored as they come."""
+    """The collector app over store (default: the DuckDB file of settings.db), with the
+    dashboard and its API; with online, completed traces and closed instance windows are
+    scored as they come (and the dashboard's Models view and feedback use it)."""
     if store is None:
         store = open_store(settings)
     collector = Collector(settings, store, on_ready, online)
@@ -376,7 +381,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.collector = collector
 
@@ -406,8 +411,9 @@ def create_app(
 
     if online is not None:
         _model_routes(app, collector, online)
-    if settings.token:
-        app.add_middleware(TokenAuth, token=settings.token)
+    from spanomaly.serve import dashboard  # it builds on TokenAuth, defined here
+
+    dashboard.install(app, collector.writer, settings.token, online)  # and its guard
     return app
 
 
