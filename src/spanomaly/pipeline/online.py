@@ -192,6 +192,7 @@ class OnlineDetector:
     def status(self) -> dict[str, Any]:
         """What is loaded (period, detectors, thresholds, vocabulary) and what was scored."""
         from spanomaly.detect.model import iso
+        from spanomaly.features.traces import N_SPECIAL
 
         with self._model_lock:
             model = self._model
@@ -214,7 +215,8 @@ class OnlineDetector:
                 "events": trained.get("events"),
                 "feedback_traces": trained.get("feedback_traces", 0),
             }
-            doc["vocabulary"] = trained.get("keys")
+            # event keys known now (feedback adds keys), special tokens not counted
+            doc["vocabulary"] = len(model.vocabulary_.tokens) - N_SPECIAL
             doc["detectors"] = {
                 role: {"name": det.name, "threshold": det.threshold_}
                 for role, det in model.detectors_.items()
