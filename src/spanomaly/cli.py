@@ -294,6 +294,14 @@ def serve(
         run_server(settings, on_ready=ready, online=online)
 
 
+def _period(from_: str | None, to: str | None) -> tuple[int | None, int | None]:
+    """--from/--to in ns; either may be open; --from must come first."""
+    lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
+    if lo is not None and hi is not None and lo >= hi:
+        raise InputError("--from must be before --to")
+    return lo, hi
+
+
 ModelOpt = Annotated[
     str,
     typer.Option("--model", help="model directory (config.json, safetensors, vocabulary)"),
@@ -491,9 +499,7 @@ def detect(
             raise InputError(f"--engine: {engine!r} is not one of local, dask")
         if scheduler is not None and engine != "dask":
             raise InputError("--scheduler: only with --engine dask")
-        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
-        if lo is not None and hi is not None and lo >= hi:
-            raise InputError("--from must be before --to")
+        lo, hi = _period(from_, to)
         store = pipeline.open_store(db_path(db))
         try:
             doc = pipeline.detect(store, Path(model), lo, hi, engine)
@@ -658,9 +664,7 @@ def rca(
     from spanomaly import pipeline
 
     with _errors():
-        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
-        if lo is not None and hi is not None and lo >= hi:
-            raise InputError("--from must be before --to")
+        lo, hi = _period(from_, to)
         if top < 1:
             raise InputError("--top: must be at least 1")
         store = pipeline.open_store(db_path(db), read_only=True)
@@ -700,9 +704,7 @@ def evaluate(
     from spanomaly import pipeline
 
     with _errors():
-        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
-        if lo is not None and hi is not None and lo >= hi:
-            raise InputError("--from must be before --to")
+        lo, hi = _period(from_, to)
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
             doc = pipeline.evaluate(store, lo, hi, evidence, method, Path(model))
@@ -753,9 +755,7 @@ def report(
     from spanomaly.pipeline.report import report as write
 
     with _errors():
-        lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
-        if lo is not None and hi is not None and lo >= hi:
-            raise InputError("--from must be before --to")
+        lo, hi = _period(from_, to)
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
             path, doc = write(store, out, lo, hi, Path(model), title=title)
