@@ -27,7 +27,12 @@ log = logging.getLogger("spanomaly")
 
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", help="store path (default $SPANOMALY_DB, else ./spanomaly.duckdb)"),
+    typer.Option(
+        "--db",
+        "--store",
+        help="store: DuckDB file, or parquet:DIR for a partitioned Parquet dataset "
+        "(default $SPANOMALY_DB, else ./spanomaly.duckdb)",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -322,6 +327,22 @@ def parse_duration(text: str, option: str) -> float:
     return seconds
 
 
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="engine dask: scheduler address (tcp://host:8786) or local:N "
+        "(default $SPANOMALY_SCHEDULER, else local:<cpus>)"
+    ),
+]
+
+
+def _check_engine(engine: str, scheduler: str | None) -> None:
+    if engine not in ("local", "dask"):
+        raise InputError(f"--engine: {engine!r} is not one of local, dask")
+    if scheduler is not None and engine != "dask":
+        raise InputError("--scheduler: only with --engine dask")
+
+
 def _none(name: str) -> str | None:
     return None if name.lower() == "none" else name
 
@@ -368,6 +389,10 @@ def train(
         str, typer.Option(help="instance-window detector: ecod|iforest|lof|dbscan|peer|none")
     ] = "ecod",
     point_window: Annotated[float, typer.Option(help="instance window, seconds")] = 60.0,
+    engine: Annotated[
+        str, typer.Option(help="local|dask: where the training sequences are prepared")
+    ] = "local",
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
@@ -395,6 +420,7 @@ def train(
                 )
         if order not in ("start", "tree"):
             raise InputError(f"--order: {order!r} is not one of start, tree")
+        _check_engine(engine, scheduler)
         if not 0 < target_fpr < 1:
             raise InputError("--target-fpr: must be between 0 and 1")
         if epochs is not None and epochs < 1:
@@ -426,6 +452,8 @@ def train(
                 windows,
                 parse_duration(window, "--window") if window else None,
                 options,
+                engine=engine,
+                scheduler=scheduler,
             )
             if _none(point):  # issue 6: point detectors of instance windows, same period
                 hi_ns = parse_time(str(doc["to"]), "--to")
@@ -467,25 +495,20 @@ def detect(
     from_: FromOpt = None,
     to: ToOpt = None,
     engine: Annotated[str, typer.Option(help="local|dask")] = "local",
-    scheduler: Annotated[
-        str | None, typer.Option(help="dask scheduler ADDR or local:N (engine dask)")
-    ] = None,
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score the traces of a period with --model and store a finding per anomalous trace."""
     from spanomaly import pipeline
 
     with _errors():
-        if engine not in ("local", "dask"):
-            raise InputError(f"--engine: {engine!r} is not one of local, dask")
-        if scheduler is not None and engine != "dask":
-            raise InputError("--scheduler: only with --engine dask")
+        _check_engine(engine, scheduler)
         lo, hi = parse_time(from_, "--from"), parse_time(to, "--to")
         if lo is not None and hi is not None and lo >= hi:
             raise InputError("--from must be before --to")
         store = pipeline.open_store(db_path(db))
         try:
-            doc = pipeline.detect(store, Path(model), lo, hi, engine)
+            doc = pipeline.detect(store, Path(model), lo, hi, engine, scheduler=scheduler)
         finally:
             store.close()
         _emit(

@@ -118,7 +118,7 @@ def export_tables(
             raise StoreError(
                 f"{target}: folder exists and is not empty; choose another --parquet DIR"
             )
-        counts[name] = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        counts[name] = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
         target.mkdir(parents=True, exist_ok=True)
         if counts[name]:
             con.execute(copy_sql(name, partitioned_sql(name, name, buckets), target))
@@ -319,12 +319,10 @@ class ParquetStore(DuckDBStore):
 
     def _flush(self, table: str, con: duckdb.DuckDBPyConnection) -> int:
         """Write the staged rows of a table that are not stored yet; how many."""
-        if not con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:
+        if not con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]:
             return 0
         try:
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _keyed AS {self._keyed_sql(table, con)}"
-            )
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _keyed AS {self._keyed_sql(table, con)}")
             keys = KEYS[table]
             stored = self._target_files(table, con)
             if keys and stored:
@@ -333,7 +331,7 @@ class ParquetStore(DuckDBStore):
                     "DELETE FROM _keyed b WHERE EXISTS (SELECT 1 FROM read_parquet("
                     f"{_file_list(stored)}, hive_partitioning = false) t WHERE {match})"
                 )
-            n = con.execute("SELECT count(*) FROM _keyed").fetchone()[0]
+            n = con.execute("SELECT count(*) FROM _keyed").fetchall()[0][0]
             if n:
                 self._copy(table, con)
             return int(n)
@@ -347,7 +345,7 @@ class ParquetStore(DuckDBStore):
         """The staged rows with their partition columns (a trace's stored one if any)."""
         if table != "spans":
             return partitioned_sql(table, table, self.buckets)
-        lo, hi = con.execute("SELECT min(start_ns), max(start_ns) FROM spans").fetchone()
+        lo, hi = con.execute("SELECT min(start_ns), max(start_ns) FROM spans").fetchall()[0]
         stored = self._all_files("spans", (hour_of(lo - LOOKBACK_H * HOUR_NS), hour_of(hi)))
         fresh = partitioned_sql("spans", "spans", self.buckets)
         if not stored:
@@ -393,7 +391,7 @@ class ParquetStore(DuckDBStore):
         old = self._all_files("findings")
         n = self._con.execute(
             "SELECT count(*) FROM findings WHERE finding_id IN (SELECT unnest(?))", [finding_ids]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not n:
             return 0
         with self.transaction():
