@@ -110,3 +110,22 @@ def test_findings_feedback_rewrites_the_findings_files(tmp_path: Path) -> None:
         assert back.column("feedback").to_pylist() == [None, "normal"]
     files = list((tmp_path / "ds" / "findings").glob("*.parquet"))
     assert len(files) == 1 and pq.read_table(files[0]).num_rows == 2
+
+
+def test_ingest_writes_csv_files_into_the_dataset_and_refuses_bad_rows(tmp_path: Path) -> None:
+    from spanomaly import pipeline
+    from tests.ingest.test_csv import GOOD, NEZHA_HEADER
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "11_00_trace.csv").write_text(NEZHA_HEADER + "".join(GOOD))
+    (tmp_path / "in" / "11_01_trace.csv").write_text(
+        NEZHA_HEADER + GOOD[0] + "zz,not-a-span,root,pod,op,x,y,z\n"
+    )
+    store = pipeline.open_store(f"parquet:{tmp_path / 'ds'}")
+    assert isinstance(store, ParquetStore)
+    try:
+        report = pipeline.ingest([tmp_path / "in"], store, "nezha")
+        assert (report.spans, report.duplicates, report.rejected) == (3, 1, 1)
+        assert store.stats().traces == 2
+    finally:
+        store.close()
