@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spanomaly.errors import FormatError, StoreError, StoreLockedError
+from spanomaly.errors import FormatError, InputError, StoreError, StoreLockedError
 from spanomaly.ingest.base import Chunk, SqlSource
 from spanomaly.schema import SPANS
 from spanomaly.store.parquet import ParquetStore
@@ -129,3 +129,22 @@ def test_ingest_writes_csv_files_into_the_dataset_and_refuses_bad_rows(tmp_path:
         assert store.stats().traces == 2
     finally:
         store.close()
+
+
+def test_named_writers_share_a_dataset_when_their_traces_are_disjoint(tmp_path: Path) -> None:
+    from spanomaly import pipeline
+
+    first = pipeline.open_store(f"parquet:{tmp_path / 'ds'}#collector-0")
+    second = pipeline.open_store(f"parquet:{tmp_path / 'ds'}#collector-1")
+    try:
+        with pytest.raises(StoreLockedError, match="writer collector-0"):
+            ParquetStore(tmp_path / "ds", writer="collector-0")
+        with first.transaction():  # both write at once: neither disturbs the other
+            first.write(Chunk("spans", spans(3)))
+            second.write(Chunk("spans", spans(2, trace="b" * 32)))
+        assert first.stats().spans == second.stats().spans == 5
+    finally:
+        first.close()
+        second.close()
+    with pytest.raises(InputError, match="writer"):
+        ParquetStore(tmp_path / "ds", writer="../x")

@@ -20,7 +20,8 @@ DIR/faults/part-<uuid>.parquet                          (fault_traces, findings 
   batch, then against the stored rows of the target partitions); reads do not deduplicate.
 - Every write goes to a staging folder first and is moved into place by atomic renames when
   its transaction commits; a failing write leaves the stored files untouched. One process
-  writes at a time (a lock file, like DuckDB's); any number read.
+  writes at a time (a lock file, like DuckDB's), or one per writer name
+  (`parquet:DIR#NAME`) where the writers get disjoint traces; any number read.
 - Reads and `sql` are DuckDB queries over views named like the tables.
 """
 
@@ -31,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -39,7 +41,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from spanomaly.errors import StoreError, StoreLockedError
+from spanomaly.errors import InputError, StoreError, StoreLockedError
 from spanomaly.ingest.base import Chunk
 from spanomaly.schema import KEYS, TABLES
 from spanomaly.store.base import Stats, WriteResult
@@ -153,13 +155,33 @@ def _parquet_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
+def open_dataset(spec: str, read_only: bool = False) -> ParquetStore:
+    """The dataset of a `--store parquet:DIR[#WRITER]` value (the part after 'parquet:')."""
+    root, _, writer = spec.partition("#")
+    if not root:
+        raise InputError("--store parquet:DIR: the folder is missing")
+    return ParquetStore(root, read_only=read_only, writer=writer or None)
+
+
 class ParquetStore(DuckDBStore):
     """Spans, metrics, logs, labels and findings as a partitioned Parquet dataset."""
 
     def __init__(
-        self, root: str | Path, read_only: bool = False, buckets: int = DEFAULT_BUCKETS
+        self,
+        root: str | Path,
+        read_only: bool = False,
+        buckets: int = DEFAULT_BUCKETS,
+        writer: str | None = None,
     ) -> None:
-        """Open (or create) the dataset at root; an existing dataset keeps its bucket count."""
+        """Open (or create) the dataset at root; an existing dataset keeps its bucket count.
+
+        writer: a name for this writer. Writers of different names may write the dataset at
+        the same time, and must then be given disjoint traces (collectors behind a load
+        balancer that routes by trace id); one writer per name (and one unnamed writer).
+        """
+        if writer is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", writer):
+            raise InputError(f"parquet store writer {writer!r}: use letters, digits, _ . -")
+        self.writer = writer or "default"
         self.root = Path(root)
         self.path = str(root)
         self.span_key_with_start = False
@@ -181,7 +203,7 @@ class ParquetStore(DuckDBStore):
             self._take_lock()
             if not meta.exists():
                 _write_meta(self.root, buckets)
-            for stale in self.root.glob("_staging-*"):  # left by a writer that died
+            for stale in self.root.glob(f"_staging-{self.writer}-*"):  # left by one that died
                 shutil.rmtree(stale, ignore_errors=True)
             self._stage = DuckDBStore(":memory:")
         self._con = duckdb.connect()
@@ -194,13 +216,15 @@ class ParquetStore(DuckDBStore):
         self._pending: list[tuple[Path, Path]] = []  # (staged file, its place on commit)
 
     def _take_lock(self) -> None:
-        fd = os.open(self.root / "_lock", os.O_RDWR | os.O_CREAT, 0o644)
+        name = "_lock" if self.writer == "default" else f"_lock-{self.writer}"
+        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             raise StoreLockedError(
-                f"{self.root}: the Parquet store is open for writing by another process"
+                f"{self.root}: the Parquet store is open for writing by another process "
+                f"(writer {self.writer})"
             ) from exc
         self._lock = fd
 
@@ -285,7 +309,7 @@ class ParquetStore(DuckDBStore):
                 self._depth -= 1
             return
         self._check_writable()
-        self._staging = self.root / f"_staging-{uuid.uuid4()}"
+        self._staging = self.root / f"_staging-{self.writer}-{uuid.uuid4()}"
         self._depth = 1
         try:
             yield
