@@ -58,7 +58,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         threads_per_worker=1,
         processes=True,
         memory_limit="1GiB",
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: never a clash with another cluster
         local_directory=str(tmp_path_factory.mktemp("dask")),
     ) as cluster:
         yield cluster.scheduler_address
@@ -158,3 +158,14 @@ def test_a_bad_local_cluster_size_is_an_input_error() -> None:
 
     with pytest.raises(InputError, match="local:N needs N >= 1"), connect("local:zero"):
         pass
+
+
+def test_worker_peak_memory_is_each_workers_own(scheduler: str) -> None:
+    from distributed import Client
+
+    from spanomaly.scale.dask import worker_peak_memory
+
+    with Client(scheduler) as client:
+        peaks = worker_peak_memory(client)
+    assert len(peaks) == 2
+    assert all(20 * 2**20 < v < 2**30 for v in peaks.values())  # under the 1 GiB limit

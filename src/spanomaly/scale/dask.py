@@ -58,7 +58,7 @@ def connect(scheduler: str, memory_limit: str = DEFAULT_WORKER_MEMORY) -> Iterat
             threads_per_worker=1,
             processes=True,
             memory_limit=memory_limit,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never a clash with another cluster
             env={"OMP_NUM_THREADS": "1"},
         )
         try:
@@ -150,7 +150,15 @@ def _score_task(
 
 
 def _peak_rss() -> int:
-    """Peak resident memory of this process, bytes."""
+    """Peak resident memory of this process, bytes (VmHWM: ru_maxrss would also count the
+    parent's memory that a forked-then-exec'd worker inherits)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
