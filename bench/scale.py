@@ -187,7 +187,7 @@ def main() -> None:
     if not args.skip_local:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         runs["local"] = score_local(work / "dataset", work / "model")
-        runs["local"]["peak_mib"] = round(
+        runs["local"]["bench_process_peak_mib"] = round(  # replication included
             max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
         )
         print(f"local: {runs['local']}", file=sys.stderr)
