@@ -27,7 +27,12 @@ log = logging.getLogger("spanomaly")
 
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", help="store path (default $SPANOMALY_DB, else ./spanomaly.duckdb)"),
+    typer.Option(
+        "--db",
+        "--store",
+        help="store: DuckDB file, or parquet:DIR for a partitioned Parquet dataset "
+        "(default $SPANOMALY_DB, else ./spanomaly.duckdb)",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout")]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -345,6 +350,22 @@ def parse_duration(text: str, option: str) -> float:
     return seconds
 
 
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="engine dask: scheduler address (tcp://host:8786) or local:N "
+        "(default $SPANOMALY_SCHEDULER, else local:<cpus>)"
+    ),
+]
+
+
+def _check_engine(engine: str, scheduler: str | None) -> None:
+    if engine not in ("local", "dask"):
+        raise InputError(f"--engine: {engine!r} is not one of local, dask")
+    if scheduler is not None and engine != "dask":
+        raise InputError("--scheduler: only with --engine dask")
+
+
 def _none(name: str) -> str | None:
     return None if name.lower() == "none" else name
 
@@ -394,6 +415,10 @@ def train(
     point_sources: Annotated[
         str, typer.Option(help="instance windows of: traces (RED features), metrics, or both")
     ] = "traces,metrics",
+    engine: Annotated[
+        str, typer.Option(help="local|dask: where the training sequences are prepared")
+    ] = "local",
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
@@ -421,6 +446,7 @@ def train(
                 )
         if order not in ("start", "tree"):
             raise InputError(f"--order: {order!r} is not one of start, tree")
+        _check_engine(engine, scheduler)
         if not 0 < target_fpr < 1:
             raise InputError("--target-fpr: must be between 0 and 1")
         if epochs is not None and epochs < 1:
@@ -458,6 +484,8 @@ def train(
                     random_state=seed,
                     sources=tuple(x.strip() for x in point_sources.split(",") if x.strip()),
                 ) if _none(point) else None,
+                engine=engine,
+                scheduler=scheduler,
             )  # fmt: skip
         finally:
             store.close()
@@ -486,23 +514,18 @@ def detect(
     from_: FromOpt = None,
     to: ToOpt = None,
     engine: Annotated[str, typer.Option(help="local|dask")] = "local",
-    scheduler: Annotated[
-        str | None, typer.Option(help="dask scheduler ADDR or local:N (engine dask)")
-    ] = None,
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score the traces of a period with --model and store a finding per anomalous trace."""
     from spanomaly import pipeline
 
     with _errors():
-        if engine not in ("local", "dask"):
-            raise InputError(f"--engine: {engine!r} is not one of local, dask")
-        if scheduler is not None and engine != "dask":
-            raise InputError("--scheduler: only with --engine dask")
+        _check_engine(engine, scheduler)
         lo, hi = _period(from_, to)
         store = pipeline.open_store(db_path(db))
         try:
-            doc = pipeline.detect(store, Path(model), lo, hi, engine)
+            doc = pipeline.detect(store, Path(model), lo, hi, engine, scheduler=scheduler)
         finally:
             store.close()
         _emit(

@@ -5,7 +5,8 @@
     │   └── FormatError            a file that is not in the format it claims or seems to be
     ├── StoreError                 the store cannot be opened, read or written (exit 1)
     │   └── StoreLockedError       another process holds the store open for writing
-    └── ModelError                 a model directory is missing, broken or incompatible
+    ├── ModelError                 a model directory is missing, broken or incompatible
+    └── ClusterError               the Dask cluster cannot be reached or a task failed on it
 
 Messages name the file, line or field, and are one line long.
 """
@@ -39,3 +40,7 @@ class StoreLockedError(StoreError):
 
 class ModelError(SpanomalyError):
     """A model directory is missing, broken or written by an incompatible version."""
+
+
+class ClusterError(SpanomalyError):
+    """The Dask scheduler cannot be reached, or a task failed on a worker."""

@@ -16,6 +16,7 @@ from spanomaly.ingest.base import Chunk, SqlSource
 from spanomaly.schema import FAULTS, METRICS, SPANS
 from spanomaly.store.base import Store, TimeRange
 from spanomaly.store.duckdb import DuckDBStore
+from spanomaly.store.parquet import ParquetStore
 
 HOUR = 3_600 * 10**9
 T0 = 1_675_080_000 * 10**9  # 2023-01-30 12:00 UTC
@@ -39,9 +40,13 @@ def spans(n: int, start: int = T0, trace: str = "a" * 32, step: int = 10**9) -> 
     return pa.table(cols, schema=SPANS)
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "parquet"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = DuckDBStore(":memory:" if request.param == "memory" else tmp_path / "s.duckdb")
+    s: Store
+    if request.param == "parquet":
+        s = ParquetStore(tmp_path / "dataset")
+    else:
+        s = DuckDBStore(":memory:" if request.param == "memory" else tmp_path / "s.duckdb")
     yield s
     s.close()
 
@@ -112,16 +117,24 @@ def test_stats_metrics_faults_and_orphans(store: Store) -> None:
     assert store.metrics(TimeRange(T0 + 1)).column("value").to_pylist() == [2.0]
 
 
-def test_parquet_export_is_partitioned_by_hour(store: Store, tmp_path: Path) -> None:
-    store.write(Chunk("spans", spans(4, step=HOUR)))
+def test_parquet_export_is_partitioned_by_first_span_hour_and_bucket(
+    store: Store, tmp_path: Path
+) -> None:
+    store.write(Chunk("spans", spans(4, step=HOUR)))  # one trace over four hours
+    store.write(Chunk("spans", spans(2, start=T0 + 2 * HOUR, trace="b" * 32)))
     counts = store.export_parquet(tmp_path / "out")
-    assert counts["spans"] == 4
+    assert counts["spans"] == 6
     hours = sorted(p.name for p in (tmp_path / "out" / "spans").iterdir())
-    assert hours == [f"hour=2023-01-30T{h}" for h in (12, 13, 14, 15)]
+    assert hours == ["hour=2023-01-30T12", "hour=2023-01-30T14"]  # a trace stays in one
+    for hour in hours:
+        assert [p.name.split("=")[0] for p in (tmp_path / "out" / "spans" / hour).iterdir()] == [
+            "bucket"
+        ]
     back = pq.read_table(tmp_path / "out" / "spans")
-    assert sorted(back.column("span_id").to_pylist()) == sorted(
-        spans(4).column("span_id").to_pylist()
-    )
+    assert back.num_rows == 6
+    assert set(back.column("span_id").to_pylist()) == set(spans(4).column("span_id").to_pylist())
+    with ParquetStore(tmp_path / "out", read_only=True) as exported:
+        assert (exported.stats().spans, exported.stats().traces) == (6, 2)
     with pytest.raises(StoreError, match="not empty"):
         store.export_parquet(tmp_path / "out")
 

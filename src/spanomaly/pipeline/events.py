@@ -56,6 +56,20 @@ def _trace_filter(
     return sql, params
 
 
+def trace_spans_query(
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    exclude: Iterable[tuple[int, int]] = (),
+    exclude_flagged: bool = False,
+) -> tuple[str, list[object]]:
+    """SQL (over tables `spans` and `findings`) of the spans of the traces starting in the
+    period, and its parameters: run on the store, or on one partition by a Dask worker."""
+    ids_sql, params = _trace_filter(start_ns, end_ns, exclude, exclude_flagged)
+    lower = "s.start_ns >= ? AND " if start_ns is not None else ""
+    sql = f"SELECT {_SPAN_FEATURE_COLUMNS} FROM spans s WHERE {lower}s.trace_id IN ({ids_sql})"
+    return sql, ([start_ns] if start_ns is not None else []) + params
+
+
 def trace_events(
     store: Store,
     start_ns: int | None = None,
@@ -67,13 +81,8 @@ def trace_events(
     """The events (`features.traces.events`) of the traces starting in the period."""
     from spanomaly.features import traces as trace_features
 
-    ids_sql, params = _trace_filter(start_ns, end_ns, exclude, exclude_flagged)
-    lower = "s.start_ns >= ? AND " if start_ns is not None else ""
-    spans = store.sql(
-        f"SELECT {_SPAN_FEATURE_COLUMNS} FROM spans s WHERE {lower}s.trace_id IN ({ids_sql})",
-        ([start_ns] if start_ns is not None else []) + params,
-    )
-    return trace_features.events(spans, config)
+    sql, params = trace_spans_query(start_ns, end_ns, exclude, exclude_flagged)
+    return trace_features.events(store.sql(sql, params), config)
 
 
 def span_range(store: Store) -> tuple[int | None, int | None]:

@@ -290,8 +290,15 @@ def ingest(
     return report
 
 
+PARQUET_PREFIX = "parquet:"  # --db / --store parquet:DIR: the partitioned Parquet dataset
+
+
 def open_store(path: str | Path, read_only: bool = False) -> Store:
-    """The store at path (DuckDB file)."""
+    """The store at path: a DuckDB file, or `parquet:DIR[#WRITER]` for a Parquet dataset."""
+    if str(path).startswith(PARQUET_PREFIX):
+        from spanomaly.store.parquet import open_dataset
+
+        return open_dataset(str(path)[len(PARQUET_PREFIX) :], read_only=read_only)
     from spanomaly.store.duckdb import DuckDBStore
 
     return DuckDBStore(path, read_only=read_only)

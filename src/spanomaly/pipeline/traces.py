@@ -17,6 +17,7 @@ from spanomaly.store.base import Store
 if TYPE_CHECKING:
     pass
 
+from spanomaly.pipeline import scaled
 from spanomaly.pipeline.events import span_range, trace_events
 from spanomaly.pipeline.ingest import Progress
 from spanomaly.pipeline.points import PointOptions, detect_points, train_points
@@ -52,11 +53,14 @@ def train(
     exclude: Iterable[tuple[int, int]] = (),
     window_s: float | None = None,
     options: TrainOptions | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> dict[str, object]:
     """Fit the trace model on the normal period and write it to model_dir.
 
     With window_s the period is the last window_s seconds before end_ns (default: the last
-    span): retraining on a sliding window of recent normal data.
+    span): retraining on a sliding window of recent normal data. With engine "dask" the
+    training sequences are prepared per partition on the cluster; the fit runs here.
     """
     from spanomaly.detect.model import TraceModel, iso
     from spanomaly.features.traces import DEFAULT_KEY_FIELDS, FeatureConfig
@@ -76,7 +80,12 @@ def train(
     config = FeatureConfig(
         key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS), order=options.order
     )
-    events = trace_events(store, start_ns, end_ns, exclude, options.exclude_flagged, config)
+    if engine == "dask":
+        events = scaled.trace_events(
+            store, scheduler, start_ns, end_ns, exclude, options.exclude_flagged, config
+        )
+    else:
+        events = trace_events(store, start_ns, end_ns, exclude, options.exclude_flagged, config)
     model = TraceModel(
         features=config,
         sequence=options.sequence,
@@ -126,10 +135,12 @@ def train_models(
     window_s: float | None = None,
     options: TrainOptions | None = None,
     point: PointOptions | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> dict[str, object]:
     """Fit the trace model and (with point options) the instance-window model, same period."""
     exclude = list(exclude)
-    doc = train(store, model_dir, start_ns, end_ns, exclude, window_s, options)
+    doc = train(store, model_dir, start_ns, end_ns, exclude, window_s, options, engine, scheduler)
     if point is not None and point.detector:
         lo, hi = doc["from_ns"], doc["to_ns"]
         assert isinstance(lo, int | None) and isinstance(hi, int | None)
@@ -151,14 +162,29 @@ def detect(
     end_ns: int | None = None,
     engine: str = "local",
     progress: Progress | None = None,
+    scheduler: str | None = None,
 ) -> dict[str, object]:
-    """Score the traces starting in the period, store a finding per anomalous trace."""
+    """Score the traces starting in the period, store a finding per anomalous trace.
+
+    With engine "dask" (a Parquet store) every partition is scored on the cluster of
+    scheduler (an address, or local:N) and the findings come back into the store.
+    """
     from spanomaly.detect.model import TraceModel
     from spanomaly.evaluate.metrics import alarms
 
-    if engine != "local":
-        raise InputError(f"--engine: {engine!r} is not available yet (only local)")
+    if engine not in ("local", "dask"):
+        raise InputError(f"--engine: {engine!r} is not one of local, dask")
     model = TraceModel.load(model_dir)
+    if engine == "dask":
+        scored, anomalous, findings = scaled.detect_traces(
+            store, model_dir, start_ns, end_ns, scheduler
+        )
+        if findings.num_rows:
+            store.write(Chunk("findings", findings))  # type: ignore[arg-type]
+        n_alarms = alarms(findings).num_rows if findings.num_rows else 0
+        return _with_points(
+            _detect_doc(scored, anomalous, n_alarms), store, model_dir, start_ns, end_ns
+        )
     lo, hi = span_range(store)
     if lo is None or hi is None:
         return _detect_doc(0, 0, 0)
@@ -185,8 +211,20 @@ def detect(
     if progress:
         progress(1, 1, "done")
     n_alarms = alarms(pa.concat_tables(found)).num_rows if found else 0
-    doc = _detect_doc(scored, anomalous, n_alarms)
-    points = detect_points(store, model_dir, start_ns, end_ns)  # issue 6: instance windows
+    return _with_points(
+        _detect_doc(scored, anomalous, n_alarms), store, model_dir, start_ns, end_ns
+    )
+
+
+def _with_points(
+    doc: dict[str, object],
+    store: Store,
+    model_dir: str | Path,
+    start_ns: int | None,
+    end_ns: int | None,
+) -> dict[str, object]:
+    """The detect document with the instance windows' figures (issue 6) added."""
+    points = detect_points(store, model_dir, start_ns, end_ns)
     if points:
         doc.update(points)
     return doc

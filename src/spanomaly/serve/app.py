@@ -462,6 +462,10 @@ def open_store(settings: ServeSettings) -> Store:
     """
     from spanomaly.store.duckdb import DuckDBStore
 
+    if str(settings.db).startswith("parquet:"):  # --store parquet:DIR[#WRITER]: Parquet dataset
+        from spanomaly.store.parquet import open_dataset
+
+        return open_dataset(str(settings.db)[len("parquet:") :])
     return DuckDBStore(settings.db, config=settings.store_config, span_key_with_start=True)
 
 
