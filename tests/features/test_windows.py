@@ -78,3 +78,26 @@ def test_dependency_graph() -> None:
     callees, callers = adjacency(g)
     assert callees["gateway"] >= {"order-service", "user-service"}
     assert callers["order-service"] == {"gateway"}
+
+
+def test_errors_count_where_they_start_not_where_they_surface() -> None:
+    spans = sc.spans().slice(0, 4000)
+    ids = spans.column("span_id").to_pylist()
+    parent = dict(zip(ids, spans.column("parent_id").to_pylist(), strict=True))
+    services = spans.column("service").to_pylist()
+    failed: set[str] = set()
+    for sid, svc in zip(ids, services, strict=True):
+        if svc == "order-service" and parent.get(sid) is not None:  # order-service fails...
+            while sid is not None:  # ...and every caller up to the root with it
+                failed.add(sid)
+                sid = parent.get(sid)
+    status = ["error" if s in failed else "ok" for s in ids]
+    spans = spans.set_column(spans.schema.get_field_index("status"), "status", pa.array(status))
+    ev = events(spans)
+    table = win.span_windows(ev, win.SelfTimeProfile().fit(ev))
+    share: dict[str, float] = {}
+    for r in table.to_pylist():
+        share[r["service"]] = max(share.get(r["service"], 0.0), r["t.error_share"] or 0.0)
+    assert share["order-service"] > 0.5
+    assert share.get("gateway", 0.0) == 0.0  # its errors come from order-service
+    assert "t.latency_p95_ms" in win.INHERITED and "t.excess_ms_s" not in win.INHERITED

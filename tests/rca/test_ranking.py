@@ -71,7 +71,7 @@ def test_evaluate_document(trained: tuple[Path, Path]) -> None:
         metrics_only = pipeline.evaluate(store, *sc.TEST, "metrics", "ranked", model)
     assert set(doc) == {
         "faults", "detected", "fault_recall", "false_alarms_per_hour", "trace_fpr", "trace",
-        "rca", "per_type",
+        "rca", "per_type", "per_fault",
     }  # fmt: skip
     assert doc["trace"] is None  # no per-request labels here
     assert set(doc["rca"]) == {"service", "instance"}
@@ -79,8 +79,12 @@ def test_evaluate_document(trained: tuple[Path, Path]) -> None:
     assert doc["faults"] == 2 and doc["detected"] == 2
     assert doc["rca"]["service"]["top1"] == 1.0 and doc["rca"]["instance"]["top1"] == 1.0
     for kind, t in doc["per_type"].items():
-        assert set(t) == {"faults", "detected", "fault_recall", "time_to_detect_s", "rca"}, kind
+        assert set(t) == {"faults", "detected", "fault_recall", "time_to_detect_s", "trace", "rca"}
         assert t["time_to_detect_s"] is not None and t["time_to_detect_s"] >= 0
+        assert t["trace"] is None  # no per-request labels
+    for f in doc["per_fault"]:  # each fault: detection, ranks, the top suspects
+        assert f["detected"] and f["rank"] == {"service": 1, "instance": 1}
+        assert f["suspects"][0]["service"] == f["service"] and f["rca_end_ns"] > f["end_ns"]
     assert metrics_only["per_type"]["cpu_contention"]["rca"]["instance"]["top1"] == 1.0
 
 

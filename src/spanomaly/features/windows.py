@@ -174,6 +174,11 @@ def _error_sql(patterns: tuple[str, ...]) -> str:
     return f"(status_class = 'error' OR {likes or 'FALSE'})"
 
 
+# span features that include the time of the instance's callees: a symptom wherever a
+# callee is slow, so root-cause evidence leaves them out (detection keeps them)
+INHERITED = ("t.latency_p50_ms", "t.latency_p95_ms", "t.latency_p99_ms")
+
+
 def span_windows(
     events: pa.Table,
     profile: SelfTimeProfile,
@@ -183,12 +188,16 @@ def span_windows(
     """RED metrics per (window, service, instance) from an events table.
 
     Requests are the spans an instance serves (roots and spans whose parent runs in another
-    service); latency percentiles are of those; errors are error-status spans and error
-    marker spans; self time is what the events table charges to the instance.
+    service); latency percentiles are of those; errors are the error-status spans and error
+    marker spans where an error starts (none of their children failed: a failed call fails
+    its callers too), charged like self time to the instance the events table blames (the
+    callee, for a call that never reached a server); self time is what the events table
+    charges to the instance.
     """
     w = int(window_s * NS)
-    cols = ["service", "instance", "parent_service", "operation", "status_class", "key"]
-    cols += ["blame_service", "blame_instance", "start_ns", "duration_ns", "self_ns"]
+    cols = ["trace_id", "span_id", "parent_id", "service", "instance", "parent_service"]
+    cols += ["operation", "status_class", "key", "blame_service", "blame_instance"]
+    cols += ["start_ns", "duration_ns", "self_ns"]
     con = duckdb.connect()
     try:
         con.execute("SET preserve_insertion_order = false")
@@ -197,10 +206,18 @@ def span_windows(
         err = _error_sql(error_operations)
         return con.sql(
             f"""
-            WITH served AS (
+            WITH failed AS (
+              SELECT trace_id, span_id, parent_id, start_ns, blame_service, blame_instance
+              FROM _ev WHERE {err}),
+            origin AS (
+              SELECT (f.start_ns // {w}) * {w} AS time_ns, f.blame_service AS service,
+                     f.blame_instance AS instance, count(*) AS errors
+              FROM failed f ANTI JOIN failed c
+                ON c.trace_id = f.trace_id AND c.parent_id = f.span_id
+              WHERE f.blame_instance IS NOT NULL GROUP BY ALL),
+            served AS (
               SELECT (start_ns // {w}) * {w} AS time_ns, service, instance,
                      count(*) FILTER (WHERE parent_service <> service) AS requests,
-                     count(*) FILTER (WHERE {err}) AS errors,
                      quantile_cont(duration_ns, 0.5) FILTER (WHERE parent_service <> service)
                        / 1e6 AS p50,
                      quantile_cont(duration_ns, 0.95) FILTER (WHERE parent_service <> service)
@@ -231,7 +248,7 @@ def span_windows(
               FROM charged GROUP BY ALL)
             SELECT time_ns, service, instance,
                    coalesce(s.requests, 0) / {window_s} AS "t.requests_s",
-                   coalesce(s.errors, 0) / greatest(coalesce(s.requests, 0), 1)
+                   coalesce(g.errors, 0) / greatest(coalesce(s.requests, 0), 1)
                      AS "t.error_share",
                    s.p50 AS "t.latency_p50_ms", s.p95 AS "t.latency_p95_ms",
                    s.p99 AS "t.latency_p99_ms",
@@ -240,6 +257,7 @@ def span_windows(
                    coalesce(o.slow_share, 0) AS "t.slow_share",
                    CASE WHEN t.lost > 0 THEN t.operation END AS operation
             FROM served s FULL JOIN own o USING (time_ns, service, instance)
+                 FULL JOIN origin g USING (time_ns, service, instance)
                  LEFT JOIN top_op t USING (time_ns, service, instance)
             ORDER BY time_ns, service, instance
             """
