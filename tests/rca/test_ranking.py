@@ -78,7 +78,7 @@ def test_evaluate_document(trained: tuple[Path, Path]) -> None:
     assert set(doc["rca"]["service"]) == {"top1", "top3", "top5"}
     assert doc["faults"] == 2 and doc["detected"] == 2
     assert doc["rca"]["service"]["top1"] == 1.0 and doc["rca"]["instance"]["top1"] == 1.0
-    for kind, t in doc["per_type"].items():
+    for t in doc["per_type"].values():
         assert set(t) == {"faults", "detected", "fault_recall", "time_to_detect_s", "trace", "rca"}
         assert t["time_to_detect_s"] is not None and t["time_to_detect_s"] >= 0
         assert t["trace"] is None  # no per-request labels
