@@ -174,11 +174,6 @@ def _error_sql(patterns: tuple[str, ...]) -> str:
     return f"(status_class = 'error' OR {likes or 'FALSE'})"
 
 
-# span features that include the time of the instance's callees: a symptom wherever a
-# callee is slow, so root-cause evidence leaves them out (detection keeps them)
-INHERITED = ("t.latency_p50_ms", "t.latency_p95_ms", "t.latency_p99_ms")
-
-
 def span_windows(
     events: pa.Table,
     profile: SelfTimeProfile,

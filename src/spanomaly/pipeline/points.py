@@ -213,13 +213,8 @@ def _point_findings(
         return FINDINGS.empty_table(), len(idx), 0
     feats = norm.feature_names()  # type: ignore[attr-defined]
     if hasattr(det, "tail_surprise"):
-        # RCA weighs what changed: the largest increase against the instance's recent past,
-        # of what the instance does itself (latency includes its callees' time)
-        from spanomaly.features.windows import INHERITED
-
-        changed = [
-            j for j, f in enumerate(feats) if f.startswith("d.") and f[2:] not in INHERITED
-        ] or list(range(len(feats)))
+        # RCA weighs what changed: the largest increase against the instance's recent past
+        changed = [j for j, f in enumerate(feats) if f.startswith("d.")] or list(range(len(feats)))
         surprise = det.tail_surprise(X[flagged], changed)  # type: ignore[attr-defined]
     else:
         surprise = det.surprise_of(scores[flagged])  # type: ignore[attr-defined]
