@@ -364,6 +364,13 @@ def train(
     include_flagged: Annotated[
         bool, typer.Option(help="also train on traces with findings not marked normal")
     ] = False,
+    logs: Annotated[
+        bool | None,
+        typer.Option(
+            "--logs/--no-logs",
+            help="log lines as trace events (default: when the period's traces have any)",
+        ),
+    ] = None,
     point: Annotated[
         str, typer.Option(help="instance-window detector: ecod|iforest|lof|dbscan|peer|none")
     ] = "ecod",
@@ -415,6 +422,7 @@ def train(
             target_fpr=target_fpr,
             random_state=seed,
             exclude_flagged=not include_flagged,
+            logs=logs,
         )
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
@@ -456,6 +464,8 @@ def train(
                     f"  {role:8} {d['name']:14} threshold {d['threshold']:.4g}, validation "
                     f"FPR {100 * d['validation_fpr']:.2f} %, {d['fit_seconds']:.1f} s"
                 )
+            if isinstance(doc.get("logs"), dict):
+                typer.echo(f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates")  # type: ignore[index]
 
         _emit(doc, as_json, human)
 

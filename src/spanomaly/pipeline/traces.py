@@ -17,7 +17,14 @@ from spanomaly.store.base import Store
 if TYPE_CHECKING:
     pass
 
-from spanomaly.pipeline.events import span_range, trace_events
+from spanomaly.pipeline.events import (
+    TEMPLATES_FILE,
+    load_templates,
+    log_bodies,
+    span_range,
+    trace_events,
+    trace_logs,
+)
 from spanomaly.pipeline.ingest import Progress
 from spanomaly.pipeline.points import detect_points
 
@@ -42,6 +49,7 @@ class TrainOptions:
     target_fpr: float = 1e-3
     random_state: int = 0
     exclude_flagged: bool = True  # traces with unresolved findings are not normal data
+    logs: bool | None = None  # log lines as events: True, False, None = when the period has any
 
 
 def train(
@@ -73,10 +81,25 @@ def train(
             start_ns = max(start_ns or 0, end_ns - int(window_s * 1e9))
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise InputError("--from must be before --to")
+    templates = None
+    lines = 0
+    if options.logs is not False:
+        from spanomaly.features.logs import TemplateMiner
+
+        bodies = log_bodies(store, start_ns, end_ns, exclude, options.exclude_flagged)
+        lines = bodies.num_rows
+        if lines:
+            templates = TemplateMiner().fit(bodies.column("body"))
+        elif options.logs:
+            raise InputError("--logs: no log lines of the training period's traces in the store")
     config = FeatureConfig(
-        key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS), order=options.order
+        key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS),
+        order=options.order,
+        logs=templates is not None,
     )
-    events = trace_events(store, start_ns, end_ns, exclude, options.exclude_flagged, config)
+    events = trace_events(
+        store, start_ns, end_ns, exclude, options.exclude_flagged, config, templates
+    )
     model = TraceModel(
         features=config,
         sequence=options.sequence,
@@ -96,6 +119,11 @@ def train(
     }
     model.fit(events, period)
     model.save(model_dir)
+    templates_path = Path(model_dir) / TEMPLATES_FILE
+    if templates is not None:
+        templates_path.write_text(templates.dumps())
+    else:
+        templates_path.unlink(missing_ok=True)
     return {
         "model": str(model_dir),
         "from": iso(model.trained_on_["from_ns"]),
@@ -103,6 +131,9 @@ def train(
         "traces": model.trained_on_["traces"],
         "events": model.trained_on_["events"],
         "keys": model.trained_on_["keys"],
+        "logs": None
+        if templates is None
+        else {"lines": lines, "templates": templates.n_templates},
         "detectors": {
             role: {
                 "name": det.name,
@@ -130,6 +161,7 @@ def detect(
     if engine != "local":
         raise InputError(f"--engine: {engine!r} is not available yet (only local)")
     model = TraceModel.load(model_dir)
+    templates = load_templates(model_dir) if model.feature_config.logs else None
     lo, hi = span_range(store)
     if lo is None or hi is None:
         return _detect_doc(0, 0, 0)
@@ -142,7 +174,9 @@ def detect(
     while t < end:
         if progress:
             progress(t - start, max(end - start, 1), "traces")
-        events = trace_events(store, t, min(t + chunk, end), config=model.feature_config)
+        events = trace_events(
+            store, t, min(t + chunk, end), config=model.feature_config, templates=templates
+        )
         t += chunk
         if events.num_rows == 0:
             continue
@@ -193,7 +227,14 @@ def feedback(
         spans = store.traces([trace_id])
         from spanomaly.features.traces import events as trace_events_of
 
-        update = model.update(trace_events_of(spans, model.feature_config))
+        events = trace_events_of(spans, model.feature_config)
+        if model.feature_config.logs:  # the trace's log lines are events of it too
+            from spanomaly.features import logs as log_features
+
+            lines = trace_logs(store, "?", [trace_id])
+            templates = load_templates(model_dir)
+            events = log_features.interleave(events, log_features.log_events(lines, templates))
+        update = model.update(events)
         model.save(model_dir)
         doc.update(model_updated=True, trace_id=trace_id, **update)
     store.set_feedback([finding], "normal")
