@@ -347,20 +347,41 @@ def interleave(span_events: pa.Table, log_rows: pa.Table) -> pa.Table:
         con.close()
 
 
+LOG_FEATURES = ("l.lines_s", "l.warnings_s", "l.errors_s", "l.unseen_s", "l.templates")
+
+
 def window_counts(log_rows: pa.Table, window_s: float) -> pa.Table:
-    """Per instance and window: log lines, warnings, errors, unseen templates, templates."""
-    con = _connect()
+    """Per (window, service, instance) of log events (`log_events`): lines, warnings,
+    errors and unseen templates per second, and distinct templates."""
     w = int(window_s * 1e9)
+    con = _connect()
     try:
         con.register("_lg", log_rows)
         return con.sql(
-            f"""SELECT service, instance, (start_ns // {w}) * {w} AS time_ns,
-                   count(*)::DOUBLE AS log_lines,
-                   count(*) FILTER (WHERE status_class = 'error')::DOUBLE AS log_errors,
-                   count(*) FILTER (WHERE key LIKE 'log | % | WARN | %')::DOUBLE AS log_warnings,
-                   count(*) FILTER (WHERE template_id = {UNSEEN})::DOUBLE AS log_unseen,
-                   count(DISTINCT template_id)::DOUBLE AS log_templates
+            f"""SELECT (start_ns // {w}) * {w} AS time_ns, service, instance,
+                   count(*) / {window_s} AS "l.lines_s",
+                   count(*) FILTER (WHERE key LIKE 'log | % | WARN | %') / {window_s}
+                     AS "l.warnings_s",
+                   count(*) FILTER (WHERE status_class = 'error') / {window_s} AS "l.errors_s",
+                   count(*) FILTER (WHERE template_id = {UNSEEN}) / {window_s} AS "l.unseen_s",
+                   CAST(count(DISTINCT template_id) AS DOUBLE) AS "l.templates"
             FROM _lg WHERE instance IS NOT NULL GROUP BY ALL"""
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def with_window_counts(span_windows: pa.Table, counts: pa.Table) -> pa.Table:
+    """Span windows (`features.windows.span_windows`) with the log counts of the same
+    instance and window as more columns (0 where the instance wrote no line)."""
+    con = _connect()
+    try:
+        con.register("_w", span_windows)
+        con.register("_c", counts)
+        extra = ", ".join(f'coalesce(c."{n}", 0) AS "{n}"' for n in LOG_FEATURES)
+        return con.sql(
+            f"SELECT w.*, {extra} FROM _w w LEFT JOIN _c c "
+            "USING (time_ns, service, instance) ORDER BY time_ns, service, instance"
         ).to_arrow_table()
     finally:
         con.close()

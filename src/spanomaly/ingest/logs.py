@@ -5,7 +5,9 @@ Every format is one DuckDB SELECT over all files of a group, so no Python runs p
 
 - **nezha** (`TimeUnixNano,PodName,TraceID,SpanID,Log`): `Log` is the container runtime's
   JSON (`{"log": "<text>\\n", "stream", "time"}`); the text carries the severity after its
-  clock time and its own `TraceID:` / `SpanID:`, used where the columns are empty.
+  clock time and its own `TraceID:` / `SpanID:`, used where the columns are empty; where
+  `TimeUnixNano` is broken (79 TrainTicket lines hold Go's zero time, a negative number)
+  the runtime's `time` stands in.
 - **CSV** with `--map time=ts,body=message,trace_id=...`: like CSV spans (`--time-unit`).
 - **JSON lines**, one object per line: the keys are found by their usual names
   (`timestamp|time|ts|@timestamp`, `message|msg|body|log`, `level|severity|levelname`,
@@ -110,9 +112,16 @@ def nezha_select(files: list[Path]) -> str:
     inner = (
         f"(SELECT *, {text} AS _body FROM {_csv_reader(files)})"
     )
+    # a few lines carry a broken TimeUnixNano (Go's zero time, negative): the container
+    # runtime's own time then tells it
+    runtime_time = (
+        "CASE WHEN json_valid(Log) THEN CAST(epoch_ns(TRY_CAST(json_extract_string(Log, "
+        "'$.time') AS TIMESTAMPTZ)) AS BIGINT) END"
+    )
     level = "regexp_extract(left(_body, 80), '\\b(TRACE|DEBUG|INFO|WARNING|WARN|ERROR|FATAL|SEVERE)\\b', 1)"
     cols = {
-        "time_ns": "TRY_CAST(TimeUnixNano AS BIGINT)",
+        "time_ns": "CASE WHEN TRY_CAST(TimeUnixNano AS BIGINT) > 0 "
+        f"THEN TRY_CAST(TimeUnixNano AS BIGINT) ELSE {runtime_time} END",
         "service": f"regexp_replace(PodName, {_lit(POD_SUFFIX)}, '')",
         "instance": "nullif(trim(PodName), '')",
         "trace_id": "coalesce(" + _id_sql("TraceID")
@@ -127,17 +136,14 @@ def nezha_select(files: list[Path]) -> str:
 
 def _time_sql(expr: str, unit: str | None) -> str:
     """ns since the epoch from a text column: a number in `unit` (or by magnitude), or ISO."""
-    num = f"TRY_CAST({expr} AS DOUBLE)"
+    num = f"TRY_CAST(CAST({expr} AS VARCHAR) AS DECIMAL(38, 9))"  # exact, unlike DOUBLE
     if unit is not None:
         scaled = f"CAST(round({num} * {UNITS_NS[unit]}) AS BIGINT)"
-        if unit == "ns":
-            scaled = f"coalesce(TRY_CAST({expr} AS BIGINT), {scaled})"
     else:  # by magnitude: s < 1e11 < ms < 1e14 < us < 1e17 < ns
         scaled = (
-            f"CASE WHEN abs({num}) < 1e11 THEN CAST(round({num} * 1e9) AS BIGINT) "
-            f"WHEN abs({num}) < 1e14 THEN CAST(round({num} * 1e6) AS BIGINT) "
-            f"WHEN abs({num}) < 1e17 THEN CAST(round({num} * 1e3) AS BIGINT) "
-            f"ELSE TRY_CAST({expr} AS BIGINT) END"
+            f"CAST(round({num} * CASE WHEN abs({num}) < 1e11 THEN 1000000000 "
+            f"WHEN abs({num}) < 1e14 THEN 1000000 WHEN abs({num}) < 1e17 THEN 1000 "
+            "ELSE 1 END) AS BIGINT)"
         )
     iso = (
         f"CAST(epoch_ns(TRY_CAST(replace(CAST({expr} AS VARCHAR), ',', '.') AS TIMESTAMPTZ)) "
