@@ -465,7 +465,9 @@ def train(
                     f"FPR {100 * d['validation_fpr']:.2f} %, {d['fit_seconds']:.1f} s"
                 )
             if isinstance(doc.get("logs"), dict):
-                typer.echo(f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates")  # type: ignore[index]
+                typer.echo(
+                    f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates"
+                )  # type: ignore[index]
 
         _emit(doc, as_json, human)
 

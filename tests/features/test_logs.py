@@ -52,7 +52,7 @@ def test_templates_round_trip_through_plain_json() -> None:
     assert doc["format"] == lf.FORMAT and "py/object" not in text  # no jsonpickle
     again = lf.TemplateMiner.loads(text)
     assert again.template_config.masks == ("uuid", "number")
-    probe = pa.array(NORMAL + ["something else entirely"])
+    probe = pa.array([*NORMAL, "something else entirely"])
     assert again.transform(probe).equals(miner.transform(probe))
     with pytest.raises(ModelError):
         lf.TemplateMiner.loads('{"format": "other"}')

@@ -93,7 +93,11 @@ def test_json_lines_logs_by_their_usual_keys(tmp_path: Path) -> None:
     report, rows = _ingest(tmp_path, [f])
     assert report.logs == 3 and report.rejected == 0, report.errors  # type: ignore[attr-defined]
     base = 1_704_067_200_000_000_000
-    assert [r["time_ns"] for r in rows] == [base + 500_000_000, base + 1_250_000_000, base + 2 * 10**9]
+    assert [r["time_ns"] for r in rows] == [
+        base + 500_000_000,
+        base + 1_250_000_000,
+        base + 2 * 10**9,
+    ]
     assert [r["severity"] for r in rows] == ["ERROR", "INFO", "WARN"]
     assert rows[0]["service"] == "shop" and rows[1]["trace_id"] == TID
     assert rows[2]["trace_id"] is None and rows[2]["body"] == "no trace here"

@@ -24,7 +24,9 @@ def _kv(key: str, value: str) -> KeyValue:
 def logs_request() -> logs_pb.ExportLogsServiceRequest:
     request = logs_pb.ExportLogsServiceRequest()
     rl = request.resource_logs.add()
-    rl.resource.attributes.extend([_kv("service.name", "shop"), _kv("service.instance.id", "shop-1")])
+    rl.resource.attributes.extend(
+        [_kv("service.name", "shop"), _kv("service.instance.id", "shop-1")]
+    )
     records = rl.scope_logs.add().log_records
     records.append(
         LogRecord(
@@ -36,7 +38,9 @@ def logs_request() -> logs_pb.ExportLogsServiceRequest:
             span_id=SID,
         )
     )
-    records.append(LogRecord(time_unix_nano=11, body=AnyValue(string_value="x"), span_id=b"\x01" * 4))
+    records.append(
+        LogRecord(time_unix_nano=11, body=AnyValue(string_value="x"), span_id=b"\x01" * 4)
+    )
     records.append(LogRecord(body=AnyValue(string_value="no time")))
     records.append(
         LogRecord(observed_time_unix_nano=12, severity_text="warning", body=AnyValue(int_value=3))

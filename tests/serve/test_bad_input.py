@@ -232,9 +232,7 @@ def logs_request(first: int, count: int, bad_ids: int = 0) -> bytes:
 
     request = logs_pb.ExportLogsServiceRequest()
     rl = request.resource_logs.add()
-    rl.resource.attributes.append(
-        KeyValue(key="service.name", value=AnyValue(string_value="svc"))
-    )
+    rl.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="svc")))
     records = rl.scope_logs.add().log_records
     for i in range(count):
         bad = i >= count - bad_ids

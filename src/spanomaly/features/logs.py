@@ -313,7 +313,9 @@ def log_events(logs: pa.Table, miner: TemplateMiner) -> pa.Table:
 
 
 def _empty_log_events() -> pa.Table:
-    cols = {c: pa.array([], pa.int64() if c.endswith("_ns") else pa.string()) for c in EVENT_COLUMNS}
+    cols = {
+        c: pa.array([], pa.int64() if c.endswith("_ns") else pa.string()) for c in EVENT_COLUMNS
+    }
     cols["template_id"] = pa.array([], pa.int64())
     return pa.table(cols)
 
@@ -326,9 +328,12 @@ def interleave(span_events: pa.Table, log_rows: pa.Table) -> pa.Table:
         return span_events
     con = _connect()
     try:
-        con.register("_ev", span_events.append_column(
-            "_rn", pa.array(np.arange(span_events.num_rows, dtype=np.float64))
-        ))
+        con.register(
+            "_ev",
+            span_events.append_column(
+                "_rn", pa.array(np.arange(span_events.num_rows, dtype=np.float64))
+            ),
+        )
         con.register("_lg", log_rows.select(list(EVENT_COLUMNS)))
         cols = ", ".join(EVENT_COLUMNS)
         sql = f"""

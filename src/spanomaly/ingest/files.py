@@ -19,7 +19,15 @@ _SKIP_SUFFIXES = {".md", ".txt", ".tar", ".zip", ".py", ".duckdb", ".wal"}
 _SNIFF_BYTES = 65536
 # keys of a JSON-lines log record: a message and a time (spanomaly.ingest.logs reads them)
 LOG_BODY_KEYS = ("message", "msg", "body", "log", "text")
-LOG_TIME_KEYS = ("timestamp", "time", "ts", "@timestamp", "time_unix_nano", "timeUnixNano", "asctime")
+LOG_TIME_KEYS = (
+    "timestamp",
+    "time",
+    "ts",
+    "@timestamp",
+    "time_unix_nano",
+    "timeUnixNano",
+    "asctime",
+)
 
 
 def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

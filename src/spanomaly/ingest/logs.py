@@ -109,9 +109,7 @@ def nezha_select(files: list[Path]) -> str:
         "rtrim(CASE WHEN json_valid(Log) AND json_extract_string(Log, '$.log') IS NOT NULL "
         "THEN json_extract_string(Log, '$.log') ELSE Log END, chr(10) || chr(13))"
     )
-    inner = (
-        f"(SELECT *, {text} AS _body FROM {_csv_reader(files)})"
-    )
+    inner = f"(SELECT *, {text} AS _body FROM {_csv_reader(files)})"
     # a few lines carry a broken TimeUnixNano (Go's zero time, negative): the container
     # runtime's own time then tells it
     runtime_time = (
@@ -124,9 +122,11 @@ def nezha_select(files: list[Path]) -> str:
         f"THEN TRY_CAST(TimeUnixNano AS BIGINT) ELSE {runtime_time} END",
         "service": f"regexp_replace(PodName, {_lit(POD_SUFFIX)}, '')",
         "instance": "nullif(trim(PodName), '')",
-        "trace_id": "coalesce(" + _id_sql("TraceID")
+        "trace_id": "coalesce("
+        + _id_sql("TraceID")
         + ", nullif(lower(regexp_extract(_body, 'TraceID: ([0-9a-fA-F]{32})', 1)), ''))",
-        "span_id": "coalesce(" + _id_sql("SpanID")
+        "span_id": "coalesce("
+        + _id_sql("SpanID")
         + ", nullif(lower(regexp_extract(_body, 'SpanID: ([0-9a-fA-F]{16})', 1)), ''))",
         "severity": severity_sql(level),
         "body": "_body",

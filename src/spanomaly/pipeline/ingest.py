@@ -194,9 +194,7 @@ def _csv_unit(kind: str, group: list[Path], options: DecodeOptions) -> _Unit:
     else:
         headers = {f: csv_spans.header(f) for f in group}
         decode = lambda: csv_metrics.decode_files(group, headers)  # noqa: E731
-    label = (
-        group[0].name if len(group) == 1 else f"{len(group)} files ({group[0].parent.name}/)"
-    )
+    label = group[0].name if len(group) == 1 else f"{len(group)} files ({group[0].parent.name}/)"
     return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind)
 
 

@@ -130,9 +130,7 @@ def train_points(
     events = trace_events(store, start_ns, end_ns, exclude)
     profile = win.SelfTimeProfile().fit(events)  # type: ignore[arg-type]
     # the trace model's log templates, when it was trained with logs: log counts too
-    templates = (
-        load_templates(model_dir) if (Path(model_dir) / TEMPLATES_FILE).exists() else None
-    )
+    templates = load_templates(model_dir) if (Path(model_dir) / TEMPLATES_FILE).exists() else None
     windows = _instance_windows(
         store, start_ns, end_ns, profile, options.window_s, exclude, templates
     )

@@ -131,9 +131,7 @@ def train(
         "traces": model.trained_on_["traces"],
         "events": model.trained_on_["events"],
         "keys": model.trained_on_["keys"],
-        "logs": None
-        if templates is None
-        else {"lines": lines, "templates": templates.n_templates},
+        "logs": None if templates is None else {"lines": lines, "templates": templates.n_templates},
         "detectors": {
             role: {
                 "name": det.name,

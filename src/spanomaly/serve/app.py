@@ -98,12 +98,8 @@ class Counters:
     """Requests and records the collector has answered."""
 
     requests: dict[str, int] = field(default_factory=dict)  # by status code
-    accepted: dict[str, int] = field(
-        default_factory=lambda: {"spans": 0, "metrics": 0, "logs": 0}
-    )
-    rejected: dict[str, int] = field(
-        default_factory=lambda: {"spans": 0, "metrics": 0, "logs": 0}
-    )
+    accepted: dict[str, int] = field(default_factory=lambda: {"spans": 0, "metrics": 0, "logs": 0})
+    rejected: dict[str, int] = field(default_factory=lambda: {"spans": 0, "metrics": 0, "logs": 0})
 
     def answered(self, status: int) -> None:
         """Count one answer."""
