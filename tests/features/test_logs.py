@@ -98,18 +98,20 @@ def _logs(times: list[int], bodies: list[str], severity: str = "INFO") -> pa.Tab
 
 def test_log_events_interleave_by_time_and_blame_their_service() -> None:
     miner = lf.TemplateMiner().fit(pa.array(["order 1 stored", "lookup of item 5"]))
-    lines = _logs([40, 20, -5], ["order 7 stored", "lookup of item 9", "early line"])
+    lines = _logs([40, 20, -5, 12], ["order 7 stored", "lookup of item 9", "early", "gw line"])
+    span = pa.array(["c" * 16, "c" * 16, "d" * 16, "e" * 16])  # d, e: spans not stored
+    lines = lines.set_column(lines.schema.get_field_index("span_id"), "span_id", span)
     ev = lf.log_events(lines, miner)
     merged = lf.interleave(events(_spans()), ev)
     assert merged.column_names == list(EVENT_COLUMNS)
-    keys = merged.column("key").to_pylist()
-    assert keys[0] == "log | shop | INFO | <unseen>"  # a clock ahead: before the first span
-    assert keys[1] == " | gw | /order |  | ok"
-    order = [k.split(" | ")[-1] for k in keys if k.startswith("log")]
-    assert order == ["<unseen>", "lookup of item <*>", "order <*> stored"]
-    # the two known lines come after the server span of shop that started at 15
     ops = merged.column("operation").to_pylist()
-    assert ops.index("/api/order") < ops.index("log: lookup of item <*>")
+    # a line of an unknown span by the trace's clock (before the first span, after the
+    # client span that started at 10); a line of a known span right after that span's event,
+    # its span's lines by time
+    assert ops == [
+        "log: <unseen>", "/order", "HTTP POST", "log: <unseen>", "/api/order",
+        "log: lookup of item <*>", "log: order <*> stored",
+    ]  # fmt: skip
     log_rows = merged.filter(pa.compute.starts_with(merged.column("key"), "log"))
     assert set(log_rows.column("blame_service").to_pylist()) == {"shop"}
     assert set(log_rows.column("duration_ns").to_pylist()) == {0}
@@ -125,11 +127,12 @@ def test_window_counts_per_instance() -> None:
     )
     counts = lf.window_counts(lf.log_events(lines, miner), 1.0)
     row = counts.to_pylist()[0]
-    assert row["l.lines_s"] == 3.0 and row["l.errors_s"] == 1.0 and row["l.unseen_s"] == 1.0
-    assert row["l.templates"] == 2.0
+    assert row["lines_s"] == 3.0 and row["l.warning_share"] == 0.0
+    assert row["l.error_share"] == row["l.unseen_share"] == pytest.approx(1 / 3)
     windows = pa.table(
         {"time_ns": pa.array([0, 1_000_000_000], pa.int64()), "service": ["shop", "shop"],
          "instance": ["shop-1", "shop-1"], "t.requests_s": [1.0, 2.0]}
     )  # fmt: skip
     joined = lf.with_window_counts(windows, counts).to_pylist()
-    assert joined[0]["l.errors_s"] == 1.0 and joined[1]["l.errors_s"] == 0.0
+    assert joined[0]["l.error_share"] == pytest.approx(1 / 3) and joined[1]["l.error_share"] == 0
+    assert "lines_s" not in joined[0]  # only the shares become features

@@ -15,8 +15,8 @@ which can run code while loading, so it is never used.
 
 **Events.** A log line becomes an event of its trace with the key
 `log | service | severity | template` (an unseen template reads `<unseen>`), interleaved
-with the span events by time: a line sorts after the span event of its trace that started
-last at or before it. Its duration and self time are 0; it blames its own service and
+with the span events: a line follows the event of its own span, the span's lines in time
+order (a line of an unknown span follows the span event that started last before it). Its duration and self time are 0; it blames its own service and
 instance.
 """
 
@@ -322,8 +322,13 @@ def _empty_log_events() -> pa.Table:
 
 def interleave(span_events: pa.Table, log_rows: pa.Table) -> pa.Table:
     """Span events and log events of the same traces in one table, grouped by trace as
-    span_events is; a log line sorts after the span event that started last at or before
-    it (lines of traces without span events are dropped)."""
+    span_events is. A line follows its own span's event (its span's lines by time); a line
+    whose span is unknown follows the span event that started last at or before it. Lines
+    of traces without span events are dropped.
+
+    Placing a line by its span rather than by the trace's clock keeps the lines of
+    concurrent spans from interleaving at random, which would make normal sequences vary.
+    """
     if log_rows.num_rows == 0 or span_events.num_rows == 0:
         return span_events
     con = _connect()
@@ -339,8 +344,9 @@ def interleave(span_events: pa.Table, log_rows: pa.Table) -> pa.Table:
         sql = f"""
         WITH first AS (SELECT trace_id, min(_rn) AS rn0 FROM _ev GROUP BY trace_id),
         placed AS (
-          SELECT l.*, coalesce(e._rn + 0.5, f.rn0 - 0.5) AS _rn
+          SELECT l.*, coalesce(own._rn, e._rn, f.rn0 - 1) + 0.5 AS _rn
           FROM _lg l JOIN first f USING (trace_id)
+          LEFT JOIN _ev own ON own.trace_id = l.trace_id AND own.span_id = l.span_id
           ASOF LEFT JOIN _ev e ON e.trace_id = l.trace_id AND l.start_ns >= e.start_ns)
         SELECT {cols} FROM (
           SELECT {cols}, _rn, 0 AS _log FROM _ev
@@ -352,24 +358,25 @@ def interleave(span_events: pa.Table, log_rows: pa.Table) -> pa.Table:
         con.close()
 
 
-LOG_FEATURES = ("l.lines_s", "l.warnings_s", "l.errors_s", "l.unseen_s", "l.templates")
+# shares of the instance's lines in the window, 0 without lines: a share does not change
+# with how much is logged or whether logs were collected at all in a period
+LOG_FEATURES = ("l.warning_share", "l.error_share", "l.unseen_share")
 
 
 def window_counts(log_rows: pa.Table, window_s: float) -> pa.Table:
-    """Per (window, service, instance) of log events (`log_events`): lines, warnings,
-    errors and unseen templates per second, and distinct templates."""
+    """Per (window, service, instance) of log events (`log_events`): the shares of warning,
+    error and unseen-template lines among the instance's lines, and the lines per second."""
     w = int(window_s * 1e9)
     con = _connect()
     try:
         con.register("_lg", log_rows)
         return con.sql(
             f"""SELECT (start_ns // {w}) * {w} AS time_ns, service, instance,
-                   count(*) / {window_s} AS "l.lines_s",
-                   count(*) FILTER (WHERE key LIKE 'log | % | WARN | %') / {window_s}
-                     AS "l.warnings_s",
-                   count(*) FILTER (WHERE status_class = 'error') / {window_s} AS "l.errors_s",
-                   count(*) FILTER (WHERE template_id = {UNSEEN}) / {window_s} AS "l.unseen_s",
-                   CAST(count(DISTINCT template_id) AS DOUBLE) AS "l.templates"
+                   count(*) / {window_s} AS lines_s,
+                   count(*) FILTER (WHERE key LIKE 'log | % | WARN | %') / count(*)
+                     AS "l.warning_share",
+                   count(*) FILTER (WHERE status_class = 'error') / count(*) AS "l.error_share",
+                   count(*) FILTER (WHERE template_id = {UNSEEN}) / count(*) AS "l.unseen_share"
             FROM _lg WHERE instance IS NOT NULL GROUP BY ALL"""
         ).to_arrow_table()
     finally:
