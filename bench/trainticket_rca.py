@@ -17,9 +17,8 @@ store is copied first (detect writes findings).
 With --logs: the log lines of the fault period (trainticket-2023-01-30-logs) are ingested
 too, and two models are trained on the whole day minus the 17 fault windows (each
 [start, end + 60 s]; the logs exist only between 11:50 and 14:10, so a model learns them
-from the gaps between faults), one with log lines as trace events and log counts in the
-instance windows, one without; both score the fault period and are evaluated per fault
-type.
+from the gaps between faults), one with log lines as trace events, one without; both
+score the fault period and are evaluated per fault type.
 """
 
 from __future__ import annotations
@@ -231,8 +230,8 @@ def main_logs(args: argparse.Namespace) -> None:
         f"metrics and the {lines} log lines of 11:50-14:10 UTC; both models trained on the "
         "whole day minus the 17 fault windows (each [start, end + 60 s]): n-gram + robust "
         "duration, ECOD on 60 s instance windows, target FPR 1e-3; the logs model adds log "
-        "lines as trace events (key: service, severity, Drain3 template) and log counts per "
-        "instance window. Fault period (first span to 14:15) scored and evaluated. "
+        "lines as trace events (key: service, severity, Drain3 template; a line after its "
+        "span's event). Fault period (first span to 14:15) scored and evaluated. "
         + "; ".join(
             f"{k}: train {v['train_s']} s, detect {v['detect_s']} s" for k, v in timings.items()
         )

@@ -375,6 +375,13 @@ def train(
         str, typer.Option(help="instance-window detector: ecod|iforest|lof|dbscan|peer|none")
     ] = "ecod",
     point_window: Annotated[float, typer.Option(help="instance window, seconds")] = 60.0,
+    log_windows: Annotated[
+        bool,
+        typer.Option(
+            "--log-windows",
+            help="warning, error and unseen-template shares of log lines as window features",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
@@ -445,7 +452,7 @@ def train(
                     windows,
                     pipeline.PointOptions(
                         detector=point, window_s=point_window, target_fpr=target_fpr,
-                        random_state=seed,
+                        random_state=seed, log_features=log_windows,
                     ),
                 )  # fmt: skip
         finally:

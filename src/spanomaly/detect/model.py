@@ -35,6 +35,7 @@ from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spanomaly import __version__
 from spanomaly.detect import duration as _duration  # noqa: F401  (registers detectors)
@@ -60,6 +61,7 @@ ROLES = ("sequence", "duration")
 SEQUENCE_DETECTORS = tuple(n for n, c in REGISTRY.items() if c.kind == "sequence")
 DURATION_DETECTORS = tuple(n for n, c in REGISTRY.items() if c.kind == "duration")
 TOP_EXPECTED = 5
+LOG_KEY_PREFIX = "log | "  # event keys of log lines (spanomaly.features.logs)
 MAX_LISTED_EVENTS = 10
 
 
@@ -273,6 +275,9 @@ class TraceModel:
             )
         }
         primary = self._primary(data, per_event)
+        # log-line events (features.logs): a deviation among them is weaker evidence of
+        # where a trace lost time than the duration detector's measured excess
+        is_log = pc.starts_with(ev_tab.column("key"), LOG_KEY_PREFIX).to_numpy(zero_copy_only=False)
         seq = per_event.get("sequence")
         dur = per_event.get("duration")
         # expected keys at the sequence detector's primary position, in one batch
@@ -289,7 +294,7 @@ class TraceModel:
         for t in flagged.tolist():
             lo, hi = int(data.offsets[t]), int(data.offsets[t + 1])
             roles = [r for r in self.detectors_ if result.flagged[r][t]]
-            choice = self._choose(roles, t, primary, per_event, data)
+            choice = self._choose(roles, t, primary, per_event, data, is_log)
             ev_scores = per_event[choice]
             e_idx = int(primary[choice][0][t])
             at_end = e_idx < 0  # the sequence detector's end: name the last event
@@ -388,11 +393,14 @@ class TraceModel:
         primary: dict[str, tuple[np.ndarray, np.ndarray]],
         per_event: dict[str, EventScores],
         data: Sequences,
+        is_log: np.ndarray,
     ) -> str:
         if len(roles) == 1:
             return roles[0]
         seq = per_event["sequence"]
         lo, hi = data.offsets[t], data.offsets[t + 1]
+        if self._about_logs(seq, is_log, lo, hi):
+            return "duration"
         if seq.rule[lo:hi].any() or seq.end_rule[t]:
             return "sequence"
         seq_ratio = max(
@@ -400,6 +408,19 @@ class TraceModel:
             float(seq.end_score[t]) / self.detectors_["sequence"].threshold_,
         )
         return "sequence" if seq_ratio >= float(primary["duration"][1][t]) else "duration"
+
+    def _about_logs(self, seq: EventScores, is_log: np.ndarray, lo: int, hi: int) -> bool:
+        """Whether the sequence deviations of a trace all concern log-line events (the
+        deviating event or the one before it is a log line): then, when the duration
+        detector flags the trace too, its measured excess explains it better."""
+        if not is_log[lo:hi].any():
+            return False
+        flags = self.detectors_["sequence"].event_flags(seq)[lo:hi]
+        idx = np.flatnonzero(flags) + lo
+        if not len(idx):
+            return False
+        before = np.maximum(idx - 1, lo)
+        return bool(np.all(is_log[idx] | (is_log[before] & (idx > lo))))
 
     # -- feedback -------------------------------------------------------------------------
 

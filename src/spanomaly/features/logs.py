@@ -48,6 +48,7 @@ UNSEEN_TEXT = "<unseen>"
 FORMAT = "spanomaly-log-templates"
 MAX_TEMPLATE_CHARS = 160  # of the template text in an event key
 ERROR_SEVERITIES = ("ERROR", "FATAL")
+LOG_KEY_PREFIX = "log" + KEY_SEPARATOR  # event keys of log lines start with it
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,8 @@ class TemplateMiner:
 
 
 def log_events(logs: pa.Table, miner: TemplateMiner) -> pa.Table:
-    """The event rows (EVENT_COLUMNS plus template_id) of log lines, in no particular order.
+    """The event rows (EVENT_COLUMNS plus template_id and severity) of log lines, in no
+    particular order.
 
     `logs` has LOGS columns time_ns, service, instance, trace_id, span_id, severity, body.
     """
@@ -309,7 +311,21 @@ def log_events(logs: pa.Table, miner: TemplateMiner) -> pa.Table:
         "self_ns": zeros,
     }
     out = pa.table({c: cols[c] for c in EVENT_COLUMNS})
-    return out.append_column("template_id", t.column("template_id"))
+    out = out.append_column("template_id", t.column("template_id"))
+    return out.append_column("severity", sev)
+
+
+def sequence_events(log_rows: pa.Table) -> pa.Table:
+    """The log events that enter trace sequences: all but unseen lines below WARN.
+
+    An informational line no template fits is mostly data of another length (Drain3
+    compares lines of equal token count only), not a fault; it still counts in the
+    instance windows' unseen share. Unseen warnings and errors stay: unknown events.
+    """
+    if log_rows.num_rows == 0:
+        return log_rows
+    serious = pc.is_in(log_rows.column("severity"), pa.array(("WARN", *ERROR_SEVERITIES)))
+    return log_rows.filter(pc.or_(pc.not_equal(log_rows.column("template_id"), UNSEEN), serious))
 
 
 def _empty_log_events() -> pa.Table:
@@ -317,6 +333,7 @@ def _empty_log_events() -> pa.Table:
         c: pa.array([], pa.int64() if c.endswith("_ns") else pa.string()) for c in EVENT_COLUMNS
     }
     cols["template_id"] = pa.array([], pa.int64())
+    cols["severity"] = pa.array([], pa.string())
     return pa.table(cols)
 
 
@@ -373,7 +390,7 @@ def window_counts(log_rows: pa.Table, window_s: float) -> pa.Table:
         return con.sql(
             f"""SELECT (start_ns // {w}) * {w} AS time_ns, service, instance,
                    count(*) / {window_s} AS lines_s,
-                   count(*) FILTER (WHERE key LIKE 'log | % | WARN | %') / count(*)
+                   count(*) FILTER (WHERE severity = 'WARN') / count(*)
                      AS "l.warning_share",
                    count(*) FILTER (WHERE status_class = 'error') / count(*) AS "l.error_share",
                    count(*) FILTER (WHERE template_id = {UNSEEN}) / count(*) AS "l.unseen_share"

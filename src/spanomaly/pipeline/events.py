@@ -85,7 +85,8 @@ def trace_events(
     from spanomaly.features import logs as log_features
 
     lines = trace_logs(store, ids_sql, params)
-    return log_features.interleave(events, log_features.log_events(lines, templates))
+    log_events = log_features.sequence_events(log_features.log_events(lines, templates))
+    return log_features.interleave(events, log_events)
 
 
 def trace_logs(store: Store, ids_sql: str, params: list[object]) -> pa.Table:

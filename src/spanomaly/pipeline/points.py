@@ -45,6 +45,9 @@ class PointOptions:
     recent: int = 10
     target_fpr: float = 1e-3
     random_state: int = 0
+    # the shares of warning, error and unseen log lines as window features (with a trace
+    # model trained on logs); off by default: on TrainTicket they cost root-cause accuracy
+    log_features: bool = False
 
 
 def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> object:
@@ -130,7 +133,11 @@ def train_points(
     events = trace_events(store, start_ns, end_ns, exclude)
     profile = win.SelfTimeProfile().fit(events)  # type: ignore[arg-type]
     # the trace model's log templates, when it was trained with logs: log counts too
-    templates = load_templates(model_dir) if (Path(model_dir) / TEMPLATES_FILE).exists() else None
+    templates = (
+        load_templates(model_dir)
+        if options.log_features and (Path(model_dir) / TEMPLATES_FILE).exists()
+        else None
+    )
     windows = _instance_windows(
         store, start_ns, end_ns, profile, options.window_s, exclude, templates
     )

@@ -231,7 +231,8 @@ def feedback(
 
             lines = trace_logs(store, "?", [trace_id])
             templates = load_templates(model_dir)
-            events = log_features.interleave(events, log_features.log_events(lines, templates))
+            log_events = log_features.sequence_events(log_features.log_events(lines, templates))
+            events = log_features.interleave(events, log_events)
         update = model.update(events)
         model.save(model_dir)
         doc.update(model_updated=True, trace_id=trace_id, **update)
