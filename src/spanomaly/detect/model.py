@@ -239,8 +239,12 @@ class TraceModel:
             ratio = ev.score / det.threshold_
             anomalous = det.event_flags(ev)
             if role == "sequence":
-                # the first deviating event; the end when only the end deviates
-                idx = segment_argmax(anomalous.astype(np.float64), data.offsets)
+                # the first deviating event (the first deviating error-level log line, which
+                # says where the failure was caught, before it); the end when only the end
+                # deviates
+                weight = anomalous.astype(np.float64)
+                weight[anomalous & _error_lines(data)] = 2.0
+                idx = segment_argmax(weight, data.offsets)
                 has = np.zeros(data.n_traces, dtype=bool)
                 ok = idx >= 0
                 has[ok] = anomalous[idx[ok]]
@@ -550,6 +554,16 @@ class TraceModel:
             what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"{directory}: broken model directory: {what}") from exc
         return model
+
+
+def _error_lines(data: Sequences) -> np.ndarray:
+    """Per event: whether it is an error-level log line (features.logs)."""
+    ev = data.events
+    if ev is None or "status_class" not in ev.column_names:
+        return np.zeros(data.n_events, dtype=bool)
+    is_log = pc.starts_with(ev.column("key"), LOG_KEY_PREFIX)
+    is_error = pc.equal(ev.column("status_class"), "error")
+    return pc.and_(is_log, is_error).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def _end_reason(ev: EventScores, t: int) -> Reason:
