@@ -1,6 +1,7 @@
 """Log lines as trace events end to end: `spanomaly train --logs --exclude`, detect and rca
-find a caught exception and a wrong (empty) result that change no timing, and blame the
-service that logged them; without logs the same traces pass."""
+find a caught exception (answered 500 up to the root) and a wrong (empty) result that
+change no timing, and blame the service that logged them; without logs the empty result
+passes and the error is blamed on the root's service."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from spanomaly import pipeline
 from spanomaly.ingest.base import Chunk
-from spanomaly.schema import LOGS
+from spanomaly.schema import LOGS, SPANS
 from spanomaly.store.duckdb import DuckDBStore
 from tests.synthetic import T0, TraceBuilder, normal_traces, order_request
 from tests.test_cli import run
@@ -67,6 +69,14 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
     special = {t: ("ERROR", ERROR_LINE) for t in in_window}
     special[trace_of[faulty["code_error"]["order_call"]]] = ("ERROR", ERROR_LINE)
+    # the caught exception becomes a 500 that the root span reports too: the first deviating
+    # event is the root, the error line is what names the culprit
+    error_trace = trace_of[faulty["code_error"]["order_call"]]
+    root = pc.and_(
+        pc.equal(spans.column("trace_id"), error_trace), pc.is_null(spans.column("parent_id"))
+    )
+    status = pc.if_else(root, "error", spans.column("status"))
+    spans = spans.set_column(spans.schema.get_field_index("status"), SPANS.field("status"), status)
     special[trace_of[faulty["wrong_result"]["order_call"]]] = ("WARN", EMPTY_LINE)
     db = tmp / "s.duckdb"
     with DuckDBStore(db) as s:
@@ -124,4 +134,5 @@ def test_without_logs_the_same_faults_pass(scenario: dict, tmp_path: Path) -> No
         assert not (tmp_path / "m" / "templates.json").exists()
         pipeline.detect(store, tmp_path / "m", T0 + 3500 * NS)
     flagged = _flagged(db)
-    assert not set(scenario["faulty"].values()) & set(flagged)
+    assert scenario["faulty"]["wrong_result"] not in flagged
+    assert flagged[scenario["faulty"]["code_error"]]["service"] == "gateway"
