@@ -282,6 +282,10 @@ class TraceModel:
         # log-line events (features.logs): a deviation among them is weaker evidence of
         # where a trace lost time than the duration detector's measured excess
         is_log = pc.starts_with(ev_tab.column("key"), LOG_KEY_PREFIX).to_numpy(zero_copy_only=False)
+        warned = pc.match_substring(ev_tab.column("key"), " | WARN | ").to_numpy(
+            zero_copy_only=False
+        )
+        serious = is_log & (_error_lines(data) | warned)
         seq = per_event.get("sequence")
         dur = per_event.get("duration")
         # expected keys at the sequence detector's primary position, in one batch
@@ -305,6 +309,10 @@ class TraceModel:
             e = hi - 1 if at_end else e_idx
             if e < lo:  # an empty trace: nothing to name
                 continue
+            # a span event that deviates right after a warning or error line: the flow of
+            # the span that wrote the line changed there, so its service and instance are
+            # blamed rather than (for a client span) the callee
+            b = e - 1 if choice == "sequence" and e > lo and serious[e - 1] and not is_log[e] else e
             det = self.detectors_[choice]
             reason = Reason(
                 int(ev_scores.reason[e]) if not at_end else int(_end_reason(ev_scores, t))
@@ -327,7 +335,7 @@ class TraceModel:
                 "reason": REASON_TEXT[reason],
                 "event": event,
                 "at_end": at_end,
-                "blame": {"service": col["blame_service"][e], "instance": col["blame_instance"][e]},
+                "blame": {"service": col["blame_service"][b], "instance": col["blame_instance"][b]},
                 "scores": {r: round(float(result.scores[r][t]), 4) for r in self.detectors_},
                 "sequence": None,
                 "duration": None,
@@ -377,8 +385,8 @@ class TraceModel:
                     "entity": "trace",
                     "trace_id": str(result.trace_ids[t]),
                     "span_id": col["span_id"][e],
-                    "service": col["blame_service"][e],
-                    "instance": col["blame_instance"][e],
+                    "service": col["blame_service"][b],
+                    "instance": col["blame_instance"][b],
                     "operation": col["operation"][e],
                     # a rule (unknown key, impossible transition) flags whatever the score
                     "score": round(max(float(result.score[t]), 1.0), 6),
