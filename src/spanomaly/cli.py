@@ -408,6 +408,13 @@ def train(
     include_flagged: Annotated[
         bool, typer.Option(help="also train on traces with findings not marked normal")
     ] = False,
+    logs: Annotated[
+        bool | None,
+        typer.Option(
+            "--logs/--no-logs",
+            help="log lines as trace events (default: when the period's traces have any)",
+        ),
+    ] = None,
     point: Annotated[
         str, typer.Option(help="instance-window detector: ecod|iforest|lof|dbscan|peer|none")
     ] = "ecod",
@@ -419,6 +426,13 @@ def train(
         str, typer.Option(help="local|dask: where the training sequences are prepared")
     ] = "local",
     scheduler: SchedulerOpt = None,
+    log_windows: Annotated[
+        bool,
+        typer.Option(
+            "--log-windows",
+            help="warning, error and unseen-template shares of log lines as window features",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
@@ -467,6 +481,7 @@ def train(
             target_fpr=target_fpr,
             random_state=seed,
             exclude_flagged=not include_flagged,
+            logs=logs,
         )
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
@@ -483,6 +498,7 @@ def train(
                     detector=point, window_s=point_window, target_fpr=target_fpr,
                     random_state=seed,
                     sources=tuple(x.strip() for x in point_sources.split(",") if x.strip()),
+                    log_features=log_windows,
                 ) if _none(point) else None,
                 engine=engine,
                 scheduler=scheduler,
@@ -503,6 +519,10 @@ def train(
                     f"  {role:8} {d['name']:14} threshold {d['threshold']:.4g}, validation "
                     f"FPR {100 * d['validation_fpr']:.2f} %, {d['fit_seconds']:.1f} s"
                 )
+            if isinstance(doc.get("logs"), dict):
+                typer.echo(
+                    f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates"
+                )  # type: ignore[index]
 
         _emit(doc, as_json, human)
 

@@ -833,7 +833,7 @@ def test_many_spans_in_several_sub_batches(monkeypatch: pytest.MonkeyPatch) -> N
     _assert_same(_table(chunks), _reference(data))
 
 
-def test_logs_requests_are_named_not_misread(tmp_path: Path) -> None:
+def test_logs_files_are_read_as_logs(tmp_path: Path) -> None:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
@@ -844,18 +844,23 @@ def test_logs_requests_are_named_not_misread(tmp_path: Path) -> None:
     )
     path = tmp_path / "logs.pb"
     path.write_bytes(request.SerializeToString())
-    with pytest.raises(FormatError, match=r"logs\.pb: an OTLP logs request"):
-        list(otlp.decode_file(path, "otlp-pb", DecodeOptions()))
-    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "x"}}]}]}]}
+    chunks = list(otlp.decode_file(path, "otlp-pb", DecodeOptions()))
+    assert [(c.table, c.data.column("body").to_pylist()) for c in chunks] == [("logs", ["hi"])]  # type: ignore[union-attr]
+    doc = {
+        "resourceLogs": [
+            {"scopeLogs": [{"logRecords": [{"timeUnixNano": "7", "body": {"stringValue": "x"}}]}]}
+        ]
+    }
     path = tmp_path / "logs.json"
     path.write_bytes(orjson.dumps(doc))
-    with pytest.raises(FormatError, match="an OTLP logs request"):
-        list(otlp.decode_file(path, "otlp-json", DecodeOptions()))
+    chunks = list(otlp.decode_file(path, "otlp-json", DecodeOptions()))
+    assert [c.table for c in chunks] == ["logs"]
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(orjson.dumps(doc) + b"\n" + EXPORT_JSONL.read_bytes().splitlines()[0])
     chunks = list(otlp.decode_file(path, "otlp-jsonl", DecodeOptions()))
     assert len(_rows(chunks)) == 2
-    assert _rejects(chunks) == [("line 1", "an OTLP logs request (not read by this decoder)")]
+    assert sorted(c.table for c in chunks) == ["logs", "spans"]
+    assert not _rejects(chunks)
 
 
 def test_span_by_span_fallback_gives_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,7 +175,8 @@ def test_routes_and_methods(server: Server) -> None:
     assert server.get("/api/health").json()["status"] == "ok"
     assert server.get("/nowhere").status_code == 404
     assert server.get("/v1/traces").status_code == 405
-    assert httpx.post(server.url + "/v1/logs", content=b"", timeout=10).status_code == 404
+    assert httpx.post(server.url + "/v1/logs", content=b"", timeout=10).status_code == 415
+    assert httpx.post(server.url + "/v1/events", content=b"", timeout=10).status_code == 404
     docs = server.get("/docs")  # a local page: no scripts fetched from the web
     assert docs.status_code == 200 and '<script src="/static/docs.js"' in docs.text
     assert "http" not in docs.text.replace('href="/openapi.json"', "")
@@ -220,3 +221,93 @@ def test_smaller_body_limit(serve: StartServer) -> None:
         == 200
     )
     assert server.stats()["spans"] == 2000
+
+
+# -- /v1/logs under the same rules ------------------------------------------------------------
+
+
+def logs_request(first: int, count: int, bad_ids: int = 0) -> bytes:
+    """count log records with trace context; the last bad_ids get a 4-byte span id."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    request = logs_pb.ExportLogsServiceRequest()
+    rl = request.resource_logs.add()
+    rl.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(string_value="svc")))
+    records = rl.scope_logs.add().log_records
+    for i in range(count):
+        bad = i >= count - bad_ids
+        records.append(
+            LogRecord(
+                time_unix_nano=1_700_000_000_000_000_000 + first + i,
+                severity_text="INFO",
+                body=AnyValue(string_value=f"line {first + i}"),
+                trace_id=(first + i + 1).to_bytes(16, "big"),
+                span_id=b"\x01" * (4 if bad else 8),
+            )
+        )
+    return request.SerializeToString()
+
+
+def still_accepts_logs(server: Server) -> None:
+    """A good logs request after a bad one is stored before it is answered."""
+    before = server.stats()["logs"]
+    response = server.post("/v1/logs", logs_request(30_000_000 + before, 4), PROTOBUF)
+    assert response.status_code == 200 and response.content == b"", response.text
+    assert server.stats()["logs"] == before + 4
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "text"),
+    [
+        (logs_request(1, 20)[:-9], PROTOBUF, 400, "not a valid OTLP protobuf logs request"),
+        (b'{"resourceLogs": [', JSON, 400, "invalid JSON"),
+        (b'{"resourceSpans": []}', JSON, 400, "no resourceLogs in the request"),
+        (b"", {"Content-Type": "text/plain"}, 415, "application/x-protobuf or application/json"),
+        (b"x", {**PROTOBUF, "Content-Encoding": "br"}, 415, "Content-Encoding"),
+        (bytes(20 * 1024 * 1024), PROTOBUF, 413, "larger than 16777216 bytes"),
+        (
+            gzip.compress(bytes(200 * 1024 * 1024), compresslevel=9),
+            {**PROTOBUF, "Content-Encoding": "gzip"},
+            413,
+            "decompressed request body is larger than",
+        ),
+    ],
+    ids=["truncated", "invalid-json", "wrong-signal", "media-type", "encoding", "20mib", "bomb"],
+)
+def test_logs_route_refuses_bad_bodies(
+    server: Server, body: bytes, headers: dict[str, str], status: int, text: str
+) -> None:
+    response = server.post("/v1/logs", body, headers)
+    assert response.status_code == status
+    message = (
+        pb_status(response).message
+        if response.headers["content-type"] == "application/x-protobuf"
+        else response.json()["message"]
+    )
+    assert text in message
+    still_accepts_logs(server)
+
+
+def test_logs_route_partial_success_gzip_and_json(server: Server) -> None:
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+
+    before = server.stats()["logs"]
+    body = gzip.compress(logs_request(40_000_000, 10, bad_ids=3))
+    response = server.post("/v1/logs", body, {**PROTOBUF, "Content-Encoding": "gzip"})
+    assert response.status_code == 200
+    answer = logs_pb.ExportLogsServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_log_records == 3
+    assert answer.partial_success.error_message.startswith("3 of 10 log records rejected")
+    assert "logRecords[9]: spanId must be 16 hex characters" in answer.partial_success.error_message
+    assert server.stats()["logs"] == before + 7
+    doc = {"resourceLogs": [{"scopeLogs": [{"logRecords": [
+        {"timeUnixNano": "1700000000000000000", "body": {"stringValue": "json line"}},
+        {"body": {"stringValue": "no time"}}]}]}]}  # fmt: skip
+    response = server.post("/v1/logs", orjson.dumps(doc), JSON)
+    assert response.status_code == 200
+    assert response.json()["partialSuccess"]["rejectedLogRecords"] == "1"
+    assert server.stats()["logs"] == before + 8
+    health = server.get("/api/health").json()
+    assert health["accepted"]["logs"] >= 8 and health["rejected"]["logs"] >= 4

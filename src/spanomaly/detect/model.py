@@ -61,6 +61,7 @@ ROLES = ("sequence", "duration")
 SEQUENCE_DETECTORS = tuple(n for n, c in REGISTRY.items() if c.kind == "sequence")
 DURATION_DETECTORS = tuple(n for n, c in REGISTRY.items() if c.kind == "duration")
 TOP_EXPECTED = 5
+LOG_KEY_PREFIX = "log | "  # event keys of log lines (spanomaly.features.logs)
 MAX_LISTED_EVENTS = 10
 
 
@@ -238,16 +239,23 @@ class TraceModel:
             ratio = ev.score / det.threshold_
             anomalous = det.event_flags(ev)
             if role == "sequence":
-                # the first deviating event; the end when only the end deviates. Errors
-                # travel up the call tree (a failed call fails its callers), so where
-                # deviating events are errors, the last of them (the deepest) is named.
-                idx = segment_argmax(anomalous.astype(np.float64), data.offsets)
+                # the first deviating event; the end when only the end deviates. A
+                # deviating error-level log line says where a failure was caught: the first
+                # of them is named. Else, errors travel up the call tree (a failed call
+                # fails its callers), so where deviating spans are errors, the last of them
+                # (the deepest) is named.
+                lines = _error_lines(data)
+                weight = anomalous.astype(np.float64)
+                weight[anomalous & lines] = 2.0
+                idx = segment_argmax(weight, data.offsets)
                 has = np.zeros(data.n_traces, dtype=bool)
                 ok = idx >= 0
                 has[ok] = anomalous[idx[ok]]
                 idx = np.where(has, idx, -1)
+                on_line = np.zeros(data.n_traces, dtype=bool)
+                on_line[has] = lines[idx[has]]
                 err_idx = self._last_error(data, anomalous)
-                idx = np.where(err_idx >= 0, err_idx, idx)
+                idx = np.where((err_idx >= 0) & ~on_line, err_idx, idx)
             else:
                 idx = segment_argmax(np.where(anomalous, ratio, -np.inf), data.offsets)
             r = np.where(idx >= 0, ratio[np.maximum(idx, 0)] if len(ratio) else 0.0, 0.0)
@@ -296,6 +304,13 @@ class TraceModel:
             )
         }
         primary = self._primary(data, per_event)
+        # log-line events (features.logs): a deviation among them is weaker evidence of
+        # where a trace lost time than the duration detector's measured excess
+        is_log = pc.starts_with(ev_tab.column("key"), LOG_KEY_PREFIX).to_numpy(zero_copy_only=False)
+        warned = pc.match_substring(ev_tab.column("key"), " | WARN | ").to_numpy(
+            zero_copy_only=False
+        )
+        serious = is_log & (_error_lines(data) | warned)
         seq = per_event.get("sequence")
         dur = per_event.get("duration")
         # expected keys at the sequence detector's primary position, in one batch
@@ -312,13 +327,17 @@ class TraceModel:
         for t in flagged.tolist():
             lo, hi = int(data.offsets[t]), int(data.offsets[t + 1])
             roles = [r for r in self.detectors_ if result.flagged[r][t]]
-            choice = self._choose(roles, t, primary, per_event, data)
+            choice = self._choose(roles, t, primary, per_event, data, is_log)
             ev_scores = per_event[choice]
             e_idx = int(primary[choice][0][t])
             at_end = e_idx < 0  # the sequence detector's end: name the last event
             e = hi - 1 if at_end else e_idx
             if e < lo:  # an empty trace: nothing to name
                 continue
+            # a span event that deviates right after a warning or error line: the flow of
+            # the span that wrote the line changed there, so its service and instance are
+            # blamed rather than (for a client span) the callee
+            b = e - 1 if choice == "sequence" and e > lo and serious[e - 1] and not is_log[e] else e
             det = self.detectors_[choice]
             reason = Reason(
                 int(ev_scores.reason[e]) if not at_end else int(_end_reason(ev_scores, t))
@@ -341,7 +360,7 @@ class TraceModel:
                 "reason": REASON_TEXT[reason],
                 "event": event,
                 "at_end": at_end,
-                "blame": {"service": col["blame_service"][e], "instance": col["blame_instance"][e]},
+                "blame": {"service": col["blame_service"][b], "instance": col["blame_instance"][b]},
                 "scores": {r: round(float(result.scores[r][t]), 4) for r in self.detectors_},
                 "sequence": None,
                 "duration": None,
@@ -391,8 +410,8 @@ class TraceModel:
                     "entity": "trace",
                     "trace_id": str(result.trace_ids[t]),
                     "span_id": col["span_id"][e],
-                    "service": col["blame_service"][e],
-                    "instance": col["blame_instance"][e],
+                    "service": col["blame_service"][b],
+                    "instance": col["blame_instance"][b],
                     "operation": col["operation"][e],
                     # a rule (unknown key, impossible transition) flags whatever the score
                     "score": round(max(float(result.score[t]), 1.0), 6),
@@ -411,11 +430,14 @@ class TraceModel:
         primary: dict[str, tuple[np.ndarray, np.ndarray]],
         per_event: dict[str, EventScores],
         data: Sequences,
+        is_log: np.ndarray,
     ) -> str:
         if len(roles) == 1:
             return roles[0]
         seq = per_event["sequence"]
         lo, hi = data.offsets[t], data.offsets[t + 1]
+        if self._about_logs(seq, is_log, lo, hi):
+            return "duration"
         if seq.rule[lo:hi].any() or seq.end_rule[t]:
             return "sequence"
         seq_ratio = max(
@@ -423,6 +445,19 @@ class TraceModel:
             float(seq.end_score[t]) / self.detectors_["sequence"].threshold_,
         )
         return "sequence" if seq_ratio >= float(primary["duration"][1][t]) else "duration"
+
+    def _about_logs(self, seq: EventScores, is_log: np.ndarray, lo: int, hi: int) -> bool:
+        """Whether the sequence deviations of a trace all concern log-line events (the
+        deviating event or the one before it is a log line): then, when the duration
+        detector flags the trace too, its measured excess explains it better."""
+        if not is_log[lo:hi].any():
+            return False
+        flags = self.detectors_["sequence"].event_flags(seq)[lo:hi]
+        idx = np.flatnonzero(flags) + lo
+        if not len(idx):
+            return False
+        before = np.maximum(idx - 1, lo)
+        return bool(np.all(is_log[idx] | (is_log[before] & (idx > lo))))
 
     # -- feedback -------------------------------------------------------------------------
 
@@ -552,6 +587,16 @@ class TraceModel:
             what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"{directory}: broken model directory: {what}") from exc
         return model
+
+
+def _error_lines(data: Sequences) -> np.ndarray:
+    """Per event: whether it is an error-level log line (features.logs)."""
+    ev = data.events
+    if ev is None or "status_class" not in ev.column_names:
+        return np.zeros(data.n_events, dtype=bool)
+    is_log = pc.starts_with(ev.column("key"), LOG_KEY_PREFIX)
+    is_error = pc.equal(ev.column("status_class"), "error")
+    return pc.and_(is_log, is_error).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def _end_reason(ev: EventScores, t: int) -> Reason:

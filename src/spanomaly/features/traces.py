@@ -104,6 +104,7 @@ class FeatureConfig:
     key_fields: tuple[str, ...] = DEFAULT_KEY_FIELDS
     order: str = "start"  # start | tree
     time_scale_us: float = 1000.0  # dataset B is log1p(x / time_scale): ~linear below it
+    logs: bool = False  # log lines are events too (features.logs), templates in the model
 
     def __post_init__(self) -> None:
         bad = [f for f in self.key_fields if f not in KEY_FIELDS]
@@ -129,6 +130,7 @@ class FeatureConfig:
             key_fields=tuple(doc["key_fields"]),
             order=doc["order"],
             time_scale_us=float(doc["time_scale_us"]),
+            logs=bool(doc.get("logs", False)),
         )
 
 

@@ -28,8 +28,13 @@ UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 REQUIRED = ("trace_id", "span_id", "operation", "start")
 TIME_FIELDS = ("start", "end", "duration")
 # `status` takes error|ok|unset or OTLP codes (2|1|0, STATUS_CODE_*); `error` a boolean column
+# log files (spanomaly.ingest.logs) map `time`, `body` and `severity` besides the ids
+LOG_ONLY_FIELDS = ("time", "body", "severity")
 MAPPABLE = (
-    tuple(n for n in SPANS.names if n not in ("start_ns", "duration_ns")) + TIME_FIELDS + ("error",)
+    tuple(n for n in SPANS.names if n not in ("start_ns", "duration_ns"))
+    + TIME_FIELDS
+    + ("error",)
+    + LOG_ONLY_FIELDS
 )
 NEZHA_TRACE_COLUMNS = ("TraceID", "SpanID", "ParentID", "PodName", "OperationName")
 NEZHA_MAP = {

@@ -17,6 +17,17 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIP_SUFFIXES = {".md", ".txt", ".tar", ".zip", ".py", ".duckdb", ".wal"}
 _SNIFF_BYTES = 65536
+# keys of a JSON-lines log record: a message and a time (spanomaly.ingest.logs reads them)
+LOG_BODY_KEYS = ("message", "msg", "body", "log", "text")
+LOG_TIME_KEYS = (
+    "timestamp",
+    "time",
+    "ts",
+    "@timestamp",
+    "time_unix_nano",
+    "timeUnixNano",
+    "asctime",
+)
 
 
 def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -106,7 +117,7 @@ def sniff(path: Path) -> str:
     """The content kind of a file, decided by its first bytes, not its name.
 
     Returns one of: 'otlp-json', 'otlp-jsonl', 'otlp-pb', 'jaeger', 'zipkin', 'nezha-labels',
-    'csv'. Raises FormatError when nothing fits.
+    'jsonl-logs', 'csv'. Raises FormatError when nothing fits.
     """
     data = head(path)
     text = data.lstrip()
@@ -142,9 +153,28 @@ def _sniff_json(path: Path, text: bytes) -> str:
             return "jaeger"
         if b'"inject_pod"' in window or b'"inject_type"' in window:
             return "nezha-labels"
+        if _is_log_line(first_line):
+            return "jsonl-logs"
     else:
         if b'"localEndpoint"' in window or (b'"traceId"' in window and b'"timestamp"' in window):
             return "zipkin"
         if b'"traceID"' in window:
             return "jaeger"
-    raise FormatError(f"{path}: JSON of an unknown kind (not OTLP, Jaeger, Zipkin or labels)")
+    raise FormatError(
+        f"{path}: JSON of an unknown kind (not OTLP, Jaeger, Zipkin, labels or log lines)"
+    )
+
+
+def _is_log_line(line: bytes) -> bool:
+    """Whether a JSON object line looks like a structured log record (a message and a time)."""
+    import orjson
+
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return (
+        isinstance(doc, dict)
+        and any(k in doc for k in LOG_BODY_KEYS)
+        and any(k in doc for k in LOG_TIME_KEYS)
+    )

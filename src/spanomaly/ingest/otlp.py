@@ -1,4 +1,5 @@
-"""OTLP traces and metrics: protobuf (.pb/.binpb), JSON and JSON lines into SPANS and METRICS.
+"""OTLP traces, metrics and logs: protobuf (.pb/.binpb), JSON and JSON lines into SPANS,
+METRICS and LOGS (log records through `otlp_logs`).
 
 Public entry points:
 
@@ -31,7 +32,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from spanomaly.errors import FormatError
-from spanomaly.ingest import files, otlp_json, otlp_wire
+from spanomaly.ingest import files, otlp_json, otlp_logs, otlp_wire
 from spanomaly.ingest.base import Chunk, DecodeOptions, Reject
 from spanomaly.ingest.otlp_common import (
     MetricRows,
@@ -40,7 +41,7 @@ from spanomaly.ingest.otlp_common import (
     histogram_point,
     resource_info,
 )
-from spanomaly.schema import METRICS, SPANS
+from spanomaly.schema import LOGS, METRICS, SPANS
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _iter_pb_file(data: bytes, source: str, batch_rows: int) -> Iterator[Chunk]:
         del data  # the raw request holds what is needed; let the file's bytes go
         yield from otlp_wire.iter_span_chunks(request, source, batch_rows)
     elif kind == "logs":
-        raise FormatError(f"{source}: an OTLP logs request; this decoder reads traces and metrics")
+        yield from otlp_logs.decode_logs_request(data, source, batch_rows)
     else:
         yield from _iter_pb_metric_chunks(_parse_metrics(data, source), source, batch_rows)
 
@@ -169,7 +170,8 @@ def decode_json_request(
     record_prefix: str = "",
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> list[Chunk]:
-    """SPANS and/or METRICS chunks from a parsed OTLP/JSON request; bad records rejected."""
+    """SPANS, METRICS and/or LOGS chunks from a parsed OTLP/JSON request; bad records
+    rejected."""
     return list(_iter_json_request(doc, source, record_prefix, batch_rows))
 
 
@@ -184,16 +186,8 @@ def _iter_json_request(
         yield from otlp_json.iter_span_chunks(doc, source, record_prefix, batch_rows)
     if has_metrics:
         yield from otlp_json.iter_metric_chunks(doc, source, record_prefix, batch_rows)
-    if not has_spans and not has_metrics and otlp_json.get(doc, "resourceLogs") is not None:
-        log.debug("%s: %sOTLP logs request skipped", source, record_prefix)
-
-
-def _is_logs_request(doc: Any) -> bool:
-    return isinstance(doc, dict) and (
-        otlp_json.get(doc, "resourceLogs") is not None
-        and otlp_json.get(doc, "resourceSpans") is None
-        and otlp_json.get(doc, "resourceMetrics") is None
-    )
+    if otlp_json.get(doc, "resourceLogs") is not None:
+        yield from otlp_logs.iter_json_chunks(doc, source, record_prefix, batch_rows)
 
 
 class _Batcher:
@@ -220,7 +214,7 @@ class _Batcher:
 
     def flush(self) -> Chunk:
         """The gathered rows as one chunk, and start again."""
-        schema = SPANS if self.table == "spans" else METRICS
+        schema = {"spans": SPANS, "metrics": METRICS, "logs": LOGS}[self.table]
         data = pa.concat_tables(self.tables) if self.tables else schema.empty_table()
         chunk = Chunk(self.table, data, self.rejects, records=self.records)  # type: ignore[arg-type]
         self.tables, self.rows, self.rejects, self.records = [], 0, [], 0
@@ -250,7 +244,7 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 def _iter_jsonl(path: Path, batch_rows: int) -> Iterator[Chunk]:
     source = str(path)
-    batchers = {"spans": _Batcher("spans", batch_rows), "metrics": _Batcher("metrics", batch_rows)}
+    batchers = {t: _Batcher(t, batch_rows) for t in ("spans", "metrics", "logs")}
     for no, line in _iter_lines(path):
         prefix = f"line {no}: "
         try:
@@ -258,11 +252,6 @@ def _iter_jsonl(path: Path, batch_rows: int) -> Iterator[Chunk]:
         except orjson.JSONDecodeError as exc:
             batchers["spans"].rejects.append(
                 Reject(source, f"line {no}", f"invalid JSON: {_one_line(exc)}")
-            )
-            continue
-        if _is_logs_request(doc):
-            batchers["spans"].rejects.append(
-                Reject(source, f"line {no}", "an OTLP logs request (not read by this decoder)")
             )
             continue
         try:
@@ -296,10 +285,6 @@ def decode_file(path: Path, kind: str, options: DecodeOptions) -> Iterator[Chunk
         except orjson.JSONDecodeError as exc:
             raise FormatError(f"{source}: invalid JSON: {_one_line(exc)}") from exc
         del data
-        if _is_logs_request(doc):
-            raise FormatError(
-                f"{source}: an OTLP logs request; this decoder reads traces and metrics"
-            )
         yield from _iter_json_request(doc, source, "", batch_rows)
     elif kind == "otlp-jsonl":
         yield from _iter_jsonl(path, batch_rows)

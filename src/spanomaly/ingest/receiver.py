@@ -6,7 +6,7 @@ stays a thin shell around them and every rule of the specification is testable a
 - `media_type`: ``application/x-protobuf`` or ``application/json``, else 415.
 - `decompress`: ``Content-Encoding`` gzip (several members too), deflate, zstd or none, with
   a cap on the decompressed size (a gzip bomb answers 413, a truncated stream 400).
-- `decode`: the body into SPANS or METRICS chunks (`spanomaly.ingest.otlp`); a body that
+- `decode`: the body into SPANS, METRICS or LOGS chunks (`spanomaly.ingest.otlp`); a body that
   cannot be parsed as a whole answers 400, bad spans or points are counted as rejected.
 - `handle`: all of the above for several requests at once (the collector's entry point),
   with `parse_traces` + `decode_traces_batch` as the fast path for protobuf traces. Each body is
@@ -14,7 +14,7 @@ stays a thin shell around them and every rule of the specification is testable a
   joined (protobuf concatenation appends repeated fields) and decoded in one pass, which
   costs much less per span than one pass per small request; rejected spans are handed back
   to the request they came from.
-- `export_response` / `status_body`: ExportTrace/MetricsServiceResponse with
+- `export_response` / `status_body`: ExportTrace/Metrics/LogsServiceResponse with
   ``partial_success``, and google.rpc.Status for errors, encoded like the request.
 
 Errors are `RequestError` with the HTTP status to answer and a one-line message.
@@ -32,11 +32,12 @@ from typing import Any
 import orjson
 import pyarrow as pa
 from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from spanomaly.errors import FormatError, InputError
-from spanomaly.ingest import otlp, otlp_wire
+from spanomaly.ingest import otlp, otlp_logs, otlp_wire
 from spanomaly.ingest.base import Chunk, Reject
 
 PROTOBUF = "application/x-protobuf"
@@ -55,15 +56,22 @@ class Signal(StrEnum):
 
     TRACES = "traces"
     METRICS = "metrics"
+    LOGS = "logs"
 
 
 # what each signal's JSON request holds, and what its partial_success counts
 _JSON_KEYS = {
     Signal.TRACES: ("resourceSpans", "resource_spans"),
     Signal.METRICS: ("resourceMetrics", "resource_metrics"),
+    Signal.LOGS: ("resourceLogs", "resource_logs"),
 }
-_NOUNS = {Signal.TRACES: "spans", Signal.METRICS: "data points"}
-_TABLES = {Signal.TRACES: "spans", Signal.METRICS: "metrics"}
+_NOUNS = {Signal.TRACES: "spans", Signal.METRICS: "data points", Signal.LOGS: "log records"}
+TABLES = {Signal.TRACES: "spans", Signal.METRICS: "metrics", Signal.LOGS: "logs"}
+_JSON_COUNTS = {
+    Signal.TRACES: "rejectedSpans",
+    Signal.METRICS: "rejectedDataPoints",
+    Signal.LOGS: "rejectedLogRecords",
+}
 
 
 class RequestError(InputError):
@@ -196,6 +204,8 @@ def decode(signal: Signal, media: str, data: bytes, source: str) -> Decoded:
         if media == PROTOBUF:
             if signal is Signal.TRACES:
                 chunks = otlp.decode_traces_request(data, source)
+            elif signal is Signal.LOGS:
+                chunks = otlp_logs.decode_logs_request(data, source)
             else:
                 chunks = otlp.decode_metrics_request(data, source)
         else:
@@ -229,7 +239,7 @@ def _strip_source(message: str, source: str) -> str:
 def _collect(signal: Signal, chunks: list[Chunk]) -> Decoded:
     """Gather the decoder's chunks of the signal's table: rows to store and rejects."""
     out = Decoded(signal)
-    table = _TABLES[signal]
+    table = TABLES[signal]
     for chunk in chunks:
         out.rejected += len(chunk.rejects)
         out.rejects.extend(chunk.rejects[: MAX_MESSAGES - len(out.rejects)])
@@ -396,7 +406,7 @@ def export_response(decoded: Decoded, media: str) -> bytes:
     if media == JSON:
         if not decoded.rejected:
             return b"{}"
-        count = "rejectedSpans" if decoded.signal is Signal.TRACES else "rejectedDataPoints"
+        count = _JSON_COUNTS[decoded.signal]
         doc = {"partialSuccess": {count: str(decoded.rejected), "errorMessage": decoded.message()}}
         return orjson.dumps(doc)
     if not decoded.rejected:
@@ -405,6 +415,12 @@ def export_response(decoded: Decoded, media: str) -> bytes:
         return trace_pb.ExportTraceServiceResponse(
             partial_success=trace_pb.ExportTracePartialSuccess(
                 rejected_spans=decoded.rejected, error_message=decoded.message()
+            )
+        ).SerializeToString()
+    if decoded.signal is Signal.LOGS:
+        return logs_pb.ExportLogsServiceResponse(
+            partial_success=logs_pb.ExportLogsPartialSuccess(
+                rejected_log_records=decoded.rejected, error_message=decoded.message()
             )
         ).SerializeToString()
     return metrics_pb.ExportMetricsServiceResponse(

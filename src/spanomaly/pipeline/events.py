@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -11,7 +12,10 @@ import pyarrow as pa
 from spanomaly.store.base import Store
 
 if TYPE_CHECKING:
+    from spanomaly.features.logs import TemplateMiner
     from spanomaly.features.traces import FeatureConfig
+
+TEMPLATES_FILE = "templates.json"  # the log templates, in the trace model's directory
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +81,62 @@ def trace_events(
     exclude: Iterable[tuple[int, int]] = (),
     exclude_flagged: bool = False,
     config: FeatureConfig | None = None,
+    templates: TemplateMiner | None = None,
 ) -> pa.Table:
-    """The events (`features.traces.events`) of the traces starting in the period."""
+    """The events (`features.traces.events`) of the traces starting in the period; with
+    templates, their log lines interleaved as events too (`features.logs`)."""
     from spanomaly.features import traces as trace_features
 
     sql, params = trace_spans_query(start_ns, end_ns, exclude, exclude_flagged)
-    return trace_features.events(store.sql(sql, params), config)
+    events = trace_features.events(store.sql(sql, params), config)
+    if templates is None:
+        return events
+    from spanomaly.features import logs as log_features
+
+    ids_sql, id_params = _trace_filter(start_ns, end_ns, exclude, exclude_flagged)
+    lines = trace_logs(store, ids_sql, id_params)
+    log_events = log_features.sequence_events(log_features.log_events(lines, templates))
+    return log_features.interleave(events, log_events)
+
+
+def trace_logs(store: Store, ids_sql: str, params: list[object]) -> pa.Table:
+    """The log lines of the traces ids_sql selects; service and instance taken from the
+    line's span where the line lacks them."""
+    return store.sql(
+        "SELECT l.time_ns, coalesce(l.service, s.service) AS service, "
+        "coalesce(l.instance, s.instance) AS instance, l.trace_id, l.span_id, l.severity, "
+        "l.body FROM logs l LEFT JOIN spans s ON s.trace_id = l.trace_id "
+        f"AND s.span_id = l.span_id WHERE l.trace_id IN ({ids_sql})",
+        params,
+    )
+
+
+def log_bodies(
+    store: Store,
+    start_ns: int | None,
+    end_ns: int | None,
+    exclude: Iterable[tuple[int, int]] = (),
+    exclude_flagged: bool = False,
+) -> pa.Table:
+    """The log lines (as `trace_logs`) of the traces starting in the period."""
+    ids_sql, params = _trace_filter(start_ns, end_ns, exclude, exclude_flagged)
+    return trace_logs(store, ids_sql, params)
+
+
+def load_templates(model_dir: str | Path) -> TemplateMiner:
+    """The log templates saved with a trace model."""
+    from spanomaly.errors import ModelError
+    from spanomaly.features.logs import TemplateMiner
+
+    path = Path(model_dir) / TEMPLATES_FILE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelError(f"{path}: the model uses logs but its templates are missing") from exc
+    try:
+        return TemplateMiner.loads(text)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
 
 
 def span_range(store: Store) -> tuple[int | None, int | None]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from spanomaly.errors import FormatError, InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
 from spanomaly.ingest import faults as fault_labels
+from spanomaly.ingest import logs as log_lines
 from spanomaly.ingest import metrics as csv_metrics
 from spanomaly.ingest.base import Chunk, DecodeOptions
 from spanomaly.ingest.files import FORMATS, expand, sniff
@@ -102,12 +103,19 @@ class _Unit:
 
 
 def _classify(path: Path, fmt: str, options: DecodeOptions) -> str:
-    """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans, csv-metrics."""
+    """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans,
+    csv-metrics, nezha-logs, csv-logs, jsonl-logs."""
     kind = sniff(path)
+    if kind == "jsonl-logs":
+        return kind
     if kind == "csv":
         columns = csv_spans.header(path)
+        if "body" in options.column_map:
+            return "csv-logs"
         if fmt in ("csv",) or options.column_map:
             return "csv-spans"
+        if log_lines.is_nezha_logs(columns):
+            return "nezha-logs"
         if csv_metrics.is_nezha_metrics(columns):
             return "csv-metrics"
         if csv_spans.is_nezha_traces(columns) or fmt == "nezha":
@@ -152,7 +160,7 @@ def _decoder(kind: str, path: Path, options: DecodeOptions) -> Callable[[], Iter
 
 def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestReport) -> list[_Unit]:
     units: list[_Unit] = []
-    csv_files: dict[str, list[Path]] = {"csv-spans": [], "csv-metrics": []}
+    csv_files: dict[str, list[Path]] = {k: [] for k in _CSV_KINDS}
     for path in files:
         try:
             kind = _classify(path, fmt, options)
@@ -172,15 +180,21 @@ def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestRep
     return units
 
 
+_CSV_KINDS = ("csv-spans", "csv-metrics", "nezha-logs", "csv-logs", "jsonl-logs")
+
+
 def _csv_unit(kind: str, group: list[Path], options: DecodeOptions) -> _Unit:
     if kind == "csv-spans":
         decode: Callable[[], Iterator[Chunk]] = lambda: csv_spans.decode_files(group, options)  # noqa: E731
+    elif kind == "jsonl-logs":
+        decode = lambda: log_lines.decode_files(group, kind, options)  # noqa: E731
+    elif kind.endswith("-logs"):
+        headers = {f: csv_spans.header(f) for f in group}
+        decode = lambda: log_lines.decode_files(group, kind, options, headers)  # noqa: E731
     else:
         headers = {f: csv_spans.header(f) for f in group}
         decode = lambda: csv_metrics.decode_files(group, headers)  # noqa: E731
-    label = (
-        group[0].name if len(group) == 1 else f"{len(group)} CSV files ({group[0].parent.name}/)"
-    )
+    label = group[0].name if len(group) == 1 else f"{len(group)} files ({group[0].parent.name}/)"
     return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind)
 
 

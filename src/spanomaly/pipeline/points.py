@@ -17,7 +17,14 @@ from spanomaly.store.base import Store
 if TYPE_CHECKING:
     pass
 
-from spanomaly.pipeline.events import period_conditions, span_range, trace_events
+from spanomaly.pipeline.events import (
+    TEMPLATES_FILE,
+    load_templates,
+    log_bodies,
+    period_conditions,
+    span_range,
+    trace_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,9 @@ class PointOptions:
     target_fpr: float = 1e-3
     random_state: int = 0
     sources: tuple[str, ...] = POINT_SOURCES  # windows of span RED features, of metrics
+    # the shares of warning, error and unseen log lines as window features (with a trace
+    # model trained on logs); off by default: on TrainTicket they cost root-cause accuracy
+    log_features: bool = False
 
 
 def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> object:
@@ -71,13 +81,25 @@ def _instance_windows(
     profile: object,
     window_s: float,
     exclude: list[tuple[int, int]] | None = None,
+    templates: object | None = None,
 ) -> dict[str, object]:
-    """Raw instance windows of the period per source: 'traces' (RED) and 'metrics'."""
+    """Raw instance windows of the period per source: 'traces' (RED, and with templates the
+    log counts of the traces' lines) and 'metrics'."""
     from spanomaly.features import windows as win
 
     events = trace_events(store, start_ns, end_ns, exclude or [])
     out: dict[str, object] = {}
-    out["traces"] = win.combine(win.span_windows(events, profile, window_s))  # type: ignore[arg-type]
+    red = win.span_windows(events, profile, window_s)  # type: ignore[arg-type]
+    if templates is not None:
+        from spanomaly.features import logs as log_features
+
+        lines = log_bodies(store, start_ns, end_ns, exclude or [])
+        counts = log_features.window_counts(
+            log_features.log_events(lines, templates),  # type: ignore[arg-type]
+            window_s,
+        )
+        red = log_features.with_window_counts(red, counts)
+    out["traces"] = win.combine(red)
     metric_table = win.metric_windows(_metric_points(store, start_ns, end_ns), window_s)  # type: ignore[arg-type]
     out["metrics"] = win.combine(metric_table)
     out = {k: _drop_windows(v, exclude or [], window_s) for k, v in out.items()}
@@ -116,7 +138,15 @@ def train_points(
                          f"sources: {', '.join(POINT_SOURCES)}")  # fmt: skip
     events = trace_events(store, start_ns, end_ns, exclude)
     profile = win.SelfTimeProfile().fit(events)  # type: ignore[arg-type]
-    windows = _instance_windows(store, start_ns, end_ns, profile, options.window_s, exclude)
+    # the trace model's log templates, when it was trained with logs: log counts too
+    templates = (
+        load_templates(model_dir)
+        if options.log_features and (Path(model_dir) / TEMPLATES_FILE).exists()
+        else None
+    )
+    windows = _instance_windows(
+        store, start_ns, end_ns, profile, options.window_s, exclude, templates
+    )
     out = Path(model_dir) / POINT_DIR
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, object] = {"detector": options.detector, "window_s": options.window_s}
@@ -130,6 +160,7 @@ def train_points(
         "sources": {},
         "period_from_ns": start_ns,
         "period_to_ns": end_ns,
+        "logs": templates is not None,
     }
     (out / "profile.json").write_text(json.dumps(profile.to_json()))
     host = list(windows["host_metrics"])  # type: ignore[arg-type]
@@ -306,11 +337,14 @@ def detect_points(
     recent = max((int(norm.recent) for norm, _ in model.sources.values()), default=0)  # type: ignore[attr-defined]
     chunk = max(int(_POINT_CHUNK_S * 1e9) // w_ns, 1) * w_ns
     scored = anomalous = 0
+    templates = load_templates(model_dir) if model.config.get("logs") else None
     t = start
     while t < end:
         hi = min(t + chunk, end)
         lookback = t - recent * w_ns
-        windows = _instance_windows(store, lookback, hi, model.profile, window_s)
+        windows = _instance_windows(
+            store, lookback, hi, model.profile, window_s, templates=templates
+        )
         for source, (norm, det) in model.sources.items():
             w = windows[source]
             if w.n == 0:  # type: ignore[attr-defined]

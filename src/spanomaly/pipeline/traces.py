@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     pass
 
 from spanomaly.pipeline import scaled
-from spanomaly.pipeline.events import span_range, trace_events
+from spanomaly.pipeline.events import (
+    TEMPLATES_FILE,
+    load_templates,
+    log_bodies,
+    span_range,
+    trace_events,
+    trace_logs,
+)
 from spanomaly.pipeline.ingest import Progress
 from spanomaly.pipeline.points import PointOptions, detect_points, train_points
 
@@ -43,6 +50,7 @@ class TrainOptions:
     target_fpr: float = 1e-3
     random_state: int = 0
     exclude_flagged: bool = True  # traces with unresolved findings are not normal data
+    logs: bool | None = None  # log lines as events: True, False, None = when the period has any
 
 
 def train(
@@ -77,15 +85,32 @@ def train(
             start_ns = max(start_ns or 0, end_ns - int(window_s * 1e9))
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise InputError("--from must be before --to")
+    templates = None
+    lines = 0
+    if options.logs is not False:
+        from spanomaly.features.logs import TemplateMiner
+
+        bodies = log_bodies(store, start_ns, end_ns, exclude, options.exclude_flagged)
+        lines = bodies.num_rows
+        if lines:
+            templates = TemplateMiner().fit(bodies.column("body"))
+        elif options.logs:
+            raise InputError("--logs: no log lines of the training period's traces in the store")
     config = FeatureConfig(
-        key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS), order=options.order
+        key_fields=tuple(options.key_fields or DEFAULT_KEY_FIELDS),
+        order=options.order,
+        logs=templates is not None,
     )
     if engine == "dask":
+        if templates is not None:
+            raise InputError("--engine dask: training with logs runs on the local engine only")
         events = scaled.trace_events(
             store, scheduler, start_ns, end_ns, exclude, options.exclude_flagged, config
         )
     else:
-        events = trace_events(store, start_ns, end_ns, exclude, options.exclude_flagged, config)
+        events = trace_events(
+            store, start_ns, end_ns, exclude, options.exclude_flagged, config, templates
+        )
     model = TraceModel(
         features=config,
         sequence=options.sequence,
@@ -105,6 +130,11 @@ def train(
     }
     model.fit(events, period)
     model.save(model_dir)
+    templates_path = Path(model_dir) / TEMPLATES_FILE
+    if templates is not None:
+        templates_path.write_text(templates.dumps())
+    else:
+        templates_path.unlink(missing_ok=True)
     return {
         "model": str(model_dir),
         "from": iso(model.trained_on_["from_ns"]),
@@ -114,6 +144,7 @@ def train(
         "traces": model.trained_on_["traces"],
         "events": model.trained_on_["events"],
         "keys": model.trained_on_["keys"],
+        "logs": None if templates is None else {"lines": lines, "templates": templates.n_templates},
         "detectors": {
             role: {
                 "name": det.name,
@@ -176,6 +207,8 @@ def detect(
         raise InputError(f"--engine: {engine!r} is not one of local, dask")
     model = TraceModel.load(model_dir)
     if engine == "dask":
+        if model.feature_config.logs:
+            raise InputError("--engine dask: a model trained with logs scores on the local engine")
         scored, anomalous, findings = scaled.detect_traces(
             store, model_dir, start_ns, end_ns, scheduler
         )
@@ -185,6 +218,7 @@ def detect(
         return _with_points(
             _detect_doc(scored, anomalous, n_alarms), store, model_dir, start_ns, end_ns
         )
+    templates = load_templates(model_dir) if model.feature_config.logs else None
     lo, hi = span_range(store)
     if lo is None or hi is None:
         return _detect_doc(0, 0, 0)
@@ -197,7 +231,9 @@ def detect(
     while t < end:
         if progress:
             progress(t - start, max(end - start, 1), "traces")
-        events = trace_events(store, t, min(t + chunk, end), config=model.feature_config)
+        events = trace_events(
+            store, t, min(t + chunk, end), config=model.feature_config, templates=templates
+        )
         t += chunk
         if events.num_rows == 0:
             continue
@@ -260,7 +296,15 @@ def feedback(
         spans = store.traces([trace_id])
         from spanomaly.features.traces import events as trace_events_of
 
-        update = model.update(trace_events_of(spans, model.feature_config))
+        events = trace_events_of(spans, model.feature_config)
+        if model.feature_config.logs:  # the trace's log lines are events of it too
+            from spanomaly.features import logs as log_features
+
+            lines = trace_logs(store, "?", [trace_id])
+            templates = load_templates(model_dir)
+            log_events = log_features.sequence_events(log_features.log_events(lines, templates))
+            events = log_features.interleave(events, log_events)
+        update = model.update(events)
         model.save(model_dir)
         doc.update(model_updated=True, trace_id=trace_id, **update)
     store.set_feedback([finding], "normal")

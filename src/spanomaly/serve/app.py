@@ -2,10 +2,11 @@
 
 Routes:
 
-- ``POST /v1/traces``, ``POST /v1/metrics``: OTLP/HTTP, protobuf or JSON, gzip/deflate/zstd
-  or plain (`spanomaly.ingest.receiver` does the protocol). A request is answered 200 only
-  once its rows are committed by the single writer (`spanomaly.serve.writer`); refused spans
-  or points are counted in ``partial_success``. 400 malformed, 401 without the token, 408 a
+- ``POST /v1/traces``, ``POST /v1/metrics``, ``POST /v1/logs``: OTLP/HTTP, protobuf or JSON,
+  gzip/deflate/zstd or plain (`spanomaly.ingest.receiver` does the protocol). A request is
+  answered 200 only once its rows are committed by the single writer
+  (`spanomaly.serve.writer`); refused spans, points or log records are counted in
+  ``partial_success``. 400 malformed, 401 without the token, 408 a
   body that takes too long, 413 too large, 415 media type or encoding, 429 too many bytes in
   flight and 503 writer queue full (both with Retry-After), 503 store failure.
 - ``GET /api/health``: liveness and the collector's counters.
@@ -102,8 +103,8 @@ class Counters:
     """Requests and records the collector has answered."""
 
     requests: dict[str, int] = field(default_factory=dict)  # by status code
-    accepted: dict[str, int] = field(default_factory=lambda: {"spans": 0, "metrics": 0})
-    rejected: dict[str, int] = field(default_factory=lambda: {"spans": 0, "metrics": 0})
+    accepted: dict[str, int] = field(default_factory=lambda: {"spans": 0, "metrics": 0, "logs": 0})
+    rejected: dict[str, int] = field(default_factory=lambda: {"spans": 0, "metrics": 0, "logs": 0})
 
     def answered(self, status: int) -> None:
         """Count one answer."""
@@ -223,7 +224,7 @@ class Collector:
         except Exception as exc:  # a bug of ours: the sender gets a clear 500, we a traceback
             log.exception("failed to handle %s", request.url.path)
             return self.error(500, f"internal error: {type(exc).__name__}: {exc}", media)
-        table = "spans" if signal is Signal.TRACES else "metrics"
+        table = receiver.TABLES[signal]
         self.counters.accepted[table] += decoded.rows
         self.counters.rejected[table] += decoded.rejected
         self.counters.answered(200)
@@ -394,6 +395,11 @@ def create_app(
     async def metrics(request: Request) -> Response:
         """OTLP/HTTP metrics export."""
         return await collector.export(request, Signal.METRICS)
+
+    @app.post("/v1/logs")
+    async def logs(request: Request) -> Response:
+        """OTLP/HTTP logs export."""
+        return await collector.export(request, Signal.LOGS)
 
     @app.get("/api/health")
     async def health() -> JSONResponse:

@@ -13,7 +13,9 @@ graph (every call goes through the callee's fault proxy, picked at random among 
 
 In-code faults arrive through a control file (JSON, polled) that only the testbed writes;
 each request they hit is appended to a ground-truth file (trace id, span id), never to the
-span. A v2 instance is slower (+25 ms a request) and chattier (also fetches reviews).
+span. Each handler writes a log line through Python logging and the OpenTelemetry log
+handler (trace context attached) to the collector's /v1/logs: a caught exception for
+``code_error``, an empty result (and the caller's fallback) for ``wrong_result``. A v2 instance is slower (+25 ms a request) and chattier (also fetches reviews).
 """
 
 import argparse
@@ -181,11 +183,13 @@ def create_app(
 
     from spanomaly.testbed import instrumentation
 
-    provider = None
+    provider = log_provider = None
     if collector:
         res = instrumentation.resource(service, instance, version, node)
         provider = instrumentation.tracer_provider(res, collector)
         trace.set_tracer_provider(provider)
+        log_provider = instrumentation.logger_provider(res, collector)
+    log = instrumentation.app_logger(f"spanomaly.testbed.app.{instance}", log_provider)
     port_service = {url.rsplit(":", 1)[1]: name for name, urls in peers.items() for url in urls}
 
     async def name_peer(span: Any, request: Any) -> None:
@@ -222,6 +226,8 @@ def create_app(
             await client_box["c"].aclose()
             if provider is not None:
                 provider.shutdown()
+            if log_provider is not None:
+                log_provider.shutdown()
 
     async def inject_faults(request: Request) -> None:
         for fault in list(faults.active):
@@ -236,6 +242,10 @@ def create_app(
             elif kind == "code_cpu":
                 pi_digits(int(fault.get("digits", 8000)))
             else:
+                try:  # the handler's bug: an exception it catches, logs and answers 500 for
+                    raise RuntimeError(f"{service} state is inconsistent")
+                except RuntimeError:
+                    log.exception("request to %s failed, answering 500", request.url.path)
                 raise HTTPException(status_code=500, detail="internal error")
         if version == "v2":
             await asyncio.sleep(V2_EXTRA_S)
@@ -269,12 +279,14 @@ def create_app(
         async def movie_page(item: int) -> dict[str, Any]:
             movie = await call("movies", "GET", f"/movies/{item}")
             reviews = await call("evaluation", "GET", f"/reviews/movie/{item}")
+            log.info("movie page %d served with %d reviews", item, len(reviews))
             return {"movie": movie, "reviews": reviews}
 
         @app.get("/book/{item}")
         async def book_page(item: int) -> dict[str, Any]:
             book = await call("books", "GET", f"/books/{item}")
             reviews = await call("evaluation", "GET", f"/reviews/book/{item}")
+            log.info("book page %d served with %d reviews", item, len(reviews))
             return {"book": book, "reviews": reviews}
 
         @app.get("/search")
@@ -284,7 +296,10 @@ def create_app(
                 call("books", "GET", "/books/search", params={"q": q}),
             )
             if not movies and not books:  # nothing found: suggest what is popular
+                log.warning("search %r found nothing, falling back to popular movies", q)
                 movies = await call("movies", "GET", "/movies/popular")
+            else:
+                log.info("search %r: %d movies, %d books", q, len(movies), len(books))
             return {"movies": movies, "books": books}
 
         @app.get("/top")
@@ -293,6 +308,7 @@ def create_app(
             items = await asyncio.gather(
                 *(call("movies", "GET", f"/movies/{row['item']}/summary") for row in best)
             )
+            log.info("top list of %d movies served", len(items))
             return {"top": items}
 
         @app.post("/review")
@@ -300,7 +316,9 @@ def create_app(
             kind = "movie" if review.get("kind") == "movie" else "book"
             target = "movies" if kind == "movie" else "books"
             await call(target, "GET", f"/{target}/{int(review['item'])}/summary")
-            return await call("evaluation", "POST", "/reviews", json=review | {"kind": kind})
+            stored = await call("evaluation", "POST", "/reviews", json=review | {"kind": kind})
+            log.info("review of %s %d accepted", kind, int(review["item"]))
+            return stored
 
     elif service in ("movies", "books"):
         kind = service[:-1]
@@ -308,15 +326,21 @@ def create_app(
         @app.get(f"/{service}/search")
         async def search_items(q: str) -> list[dict[str, Any]]:
             if faults.hits("wrong_result") is not None:
-                return []
-            rows = query(
-                "SELECT id, title, year FROM items WHERE title LIKE ? LIMIT 10", (f"%{q}%",)
-            )
+                rows = []  # the bug: the query's rows are lost
+            else:
+                rows = query(
+                    "SELECT id, title, year FROM items WHERE title LIKE ? LIMIT 10", (f"%{q}%",)
+                )
+            if rows:
+                log.info("search %r in %s: %d items", q, service, len(rows))
+            else:
+                log.warning("search %r in %s: empty result", q, service)
             return [{"id": r[0], "title": r[1], "year": r[2]} for r in rows]
 
         @app.get(f"/{service}/popular")
         async def popular() -> list[dict[str, Any]]:
             rows = query("SELECT id, title, year FROM items ORDER BY year DESC LIMIT 5")
+            log.info("popular %s list of %d items", service, len(rows))
             return [{"id": r[0], "title": r[1], "year": r[2]} for r in rows]
 
         @app.get(f"/{service}/{{item}}/summary")
@@ -336,7 +360,9 @@ def create_app(
             )
             rating = await call("evaluation", "GET", f"/ratings/{kind}/{item}")
             if not rating.get("count"):  # no ratings: ask for them to be recomputed
+                log.warning("%s %d came back without ratings, asking for a recompute", kind, item)
                 rating = await call("evaluation", "POST", f"/ratings/{kind}/{item}/recompute")
+            log.info("%s %d served with a rating of %s votes", kind, item, rating.get("count"))
             doc["rating"] = rating
             if version == "v2":  # the chattier release also fetches the reviews itself
                 doc["reviews"] = await call("evaluation", "GET", f"/reviews/{kind}/{item}")
@@ -352,13 +378,18 @@ def create_app(
 
         @app.get("/ratings/{kind}/{item}")
         async def ratings(kind: str, item: int) -> dict[str, Any]:
-            if faults.hits("wrong_result") is not None:
-                return {"count": 0, "stars": None}
-            return rating_of(kind, item)
+            hit = faults.hits("wrong_result") is not None
+            rating = {"count": 0, "stars": None} if hit else rating_of(kind, item)
+            if rating["count"]:
+                log.info("rating of %s %d from %d votes", kind, item, rating["count"])
+            else:
+                log.warning("ratings of %s %d: empty result", kind, item)
+            return rating
 
         @app.post("/ratings/{kind}/{item}/recompute")
         async def recompute(kind: str, item: int) -> dict[str, Any]:
             query("ANALYZE ratings")
+            log.info("ratings of %s %d recomputed", kind, item)
             return rating_of(kind, item)
 
         @app.get("/reviews/{kind}/{item}")
@@ -368,6 +399,7 @@ def create_app(
                 "ORDER BY time DESC LIMIT 5",
                 (kind, item),
             )
+            log.info("%d reviews of %s %d", len(rows), kind, item)
             return [{"stars": r[0], "text": r[1]} for r in rows]
 
         @app.post("/reviews")
@@ -379,6 +411,7 @@ def create_app(
                 (kind, item, stars, str(review.get("text", ""))[:500], time.time()),
             )
             query("INSERT INTO ratings VALUES (?, ?, ?)", (kind, item, stars))
+            log.info("review of %s %d with %d stars stored", kind, item, stars)
             return {"stored": True}
 
         @app.get("/top/{kind}")
@@ -388,6 +421,7 @@ def create_app(
                 "ORDER BY s DESC, item LIMIT 3",
                 (kind,),
             )
+            log.info("top %s list of %d items computed", kind, len(rows))
             return [{"item": r[0], "stars": r[1]} for r in rows]
 
     FastAPIInstrumentor.instrument_app(

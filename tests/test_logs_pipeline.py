@@ -1,0 +1,138 @@
+"""Log lines as trace events end to end: `spanomaly train --logs --exclude`, detect and rca
+find a caught exception (answered 500 up to the root) and a wrong (empty) result that
+change no timing, and blame the service that logged them; without logs the empty result
+passes and the error is blamed on the root's service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from spanomaly import pipeline
+from spanomaly.ingest.base import Chunk
+from spanomaly.schema import LOGS, SPANS
+from spanomaly.store.duckdb import DuckDBStore
+from tests.synthetic import T0, TraceBuilder, normal_traces, order_request
+from tests.test_cli import run
+from tests.test_sequence_cli import spans_table
+
+NS = 1_000_000_000
+ERROR_LINE = "price lookup for item {n} failed, fallback price taken [KeyError: 'p{n}']"
+EMPTY_LINE = "search for user {n} returned an empty result"
+
+
+def _lines(spans: pa.Table, special: dict[str, tuple[str, str]]) -> pa.Table:
+    """One line per order-service handler span and auth-service login span; the traces in
+    `special` log (severity, text) instead in order-service."""
+    rows = []
+    for r in spans.to_pylist():
+        if r["service"] == "order-service" and r["operation"] == "/api/v1/orders":
+            severity, text = special.get(r["trace_id"], ("INFO", "order {n} stored for user {n}"))
+        elif r["service"] == "auth-service" and r["operation"] == "/api/v1/auth/login":
+            severity, text = "INFO", "login of user {n} accepted"
+        else:
+            continue
+        n = int(r["trace_id"][:6], 16)
+        rows.append(
+            {"time_ns": r["start_ns"] + 300_000, "service": r["service"],
+             "instance": r["instance"], "trace_id": r["trace_id"], "span_id": r["span_id"],
+             "severity": severity, "body": f"12:00:00.{n % 1000:03d} {severity} "
+             + text.format(n=n), "template_id": None, "params": None}
+        )  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=LOGS)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """400 normal traces (a 'fault window' of erroring ones in the middle), then 50 normal
+    traces and a caught exception and an empty result, timing unchanged."""
+    tmp = tmp_path_factory.mktemp("logs")
+    b = TraceBuilder(seed=5)
+    normal_traces(b, 400)
+    for i in range(20):  # errors between T0+100 s and T0+102 s: to be excluded
+        b.add(order_request(), T0 + 100 * NS + i * 100_000_000)
+    normal_traces(b, 50, start_ns=T0 + 3600 * NS)
+    faulty = {
+        "code_error": b.add(order_request(), T0 + 3700 * NS),
+        "wrong_result": b.add(order_request(), T0 + 3701 * NS),
+    }
+    spans = spans_table(b.table())
+    ids, traces = spans.column("span_id").to_pylist(), spans.column("trace_id").to_pylist()
+    trace_of = dict(zip(ids, traces, strict=True))
+    starts = spans.column("start_ns").to_pylist()
+    in_window = {
+        t for t, s in zip(traces, starts, strict=True) if T0 + 100 * NS <= s < T0 + 103 * NS
+    }
+    special = {t: ("ERROR", ERROR_LINE) for t in in_window}
+    special[trace_of[faulty["code_error"]["order_call"]]] = ("ERROR", ERROR_LINE)
+    # the caught exception becomes a 500 that the root span reports too: the first deviating
+    # event is the root, the error line is what names the culprit
+    error_trace = trace_of[faulty["code_error"]["order_call"]]
+    root = pc.and_(
+        pc.equal(spans.column("trace_id"), error_trace), pc.is_null(spans.column("parent_id"))
+    )
+    status = pc.if_else(root, "error", spans.column("status"))
+    spans = spans.set_column(spans.schema.get_field_index("status"), SPANS.field("status"), status)
+    special[trace_of[faulty["wrong_result"]["order_call"]]] = ("WARN", EMPTY_LINE)
+    db = tmp / "s.duckdb"
+    with DuckDBStore(db) as s:
+        s.write(Chunk("spans", spans))
+        s.write(Chunk("logs", _lines(spans, special)))
+    return {
+        "db": db,
+        "tmp": tmp,
+        "faulty": {k: trace_of[v["order_call"]] for k, v in faulty.items()},
+    }
+
+
+def _flagged(db: Path) -> dict[str, dict]:
+    with DuckDBStore(db, read_only=True) as s:
+        rows = s.sql("SELECT * FROM findings WHERE entity = 'trace'").to_pylist()
+    return {r["trace_id"]: r for r in rows}
+
+
+def test_train_with_logs_and_excluded_window_then_detect(scenario: dict, tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    db.write_bytes(scenario["db"].read_bytes())
+    hole = f"{(T0 + 100 * NS) / NS}/{(T0 + 103 * NS) / NS}"
+    train = run(
+        "train", "--db", str(db), "--model", str(tmp_path / "m"), "--to",
+        str((T0 + 3000 * NS) / NS), "--exclude", hole, "--sequence", "ngram", "--logs",
+        "--point", "none", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    doc = json.loads(train.stdout)
+    assert doc["traces"] == 400  # the 20 traces of the hole are left out
+    assert doc["logs"]["templates"] == 2  # order stored, login accepted: no error learned
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["features"]["logs"] is True
+    det = run("detect", "--db", str(db), "--model", str(tmp_path / "m"), "--from",
+              str((T0 + 3500 * NS) / NS), "--json", cwd=tmp_path)  # fmt: skip
+    assert det.returncode == 0, det.stderr
+    flagged = _flagged(db)
+    for kind, trace in scenario["faulty"].items():
+        assert trace in flagged, kind
+        finding = flagged[trace]
+        assert finding["service"] == "order-service", kind
+        details = json.loads(finding["details"])
+        assert details["event"]["key"].startswith("log | order-service"), kind
+    assert len(flagged) <= 3  # the 50 normal traces (with their lines) pass
+    suspects = pipeline.rca(DuckDBStore(db, read_only=True), T0 + 3699 * NS, T0 + 3702 * NS)
+    assert suspects[0]["service"] == "order-service"
+
+
+def test_without_logs_the_same_faults_pass(scenario: dict, tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    db.write_bytes(scenario["db"].read_bytes())
+    with DuckDBStore(db) as store:
+        options = pipeline.TrainOptions(sequence="ngram", logs=False)
+        doc = pipeline.train(store, tmp_path / "m", None, T0 + 3000 * NS, options=options)
+        assert doc["logs"] is None
+        assert not (tmp_path / "m" / "templates.json").exists()
+        pipeline.detect(store, tmp_path / "m", T0 + 3500 * NS)
+    flagged = _flagged(db)
+    assert scenario["faulty"]["wrong_result"] not in flagged
+    assert flagged[scenario["faulty"]["code_error"]]["service"] == "gateway"
