@@ -189,6 +189,7 @@ def test_no_get_route_changes_state_and_openapi_documents_every_api_route(api: t
             assert op.get("description") or op.get("summary"), (method, path)
     changing = {p for p, ops in doc["paths"].items() if "post" in ops}
     assert changing == {
-        "/v1/traces", "/v1/metrics", "/api/findings/{finding_id}/feedback", "/api/model/retrain",
+        "/v1/traces", "/v1/metrics", "/v1/logs", "/api/findings/{finding_id}/feedback",
+        "/api/model/retrain",
     }  # fmt: skip
     assert all(set(doc["paths"][p]) == {"post"} for p in changing)
