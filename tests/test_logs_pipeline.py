@@ -136,3 +136,32 @@ def test_without_logs_the_same_faults_pass(scenario: dict, tmp_path: Path) -> No
     flagged = _flagged(db)
     assert scenario["faulty"]["wrong_result"] not in flagged
     assert flagged[scenario["faulty"]["code_error"]]["service"] == "gateway"
+
+
+def test_online_scoring_sees_the_log_lines_as_detect_does(scenario: dict, tmp_path: Path) -> None:
+    import time
+
+    from spanomaly.pipeline.online import OnlineDetector
+
+    db = tmp_path / "s.duckdb"
+    db.write_bytes(scenario["db"].read_bytes())
+    model = tmp_path / "m"
+    with DuckDBStore(db) as store:
+        pipeline.train(store, model, None, T0 + 3000 * NS, [(T0 + 100 * NS, T0 + 103 * NS)],
+                       options=pipeline.TrainOptions(sequence="ngram", logs=True))  # fmt: skip
+        later = store.sql(
+            "SELECT DISTINCT trace_id FROM spans WHERE start_ns >= ?", [T0 + 3500 * NS]
+        ).column("trace_id")
+        online = OnlineDetector(model, interval_s=0.02, clock=lambda: T0)
+        online.attach(store)
+        online.start()
+        online.on_complete(pa.table({"trace_id": later}))
+        deadline = time.monotonic() + 60
+        while online.counts["traces_scored"] < len(later) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        online.stop()
+    flagged = _flagged(db)
+    assert set(scenario["faulty"].values()) <= set(flagged)  # named by their log lines
+    assert len(flagged) <= 3  # normal traces with their lines pass, as in `detect`
+    for trace in scenario["faulty"].values():
+        assert json.loads(flagged[trace]["details"])["event"]["key"].startswith("log | order")

@@ -111,6 +111,17 @@ def trace_logs(store: Store, ids_sql: str, params: list[object]) -> pa.Table:
     )
 
 
+def with_logs(
+    store: Store, events: pa.Table, trace_ids: list[str], templates: TemplateMiner
+) -> pa.Table:
+    """The events of some traces with their log lines interleaved (`features.logs`)."""
+    from spanomaly.features import logs as log_features
+
+    lines = trace_logs(store, "SELECT unnest(?::VARCHAR[])", [trace_ids])
+    log_events = log_features.sequence_events(log_features.log_events(lines, templates))
+    return log_features.interleave(events, log_events)
+
+
 def log_bodies(
     store: Store,
     start_ns: int | None,

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk
+from spanomaly.pipeline.events import load_templates, with_logs
 from spanomaly.pipeline.points import POINT_DIR, PointOptions, detect_points, load_points
 from spanomaly.pipeline.traces import TrainOptions, feedback, train_models
 from spanomaly.store.base import Store
@@ -63,6 +64,7 @@ class OnlineDetector:
         self._model: TraceModel | None = None
         self._window_ns: int | None = None
         self._point_info: dict[str, Any] | None = None
+        self._templates: Any = None  # log templates, for a model trained with logs
         self._closed_ns: int | None = None  # instance windows before this are scored
         self._pending: list[pa.Array] = []
         self._queue_lock = threading.Lock()
@@ -135,6 +137,9 @@ class OnlineDetector:
             return
         with self._model_lock:
             self._model = TraceModel.load(self.model_dir)
+            self._templates = (
+                load_templates(self.model_dir) if self._model.feature_config.logs else None
+            )
             point = load_points(self.model_dir)
             self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
@@ -163,7 +168,10 @@ class OnlineDetector:
             spans = self._cursor.traces(ids)
             if spans.num_rows == 0:
                 return
-            result = model.detect(trace_events_of(spans, model.feature_config))
+            events = trace_events_of(spans, model.feature_config)
+            if self._templates is not None:  # the traces' log lines are events too
+                events = with_logs(self._cursor, events, ids, self._templates)
+            result = model.detect(events)
             if result.findings.num_rows:
                 self._cursor.write(Chunk("findings", result.findings))  # type: ignore[arg-type]
         self.counts["traces_scored"] += len(result.trace_ids)

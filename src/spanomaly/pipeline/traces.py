@@ -24,7 +24,7 @@ from spanomaly.pipeline.events import (
     log_bodies,
     span_range,
     trace_events,
-    trace_logs,
+    with_logs,
 )
 from spanomaly.pipeline.ingest import Progress
 from spanomaly.pipeline.points import PointOptions, detect_points, train_points
@@ -298,12 +298,7 @@ def feedback(
 
         events = trace_events_of(spans, model.feature_config)
         if model.feature_config.logs:  # the trace's log lines are events of it too
-            from spanomaly.features import logs as log_features
-
-            lines = trace_logs(store, "?", [trace_id])
-            templates = load_templates(model_dir)
-            log_events = log_features.sequence_events(log_features.log_events(lines, templates))
-            events = log_features.interleave(events, log_events)
+            events = with_logs(store, events, [trace_id], load_templates(model_dir))
         update = model.update(events)
         model.save(model_dir)
         doc.update(model_updated=True, trace_id=trace_id, **update)
