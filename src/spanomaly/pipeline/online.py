@@ -143,7 +143,10 @@ class OnlineDetector:
             point = load_points(self.model_dir)
             self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
-                self._closed_ns = self.clock() // self._window_ns * self._window_ns
+                # from the first window that starts after the model is loaded: the one
+                # under way holds the training itself (it takes the collector's CPU)
+                w = self._window_ns
+                self._closed_ns = -(-self.clock() // w) * w
             self._point_info = (
                 {
                     "detector": point.config.get("detector"),
