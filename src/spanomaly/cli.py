@@ -827,6 +827,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: testbed → online training and detection → evaluation → report."""
+    from spanomaly import pipeline
     from spanomaly.pipeline.demo import PHASES, DemoConfig, check_schedule, run_demo
     from spanomaly.pipeline.report import report as write
     from spanomaly.testbed.faults import ScheduleError
@@ -842,7 +843,7 @@ def demo(
             doc = _with_phases(PHASES, lambda phase: run_demo(cfg, phase))
         except ScheduleError as exc:
             raise InputError(str(exc)) from exc
-        store = _open_for_report(Path(doc["paths"]["db"]))
+        store = pipeline.open_store(doc["paths"]["db"], read_only=True)
         try:
             path, _ = write(
                 store,
@@ -858,12 +859,6 @@ def demo(
         doc["paths"]["report"] = str(path)
         doc["timings"]["total_s"] = cfg.timings.get("total_s")
         _emit(doc, as_json, lambda: _demo_summary(doc))
-
-
-def _open_for_report(db: Path) -> object:
-    from spanomaly import pipeline
-
-    return pipeline.open_store(str(db), read_only=True)
 
 
 def _with_phases(phases: tuple[str, ...], work: Callable[[Callable[[str], None]], T]) -> T:

@@ -78,10 +78,9 @@ class _Training:
 def check_schedule(cfg: DemoConfig) -> None:
     """Read the fault schedule as the run will (ScheduleError on a bad one)."""
     from spanomaly.testbed.faults import load_schedule
-    from spanomaly.testbed.run import SERVICES
+    from spanomaly.testbed.run import RunConfig, instance_names
 
-    instances = {f"{svc}-{k}": svc for svc in SERVICES for k in (1, 2)}
-    load_schedule(cfg.faults or demo_schedule(), instances)
+    load_schedule(cfg.faults or demo_schedule(), instance_names(RunConfig().replicas))
 
 
 def _train_later(url: str, cfg: DemoConfig, state: _Training, phase: Phase) -> None:

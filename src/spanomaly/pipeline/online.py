@@ -12,7 +12,6 @@ and, once an instance window is older than `grace_s`, the windows that closed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import tempfile
@@ -64,6 +63,7 @@ class OnlineDetector:
         self._model: TraceModel | None = None
         self._window_ns: int | None = None
         self._point_info: dict[str, Any] | None = None
+        self._point: Any = None  # the loaded point model (pipeline.points.load_points)
         self._templates: Any = None  # log templates, for a model trained with logs
         self._closed_ns: int | None = None  # instance windows before this are scored
         self._pending: list[pa.Array] = []
@@ -112,9 +112,12 @@ class OnlineDetector:
             self._thread.join()
             self._thread = None
         if self._cursor is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self._score_traces()
                 self._score_windows(final=True)
+            except Exception:  # stopping must go on: the collector still has to close
+                self.errors += 1
+                log.exception("online scoring of the last traces and windows failed")
             self._cursor.close()
             self._cursor = None
 
@@ -140,7 +143,7 @@ class OnlineDetector:
             self._templates = (
                 load_templates(self.model_dir) if self._model.feature_config.logs else None
             )
-            point = load_points(self.model_dir)
+            point = self._point = load_points(self.model_dir)
             self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
                 # from the first window that starts after the model is loaded: the one
@@ -192,7 +195,9 @@ class OnlineDetector:
         if closed <= self._closed_ns:
             return
         with self._model_lock:
-            doc = detect_points(self._cursor, self.model_dir, self._closed_ns, closed)
+            doc = detect_points(
+                self._cursor, self.model_dir, self._closed_ns, closed, model=self._point
+            )
         self._closed_ns = closed
         if doc:
             self.counts["instances_scored"] += doc["instances_scored"]

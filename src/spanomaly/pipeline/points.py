@@ -316,10 +316,12 @@ def detect_points(
     model_dir: str | Path,
     start_ns: int | None = None,
     end_ns: int | None = None,
+    model: _PointModel | None = None,
 ) -> dict[str, int] | None:
-    """Score the instance windows of the period with the point model, store a finding per
-    anomalous window (time: the window's start); None when model_dir has no point model."""
-    model = load_points(model_dir)
+    """Score the instance windows of the period with the point model (model, else the one
+    in model_dir), store a finding per anomalous window (time: the window's start); None
+    when there is no point model."""
+    model = model or load_points(model_dir)
     if model is None:
         return None
     window_s = float(model.config["window_s"])  # type: ignore[arg-type]

@@ -95,7 +95,12 @@ def timelines(
             sc = np.asarray(f.column("score").to_numpy(zero_copy_only=False), dtype=float)
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = np.where(np.isfinite(thr) & (thr > 0), sc / thr, 2.0)
-            trace = np.asarray([e == "trace" for e in f.column("entity").to_pylist()])
+            trace = np.asarray(
+                pc.equal(f.column("entity"), "trace")
+                .fill_null(False)
+                .to_numpy(zero_copy_only=False),
+                dtype=bool,
+            )
             ax.scatter(t[trace], rel[trace], s=9, color=ALARM_COLOUR, label="trace", zorder=3)
             ax.scatter(
                 t[~trace], rel[~trace], s=14, marker="s", color="#6a4c93", label="window", zorder=3

@@ -157,13 +157,12 @@ class Collector:
     def stop(self) -> None:
         """Commit everything queued, deliver the open traces, close the store."""
         self.decoder.close()
+        with contextlib.suppress(Exception):  # what is queued is committed (and observed)
+            self.writer.call(lambda store: None).result(timeout=120)
+        self.tracker.stop(flush=True)  # the open traces go to the subscribers
         if self.online is not None:
-            with contextlib.suppress(Exception):
-                self.writer.call(lambda store: None).result()  # what is queued is committed
-            self.tracker.stop(flush=True)  # the open traces go to online scoring
             self.online.stop()
         self.writer.close()
-        self.tracker.stop(flush=True)
 
     def health(self) -> dict[str, Any]:
         """The document of GET /api/health."""

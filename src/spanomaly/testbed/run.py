@@ -62,6 +62,11 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def instance_names(replicas: int) -> dict[str, str]:
+    """The testbed's instances (movies-1, movies-2, ...) and their services."""
+    return {f"{svc}-{k}": svc for svc in SERVICES for k in range(1, replicas + 1)}
+
+
 def free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -96,7 +101,7 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix=f"spanomaly-testbed-{run_id}-"))
     for sub in ("logs", "control", "truth", "data"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    instances = {f"{svc}-{k}": svc for svc in SERVICES for k in range(1, cfg.replicas + 1)}
+    instances = instance_names(cfg.replicas)
     schedule = load_schedule(cfg.faults, instances, cfg.time_scale)
     duration_s = cfg.minutes * 60
     v2 = {f.instance for f in schedule if f.kind == "version" and f.instance}
