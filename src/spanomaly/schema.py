@@ -100,7 +100,12 @@ FAULT_TRACES = pa.schema(
 FINDINGS = pa.schema(
     [
         _f("finding_id", pa.string(), "stable id of the finding", nullable=False),
-        _f("time_ns", pa.int64(), "time of the anomalous event or window", "ns since epoch"),
+        _f(
+            "time_ns",
+            pa.int64(),
+            "time of the anomalous event, or the end of the anomalous window (when its evidence is complete)",
+            "ns since epoch",
+        ),
         _f("detector", pa.string(), "detector that raised it", nullable=False),
         _f("entity", pa.string(), "trace|instance|span"),
         _f("trace_id", pa.string(), "trace, for trace findings"),

@@ -100,3 +100,42 @@ def test_errors_count_where_they_start_not_where_they_surface() -> None:
         share[r["service"]] = max(share.get(r["service"], 0.0), r["t.error_share"] or 0.0)
     assert share["order-service"] > 0.5
     assert share.get("gateway", 0.0) == 0.0  # its errors come from order-service
+
+
+def _one_feature(times: list[int], values: list[float], instance: str = "a") -> win.InstanceWindows:
+    keys = pa.table(
+        {"time_ns": times, "service": ["s"] * len(times), "instance": [instance] * len(times)}
+    )
+    return win.InstanceWindows(keys, np.asarray(values, dtype=float)[:, None], ["m.x"])
+
+
+def test_latest_holds_out_the_last_times() -> None:
+    w = _one_feature([0, 0, 1, 1, 2, 2, 3, 3, 4, 4], [0.0] * 10)
+    held = w.latest(0.2)
+    assert held.tolist() == [False] * 8 + [True] * 2
+    assert not _one_feature([5, 5], [0.0, 1.0]).latest(0.2).any()  # one time: nothing held
+
+
+def test_few_normal_windows_make_the_maximum_less_rare() -> None:
+    """Past the largest of 20 normal values is about 1 in 40, not 1 in 400 (the grid)."""
+    rng = np.random.default_rng(0)
+    few = _one_feature(list(range(20)), rng.normal(10.0, 1.0, 20).tolist())
+    many = _one_feature(list(range(2000)), rng.normal(10.0, 1.0, 2000).tolist())
+    top = float(few.X.max())
+    z_few = win.Normalizer(recent=0).fit(few).zscores(_one_feature([0], [top + 1e-9]))[0, 0]
+    assert 1.5 < z_few < 2.5  # Phi^-1(1 - 0.5 / 21) = 1.98
+    z_many = win.Normalizer(recent=0).fit(many).zscores(_one_feature([0], [14.0]))[0, 0]
+    assert z_many > 3.0
+
+
+def test_change_counts_only_away_from_normal() -> None:
+    """Errors stopping after an incident are no anomaly; errors starting are."""
+    normal = _one_feature(list(range(50)), [0.0] * 25 + [0.01] * 25)
+    norm = win.Normalizer(recent=3).fit(normal)
+    w = _one_feature(list(range(8)), [0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.0, 0.0])
+    X = norm.transform(w)
+    d = X[:, 1]
+    assert d[3] > 5  # the burst starts: a change away from normal
+    # back to normal: the drop of 40 is not counted, only the value's own distance from
+    # normal (a zero lies in the lower half of these normal values)
+    assert (np.abs(d[6:]) < 1).all() and (np.abs(d) <= np.abs(X[:, 0]) + 1e-9).all()

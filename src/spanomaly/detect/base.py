@@ -170,8 +170,11 @@ def fit_threshold(
 
     The empirical quantile where at least ten validation traces lie above it; otherwise the
     peaks-over-threshold estimate: a generalised Pareto distribution fitted to the scores
-    above the (1 - tail) quantile, extrapolated to target_fpr, and never below the largest
-    score the quantile could see. With too few distinct tail scores, the largest score.
+    above the (1 - tail) quantile, extrapolated to target_fpr; where that quantile leaves
+    fewer than `min_tail` scores (a small validation set), an exponential tail fitted to the
+    top scores (at least ten where there are twenty, at most half) instead, since a Pareto
+    shape cannot be told from so few. Never below the largest score the quantile could
+    see; with too few distinct tail scores, the largest score.
     """
     s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
     n = len(s)
@@ -179,16 +182,28 @@ def fit_threshold(
         return float("inf")
     if target_fpr * n >= 10:
         return float(np.quantile(s, 1.0 - target_fpr, method="higher"))
+    floor = float(np.quantile(s, 1.0 - 10.0 / n if n > 10 else 0.0, method="higher"))
     u = float(np.quantile(s, 1.0 - tail, method="lower"))
     excess = s[s > u] - u
-    if len(excess) < min_tail or np.ptp(excess) <= 0:
+    if len(excess) >= min_tail and np.ptp(excess) > 0:
+        xi, sigma = _gpd_pwm(excess)
+        ratio = target_fpr * n / len(excess)
+        if abs(xi) < 1e-6:
+            t = u + sigma * np.log(1.0 / ratio)
+        else:
+            t = u + sigma / xi * (ratio**-xi - 1.0)
+        if xi < 0:  # bounded tail: never past its end point
+            t = min(t, u + sigma / -xi)
+        return float(max(t, floor))
+    k = min(max(len(excess), 10), n // 2)
+    if k < 3:
         return float(s[-1])
-    xi, sigma = _gpd_pwm(excess)
-    ratio = target_fpr * n / len(excess)
-    t = u + sigma * np.log(1.0 / ratio) if abs(xi) < 1e-6 else u + sigma / xi * (ratio**-xi - 1.0)
-    if xi < 0:  # bounded tail: never past its end point
-        t = min(t, u + sigma / -xi)
-    return float(max(t, np.quantile(s, 1.0 - 10.0 / n if n > 10 else 0.0, method="higher")))
+    u = float(s[n - k - 1])
+    excess = s[n - k :] - u
+    if np.ptp(excess) <= 0 and excess.mean() <= 0:
+        return float(s[-1])
+    t = u + float(excess.mean()) * np.log(k / (target_fpr * n))
+    return float(max(t, s[-1]))
 
 
 def split(data: Sequences, fraction: float, random_state: int) -> tuple[Sequences, Sequences]:

@@ -10,8 +10,9 @@ sequences: the scikit-learn / PyOD shape.
     det.surprise(X)                     # -log10 of the p-value under normal data
     det.explain(X)                      # per-feature contributions (names the metric)
 
-`fit` holds out `validation_fraction` of the (normal) training windows, fits `_fit` on the
-rest, then sets `threshold_` on the held-out windows at `target_fpr` with the trace
+`fit` holds out `validation_fraction` of the (normal) training windows (or the windows
+`validation=` marks: the pipeline holds out the latest ones, so the threshold also covers
+drift over time), fits `_fit` on the rest, then sets `threshold_` on the held-out windows at `target_fpr` with the trace
 detectors' `fit_threshold` (empirical quantile, else a Pareto tail). The held-out scores
 also calibrate `surprise`: the empirical tail probability, extended past the largest
 held-out score by an exponential tail fitted to the top scores (peaks over threshold), so
@@ -115,14 +116,27 @@ class PointDetector(DetectorParams):
 
     # -- fitting and scoring --------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any = None, groups: np.ndarray | None = None) -> Self:
-        """Fit on normal windows (y is ignored by unsupervised detectors)."""
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        groups: np.ndarray | None = None,
+        validation: np.ndarray | None = None,
+    ) -> Self:
+        """Fit on normal windows (y is ignored by unsupervised detectors); `validation`
+        (a boolean mask) names the held-out windows, else a random share of the groups."""
         self._check_params()
         X = self._matrix(X)
         if X.shape[0] < 4:
             raise ModelError(f"{self.name}: need at least 4 windows to train, got {X.shape[0]}")
         self.n_features_ = X.shape[1]
-        tr, val = split_rows(X.shape[0], self.validation_fraction, self.random_state, groups)
+        if validation is not None:
+            held = np.asarray(validation, dtype=bool)
+            if held.shape != (X.shape[0],) or held.all() or not held.any():
+                raise ModelError(f"{self.name}: validation must mark some but not all windows")
+            tr, val = np.flatnonzero(~held), np.flatnonzero(held)
+        else:
+            tr, val = split_rows(X.shape[0], self.validation_fraction, self.random_state, groups)
         g_tr = None if groups is None else np.asarray(groups)[tr]
         g_val = None if groups is None else np.asarray(groups)[val]
         self._fit(X[tr], None if y is None else np.asarray(y)[tr], g_tr)

@@ -89,6 +89,16 @@ class InstanceWindows:
         op = self.operation[rows] if len(self.operation) == self.n else self.operation
         return InstanceWindows(self.keys.take(pa.array(rows)), self.X[rows], self.names, op)
 
+    def latest(self, fraction: float) -> np.ndarray:
+        """Mask of the windows in the latest `fraction` of the distinct window times (at least
+        one time, never all): a hold-out that lies after everything it is compared with."""
+        t = self.column("time_ns")
+        times = np.unique(t)
+        if len(times) < 2:
+            return np.zeros(self.n, dtype=bool)
+        k = min(max(round(len(times) * fraction), 1), len(times) - 1)
+        return t >= times[len(times) - k]
+
     def groups(self) -> np.ndarray:
         """Group id of each window: same time and service (for peer comparison)."""
         if self.n == 0:
@@ -391,17 +401,28 @@ Z_CLIP = 40.0
 _RATES = ("t.requests_s", "t.excess_ms_s", "t.slow_share", "t.error_share")
 
 
-def _grid(x: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Quantile grid of the finite values, and the scales of the upper and lower tails
-    (mean excess of the outer 5 % over their start; floored by 1 % of the spread or level)."""
+TAIL_MIN = 5  # values the tail scales are measured on, at least, however few the windows
+
+
+def _tail_values(n: int) -> int:
+    """How many of n values measure a tail: the outer 5 %, at least TAIL_MIN (if there)."""
+    return max(int(0.05 * n), min(TAIL_MIN, n - 1), 1)
+
+
+def _grid(x: np.ndarray) -> tuple[np.ndarray, float, float, float, int]:
+    """Quantile grid of the finite values, the scales of the upper and lower tails (mean
+    excess of the outer 5 %, at least TAIL_MIN values, over their start; floored by 1 % of
+    the spread or level; 0 where the outer values are all equal, as in a quantised metric,
+    and the tail is unknown), that floor, and the number of values."""
     x = np.sort(x[np.isfinite(x)])
     q = np.quantile(x, np.linspace(0.0, 1.0, GRID))
-    k = max(int(0.05 * len(x)), 1)
+    k = _tail_values(len(x))
     spread = float(q[-1] - q[0])
     floor = max(0.01 * spread, 0.01 * abs(float(np.median(x))), 1e-6)
     hi = float(np.mean(x[-k:] - x[-k])) if len(x) > 1 else 0.0
     lo = float(np.mean(x[k - 1] - x[:k])) if len(x) > 1 else 0.0
-    return q, max(hi, floor), max(lo, floor)
+    hi, lo = (max(v, floor) if v > 0 else 0.0 for v in (hi, lo))
+    return q, hi, lo, floor, len(x)
 
 
 @dataclass
@@ -411,9 +432,12 @@ class Normalizer:
     past.
 
     Fitted on normal windows: per (service, feature) a grid of quantiles. A value becomes
-    the normal quantile of its mid-rank in that grid, z = Phi^-1(F(x)); beyond the normal
+    the normal quantile of its mid-rank among the n normal values (read from the grid), so a
+    value past the largest of few windows is as rare as 1 in 2(n + 1), not 1 in 2 * GRID;
+    z = Phi^-1(F(x)); beyond the normal
     range the tail probability keeps falling exponentially (the scale being the mean excess
-    of the outer 5 %, or of all services where the service's values never varied), so CPU
+    of the outer 5 %, or of all services where the service's values never reached past
+    their edge), so CPU
     at eighty times its normal is a larger z than at twice. So
     every feature of every service is about standard normal in normal operation, and the
     instances of one service are compared on one scale. Services not seen in training use
@@ -427,6 +451,7 @@ class Normalizer:
     grid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, GRID)))
     upper: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     lower: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    count: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def fit(self, windows: InstanceWindows) -> Normalizer:
         """Learn the quantile grids per service from normal windows."""
@@ -437,21 +462,25 @@ class Normalizer:
         grid = np.zeros((m + 1, d, GRID))
         upper = np.ones((m + 1, d))
         lower = np.ones((m + 1, d))
+        count = np.full((m + 1, d), float(GRID))
         X = self._fill_rates(windows.X)
         for j in range(d):  # pooled first: the fallback
             col = X[:, j]
             if np.isfinite(col).any():
-                grid[m, j], upper[m, j], lower[m, j] = _grid(col)
+                grid[m, j], upper[m, j], lower[m, j], floor, count[m, j] = _grid(col)
+                upper[m, j], lower[m, j] = upper[m, j] or floor, lower[m, j] or floor
         for i, s in enumerate(self.services):  # services x features: a few thousand
             rows = X[svc == s]
             for j in range(d):
                 if np.isfinite(rows[:, j]).sum() >= 10:
-                    grid[i, j], upper[i, j], lower[i, j] = _grid(rows[:, j])
-                    if grid[i, j, -1] == grid[i, j, 0]:  # no spread: tails of all services
-                        upper[i, j], lower[i, j] = upper[m, j], lower[m, j]
+                    grid[i, j], upper[i, j], lower[i, j], floor, count[i, j] = _grid(rows[:, j])
+                    # a tail not seen (no spread at the edge): the tail of all services
+                    upper[i, j] = upper[i, j] or max(upper[m, j], floor)
+                    lower[i, j] = lower[i, j] or max(lower[m, j], floor)
                 else:
                     grid[i, j], upper[i, j], lower[i, j] = grid[m, j], upper[m, j], lower[m, j]
-        self.grid, self.upper, self.lower = grid, upper, lower
+                    count[i, j] = count[m, j]
+        self.grid, self.upper, self.lower, self.count = grid, upper, lower, count
         return self
 
     def _fill_rates(self, X: np.ndarray) -> np.ndarray:
@@ -482,16 +511,17 @@ class Normalizer:
             dtype=np.int64,
         )
         z = np.zeros_like(X)
-        n = GRID
         for j in range(len(self.names)):  # one pass per feature, vectorised over windows
             g = self.grid[row, j]  # (windows, GRID)
+            n = self.count[row, j]
             x = X[:, j]
             ok = np.isfinite(x)
             below = (g < x[:, None]).sum(axis=1)
             equal = (g == x[:, None]).sum(axis=1)
-            # mid-rank tail probabilities, each side at least 0.5 / (n + 1)
-            p_up = (n - below - 0.5 * equal + 0.5) / (n + 1.0)
-            p_dn = (below + 0.5 * equal + 0.5) / (n + 1.0)
+            share = (below + 0.5 * equal) / GRID  # the value's mid-rank share in the grid
+            # tail probabilities among n normal values, each side at least 0.5 / (n + 1)
+            p_up = (n * (1.0 - share) + 0.5) / (n + 1.0)
+            p_dn = (n * share + 0.5) / (n + 1.0)
             log_up = np.log(np.minimum(p_up, 0.5))
             log_dn = np.log(np.minimum(p_dn, 0.5))
             over = np.maximum(x - g[:, -1], 0.0) / self.upper[row, j]
@@ -504,11 +534,16 @@ class Normalizer:
         return np.clip(z, -Z_CLIP, Z_CLIP)
 
     def transform(self, windows: InstanceWindows) -> np.ndarray:
-        """The feature matrix the detectors see: z, and the change against the recent past."""
+        """The feature matrix the detectors see: z, and the change against the recent past
+        (towards the abnormal only)."""
         z = self.zscores(windows)
         if self.recent <= 0 or windows.n == 0:
             return z
-        return np.hstack([z, z - recent_median(z, windows, self.recent)])
+        d = z - recent_median(z, windows, self.recent)
+        # a change counts only as far as it leads away from normal: a value going back to
+        # normal after an incident (errors stopping) is no anomaly of its own
+        d = np.where(d * z > 0, np.sign(d) * np.minimum(np.abs(d), np.abs(z)), 0.0)
+        return np.hstack([z, d])
 
     def normal(self, service: str, name: str) -> float | None:
         """The median of a raw feature among the service's normal windows."""
@@ -526,6 +561,7 @@ class Normalizer:
             "grid": self.grid.tolist(),
             "upper": self.upper.tolist(),
             "lower": self.lower.tolist(),
+            "count": self.count.tolist(),
         }
 
     @classmethod
@@ -539,6 +575,9 @@ class Normalizer:
             grid=np.asarray(doc["grid"], dtype=np.float64).reshape(m, d, GRID),
             upper=np.asarray(doc["upper"], dtype=np.float64).reshape(m, d),
             lower=np.asarray(doc["lower"], dtype=np.float64).reshape(m, d),
+            count=np.asarray(doc.get("count", np.full((m, d), GRID)), dtype=np.float64).reshape(
+                m, d
+            ),
         )
 
 

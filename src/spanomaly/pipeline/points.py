@@ -172,13 +172,20 @@ def train_points(
         if w.n < 10 or not w.names:  # type: ignore[attr-defined]
             doc[source] = None
             continue
-        norm = win.Normalizer(recent=options.recent).fit(w)  # type: ignore[arg-type]
-        X = norm.transform(w)  # type: ignore[arg-type]
         det = POINT_REGISTRY[options.detector](  # type: ignore[call-arg]
             target_fpr=options.target_fpr,
             random_state=options.random_state,
             **options.params,
-        ).fit(X, groups=w.groups())  # type: ignore[attr-defined]
+        )
+        # the threshold is set on the latest windows, which neither the normaliser nor the
+        # detector saw: new normal data is judged as the held-out windows were
+        held = w.latest(det.validation_fraction)  # type: ignore[attr-defined]
+        if held.all() or not held.any():
+            held = None
+        fit_rows = w if held is None else w.take(~held)  # type: ignore[attr-defined]
+        norm = win.Normalizer(recent=options.recent).fit(fit_rows)  # type: ignore[arg-type]
+        X = norm.transform(w)  # type: ignore[arg-type]
+        det.fit(X, groups=w.groups(), validation=held)  # type: ignore[attr-defined]
         det.save(out, prefix=f"{source}-")
         (out / f"{source}-normalizer.json").write_text(json.dumps(norm.to_json()))
         config["sources"][source] = {"features": norm.feature_names()}  # type: ignore[index]
@@ -225,9 +232,10 @@ def load_points(model_dir: str | Path) -> _PointModel | None:
 
 
 def _point_findings(
-    source: str, name: str, w: object, norm: object, det: object, keep: object
+    source: str, name: str, w: object, norm: object, det: object, keep: object, window_ns: int
 ) -> tuple[object, int, int]:
-    """Score windows; FINDINGS rows of the anomalous ones; (table, scored, anomalous)."""
+    """Score windows; FINDINGS rows of the anomalous ones, timed at the window's end (when
+    its evidence is complete); (table, scored, anomalous)."""
     import hashlib
     import json
 
@@ -291,7 +299,7 @@ def _point_findings(
         rows.append(
             {
                 "finding_id": hashlib.sha1(key.encode()).hexdigest()[:16],
-                "time_ns": int(t[r]),
+                "time_ns": int(t[r]) + window_ns,
                 "detector": f"point:{name}:{source}",
                 "entity": "instance",
                 "trace_id": None,
@@ -319,7 +327,7 @@ def detect_points(
     model: _PointModel | None = None,
 ) -> dict[str, int] | None:
     """Score the instance windows of the period with the point model (model, else the one
-    in model_dir), store a finding per anomalous window (time: the window's start); None
+    in model_dir), store a finding per anomalous window (time: the window's end); None
     when there is no point model."""
     model = model or load_points(model_dir)
     if model is None:
@@ -359,6 +367,7 @@ def detect_points(
                 norm,
                 det,
                 keep,  # type: ignore[arg-type]
+                w_ns,
             )
             scored += n_scored
             anomalous += n_flagged
@@ -434,7 +443,10 @@ def _rank_window(
             )
         return ranking.baseline(context.events, model.profile.table())  # type: ignore[arg-type, attr-defined]
     if findings is None:
-        findings = _findings_between(store, start_ns, end_ns)
+        findings = _between(
+            _findings_between(store, start_ns, end_ns), start_ns, end_ns,
+            _point_window_ns(model_dir),
+        )  # fmt: skip
     return ranking.rank(findings, context.graph, context.traffic, evidence)  # type: ignore[arg-type]
 
 
@@ -534,6 +546,7 @@ def evaluate(
     inst_ranks: list[int | None] = []
     per_fault: list[dict[str, object]] = []
     slack = int(m.SLACK_S * 1e9)
+    window_ns = _point_window_ns(model_dir)
     rows = faults.to_pylist()
     for k, f in enumerate(rows):  # one ranking per fault
         hi = _rca_end(rows, k, slack)
@@ -544,7 +557,7 @@ def evaluate(
             evidence,
             method,
             model_dir,
-            findings=_between(findings, f["start_ns"], hi),
+            findings=_between(findings, f["start_ns"], hi, window_ns),
         )
         s_rank, i_rank = ranking.positions(ranked, f["service"], f["instance"])  # type: ignore[arg-type]
         svc_ranks.append(s_rank)
@@ -633,10 +646,30 @@ def _kind_trace_prf(
     return m.trace_prf(scored, flagged, pc.unique(labelled))
 
 
-def _between(table: object, lo: int, hi: int) -> object:
+def _between(table: object, lo: int, hi: int, window_ns: int = 0) -> object:
+    """Findings of [lo, hi]; an instance window's finding (timed at the window's end) only
+    where most of its window lies after lo: what mostly happened before a period is not
+    evidence of it."""
     import pyarrow.compute as pc
 
     if table.num_rows == 0:  # type: ignore[attr-defined]
         return table
     t = table.column("time_ns")  # type: ignore[attr-defined]
-    return table.filter(pc.and_(pc.greater_equal(t, lo), pc.less_equal(t, hi)))  # type: ignore[attr-defined]
+    keep = pc.and_(pc.greater_equal(t, lo), pc.less_equal(t, hi))
+    if window_ns:
+        windowed = pc.equal(table.column("entity"), "instance")  # type: ignore[attr-defined]
+        early = pc.less(pc.subtract(t, window_ns // 2), lo)
+        keep = pc.and_(keep, pc.invert(pc.fill_null(pc.and_(windowed, early), False)))
+    return table.filter(keep)  # type: ignore[attr-defined]
+
+
+def _point_window_ns(model_dir: str | Path | None) -> int:
+    """The point model's window length in ns (0 without a point model)."""
+    import json
+
+    if model_dir is None:
+        return 0
+    path = Path(model_dir) / POINT_DIR / "config.json"
+    if not path.exists():
+        return 0
+    return int(float(json.loads(path.read_text())["window_s"]) * 1e9)
