@@ -138,6 +138,37 @@ def test_rank_combines_sources_and_filters_evidence() -> None:
         ranking.rank(findings, graph, traffic, "logs")
 
 
+def _gap(caller: str, callee: str, n: int) -> dict[str, object]:
+    """A trace finding that charges a call's own time (caller -> callee) to the callee."""
+    row = _finding("duration:robust", "trace", callee.split("-")[0], callee, trace=f"{caller}{n}")
+    row["details"] = json.dumps(
+        {"event": {"service": caller.split("-")[0], "instance": caller},
+         "blame": {"service": callee.split("-")[0], "instance": callee}}
+    )  # fmt: skip
+    return row
+
+
+def test_slow_calls_to_every_callee_are_the_callers() -> None:
+    """A starved caller slows its calls to every callee; a slow callee the calls to it from
+    every caller."""
+    graph = pa.table(
+        {"caller": ["books", "front"], "callee": ["eval", "books"],
+         "callee_instance": ["eval-1", "books-1"], "calls": [1, 1]}
+    )  # fmt: skip
+    traffic = pa.table(
+        {"service": ["books", "eval", "eval"], "instance": ["books-2", "eval-1", "eval-2"],
+         "requests": [100, 100, 100]}
+    )  # fmt: skip
+    spread = [_gap("books-2", "eval-1", i) for i in range(3)]
+    spread += [_gap("books-2", "eval-2", i + 3) for i in range(4)]
+    ranked = ranking.rank(pa.Table.from_pylist(spread, schema=FINDINGS), graph, traffic)
+    assert [r["instance"] for r in ranked.to_pylist()] == ["books-2"]
+    focused = [_gap(c, "eval-1", i) for i, c in enumerate(["books-1", "books-2", "front-1"] * 2)]
+    focused.append(_gap("books-2", "eval-2", 9))  # one stray slow call elsewhere
+    ranked = ranking.rank(pa.Table.from_pylist(focused, schema=FINDINGS), graph, traffic)
+    assert ranked.to_pylist()[0]["instance"] == "eval-1"
+
+
 def test_poisson_surprise_is_finite_far_in_the_tail() -> None:
     s = ranking.poisson_surprise(np.array([0, 1, 3, 500]), np.array([0.1, 0.1, 0.1, 0.1]))
     assert s[0] == 0 and 0 < s[1] < s[2] < s[3] and np.isfinite(s).all()

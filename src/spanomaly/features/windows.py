@@ -197,7 +197,12 @@ def span_windows(
     marker spans where an error starts (none of their children failed: a failed call fails
     its callers too), charged like self time to the instance the events table blames (the
     callee, for a call that never reached a server); self time is what the events table
-    charges to the instance.
+    charges to the instance. The time a call spends outside its server (a client span's
+    own time) is charged to the callee, except where a caller's slow calls of the window
+    spread over two or more callee instances, a third of them or more away from the one
+    with most: a slow
+    network or callee slows the calls to it from every caller, a starved caller (CPU
+    throttled, say) slows its calls to every callee, so those are charged to the caller.
     """
     w = int(window_s * NS)
     cols = ["trace_id", "span_id", "parent_id", "service", "instance", "parent_service"]
@@ -230,14 +235,29 @@ def span_windows(
                      quantile_cont(duration_ns, 0.99) FILTER (WHERE parent_service <> service)
                        / 1e6 AS p99
               FROM _ev WHERE instance IS NOT NULL GROUP BY ALL),
-            charged AS (
-              SELECT (e.start_ns // {w}) * {w} AS time_ns, e.blame_service AS service,
-                     e.blame_instance AS instance, e.operation,
+            judged AS (
+              SELECT (e.start_ns // {w}) * {w} AS time_ns, e.service AS caller_service,
+                     e.instance AS caller, e.blame_service, e.blame_instance, e.operation,
                      e.self_ns / 1e6 AS self_ms,
                      greatest(e.self_ns / 1e6 - p.upper_ms, 0) AS excess_ms,
-                     e.self_ns / 1e6 > p.upper_ms AS slow
+                     e.self_ns / 1e6 > p.upper_ms AS slow,
+                     e.instance IS NOT NULL AND e.blame_instance <> e.instance AS gap
               FROM _ev e LEFT JOIN _prof p ON p.key = e.key
               WHERE e.blame_instance IS NOT NULL),
+            gap_callees AS (
+              SELECT time_ns, caller, blame_instance, count(*) AS n
+              FROM judged WHERE gap AND slow GROUP BY ALL),
+            starved AS (  -- slow calls spread: a third or more away from the top callee
+              SELECT time_ns, caller FROM gap_callees GROUP BY ALL
+              HAVING count(*) >= 2 AND 3 * max(n) <= 2 * sum(n)),
+            charged AS (
+              SELECT j.time_ns,
+                     CASE WHEN j.gap AND s.caller IS NOT NULL THEN j.caller_service
+                          ELSE j.blame_service END AS service,
+                     CASE WHEN j.gap AND s.caller IS NOT NULL THEN j.caller
+                          ELSE j.blame_instance END AS instance,
+                     j.operation, j.self_ms, j.excess_ms, j.slow
+              FROM judged j LEFT JOIN starved s USING (time_ns, caller)),
             per_op AS (
               SELECT time_ns, service, instance, operation, sum(excess_ms) AS lost
               FROM charged GROUP BY ALL),

@@ -147,7 +147,7 @@ def rank(
     if findings.num_rows and "feedback" in findings.column_names:
         normal = pc.fill_null(pc.equal(findings.column("feedback"), "normal"), False)
         findings = findings.filter(pc.invert(normal))
-    rows = findings.to_pylist()  # findings of one window: hundreds at most
+    rows = _charge_starved_callers(findings.to_pylist())  # one window: hundreds at most
     by_service = _instances_by_service(traffic)
     requests: dict[tuple[str, str | None], float] = {}
     if traffic.num_rows:
@@ -225,6 +225,34 @@ def rank(
             }
         )
     return pa.Table.from_pylist(out, schema=SUSPECTS)
+
+
+def _charge_starved_callers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trace findings that charge a call's own time to its callee go to the caller instead
+    where the caller's charged calls spread over two or more callee instances, a third of
+    them or more away from the one with most (as `features.windows.span_windows` does for the windows): a slow network
+    or callee slows the calls to it from every caller, a starved caller all of its calls."""
+    callees: dict[str, Counter[str]] = defaultdict(Counter)
+    gaps: list[tuple[int, str, str]] = []
+    for n, r in enumerate(rows):
+        if r.get("entity") != "trace" or not r.get("details"):
+            continue
+        doc = json.loads(r["details"])
+        event, blame = doc.get("event") or {}, doc.get("blame") or {}
+        caller, callee = event.get("instance"), blame.get("instance")
+        if caller and callee and caller != callee and callee == r.get("instance"):
+            callees[caller][callee] += 1
+            gaps.append((n, caller, event.get("service") or ""))
+    starved = {
+        c for c, k in callees.items() if len(k) >= 2 and 3 * max(k.values()) <= 2 * sum(k.values())
+    }
+    if not starved:
+        return rows
+    out = list(rows)
+    for n, caller, service in gaps:
+        if caller in starved:
+            out[n] = {**rows[n], "service": service, "instance": caller}
+    return out
 
 
 def _graph_discount(suspects: dict[tuple[str, str | None], _Suspect], graph: pa.Table) -> None:
