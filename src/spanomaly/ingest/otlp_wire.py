@@ -472,7 +472,6 @@ def _decode_kvs_slowly(
 
 _QUOTE, _COLON, _COMMA, _LBRACE, _RBRACE = (ord(c) for c in '":,{}')
 _EMPTY_OBJECT = pa.scalar("{}", pa.large_string())
-_NOTHING = pa.scalar("", pa.large_string())
 _POW10 = np.array([10**k for k in range(1, 20)], np.uint64)
 _WORDS = {  # AnyValue type -> (bytes of the word, for value 0 and value 1)
     _BOOL: (b"false", b"true"),
@@ -606,10 +605,16 @@ def _attributes_json(
         by_python[rows] = True
         python_rows = np.flatnonzero(by_python)
         python_json = _spans_json_slowly(buf, kv, offsets, python_rows, python_json)
-    lists = pa.LargeListArray.from_arrays(
-        pa.array(2 * offsets), _to_text(pieces, pa.large_string())
+    # the pieces of a span lie one after the other in the cut's data: its JSON is that run
+    piece_offsets = np.frombuffer(
+        pieces.buffers()[1], np.int64, count=len(pieces) + 1, offset=8 * pieces.offset
     )
-    out = pc.binary_join(lists, _NOTHING)
+    joined = pa.Array.from_buffers(
+        pa.large_binary(),
+        n,
+        [None, pa.py_buffer(piece_offsets[2 * offsets]), pieces.buffers()[2] or pa.py_buffer(b"")],
+    )
+    out = _to_text(joined, pa.large_string())
     empty = offsets[1:] == offsets[:-1]
     if empty.any():
         out = pc.if_else(pa.array(empty), _EMPTY_OBJECT, out)
@@ -1001,9 +1006,9 @@ def decode_span_batch(
         ]
         kept = np.flatnonzero(~bad)
         table = table.filter(pa.array(~bad))
-        good, more = split_valid(table, source, lambda row: label(int(kept[row])))
+        good, more = split_valid(table, source, lambda row: label(int(kept[row])), True)
     else:
-        good, more = split_valid(table, source, label)
+        good, more = split_valid(table, source, label, True)
     return good, rejects + more
 
 
