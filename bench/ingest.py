@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from bench_otlp import _peak_rss_mb, generate  # noqa: E402
 def _child(kind: str, arg: str, db: str) -> None:
     """Run one measurement in this (fresh) process and print its JSON line."""
     t0 = time.perf_counter()
+    extra: dict[str, float] = {}
     if kind == "csv-bare":
         import duckdb
 
@@ -62,6 +64,7 @@ def _child(kind: str, arg: str, db: str) -> None:
         from spanomaly import pipeline
         from spanomaly.store.duckdb import DuckDBStore
 
+        extra["import_s"] = time.perf_counter() - t0  # counted in seconds too
         store = DuckDBStore(db)
         report = pipeline.ingest([arg], store)
         store.close()
@@ -70,7 +73,10 @@ def _child(kind: str, arg: str, db: str) -> None:
         raise SystemExit(f"unknown measurement {kind}")
     seconds = time.perf_counter() - t0
     rss_mb = _peak_rss_mb()
-    sys.stdout.write(json.dumps({"rows": rows, "seconds": seconds, "rss_mb": rss_mb}) + "\n")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    line = {"rows": rows, "seconds": seconds, "rss_mb": rss_mb, **extra}
+    line["cpu_s"] = usage.ru_utime + usage.ru_stime  # the whole process, imports included
+    sys.stdout.write(json.dumps(line) + "\n")
 
 
 def measure(kind: str, arg: str, repeat: int) -> dict[str, float]:
