@@ -8,6 +8,9 @@ Each figure stands beside its ceiling measured in the same run:
 Every measurement runs in a fresh subprocess so that its peak RSS is its own.
 
     .venv/bin/python bench/ingest.py [--data ../shared/data] [--otlp-spans 1000000] [--repeat 3]
+        [--only csv|otlp] [--otlp-file /tmp/bench1m.pb]
+
+--otlp-file reuses that file (made first if it is missing) instead of generating one per run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ from bench_otlp import _peak_rss_mb, generate  # noqa: E402
 def _child(kind: str, arg: str, db: str) -> None:
     """Run one measurement in this (fresh) process and print its JSON line."""
     t0 = time.perf_counter()
+    extra: dict[str, float] = {}
     if kind == "csv-bare":
         import duckdb
 
@@ -59,6 +64,7 @@ def _child(kind: str, arg: str, db: str) -> None:
         from spanomaly import pipeline
         from spanomaly.store.duckdb import DuckDBStore
 
+        extra["import_s"] = time.perf_counter() - t0  # counted in seconds too
         store = DuckDBStore(db)
         report = pipeline.ingest([arg], store)
         store.close()
@@ -67,7 +73,10 @@ def _child(kind: str, arg: str, db: str) -> None:
         raise SystemExit(f"unknown measurement {kind}")
     seconds = time.perf_counter() - t0
     rss_mb = _peak_rss_mb()
-    sys.stdout.write(json.dumps({"rows": rows, "seconds": seconds, "rss_mb": rss_mb}) + "\n")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    line = {"rows": rows, "seconds": seconds, "rss_mb": rss_mb, **extra}
+    line["cpu_s"] = usage.ru_utime + usage.ru_stime  # the whole process, imports included
+    sys.stdout.write(json.dumps(line) + "\n")
 
 
 def measure(kind: str, arg: str, repeat: int) -> dict[str, float]:
@@ -95,16 +104,24 @@ def main() -> None:
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--otlp-spans", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--skip-otlp", action="store_true")
+    parser.add_argument("--skip-otlp", action="store_true", help="the same as --only csv")
+    parser.add_argument("--only", choices=("csv", "otlp"), help="run one of the two parts")
+    parser.add_argument("--otlp-file", type=Path, help="OTLP file to reuse (made if missing)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "ARG", "DB"))
     args = parser.parse_args()
     if args.child:
         _child(*args.child)
         return
-    results: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
+    results: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(args.data) / "trainticket-2023-01-30.tar.zst"
-        if archive.exists():
+        if args.only == "otlp":
+            results["csv"] = "skipped: --only otlp"
+        elif archive.exists():
             from conftest import unpack_zst_tar
 
             unpack_zst_tar(archive, Path(tmp))
@@ -118,17 +135,20 @@ def main() -> None:
             }
         else:
             results["csv"] = f"skipped: {archive} not found"
-        if not args.skip_otlp:
-            pb = Path(tmp) / "spans.pb"
-            generate(pb, args.otlp_spans)
+        if not args.skip_otlp and args.only != "csv":
+            pb = args.otlp_file or Path(tmp) / "spans.pb"
+            if not pb.exists():
+                generate(pb, args.otlp_spans)
             bare = measure("otlp-bare", str(pb), args.repeat)
             ours = measure("otlp-spanomaly", str(pb), args.repeat)
             results["otlp"] = {
+                "file": str(pb),
                 "file_mb": pb.stat().st_size / 2**20,
                 "bare_parse": bare,
                 "spanomaly": ours,
                 "ratio": ours["rows_per_s"] / bare["rows_per_s"],
             }
+    results["load_after"] = os.getloadavg()
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
 
 

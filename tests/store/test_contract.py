@@ -61,6 +61,16 @@ def test_write_is_idempotent_on_trace_and_span_id(store: Store) -> None:
     assert store.stats().spans == 9
 
 
+def test_keys_repeated_inside_one_batch_are_stored_once(store: Store) -> None:
+    # the same span id under two traces is two spans; the same (trace, span) twice is one
+    other = spans(4, trace="b" * 32)
+    batch = pa.concat_tables([spans(4), other, other.slice(1, 2)])
+    result = store.write(Chunk("spans", batch))
+    assert (result.inserted, result.duplicates) == (8, 2)
+    assert store.stats().spans == 8
+    assert store.stats().traces == 2
+
+
 def test_a_failing_write_changes_nothing(store: Store) -> None:
     store.write(Chunk("spans", spans(3)))
     cols = {n: f"NULL AS {n}" for n in SPANS.names}

@@ -298,10 +298,33 @@ def _to_text(raw: pa.Array, typ: pa.DataType = _STRING) -> pa.Array:
         )
 
 
+_OFFSET_TYPES = {pa.string(): np.int32, pa.large_string(): np.int64}
+
+
 def _sparse(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
     """An array of length n holding values at rows (ascending) and nulls elsewhere."""
     if rows.size == n:
         return values
+    offset_type = _OFFSET_TYPES.get(values.type)
+    if offset_type is not None and values.null_count == 0:
+        # text: the same data buffer under new offsets (empty at the null rows), no copy
+        itemsize = np.dtype(offset_type).itemsize
+        old = np.frombuffer(
+            values.buffers()[1], offset_type, count=len(values) + 1, offset=itemsize * values.offset
+        )
+        lengths = np.zeros(n, offset_type)
+        lengths[rows] = np.diff(old)
+        offsets = np.empty(n + 1, offset_type)
+        offsets[0] = old[0]
+        np.cumsum(lengths, out=offsets[1:])
+        offsets[1:] += old[0]
+        valid = np.zeros(n, bool)
+        valid[rows] = True
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        data = values.buffers()[2] or pa.py_buffer(b"")
+        return pa.Array.from_buffers(
+            values.type, n, [bitmap, pa.py_buffer(offsets), data], null_count=n - rows.size
+        )
     index = np.full(n, -1, np.int64)
     index[rows] = np.arange(rows.size)
     return values.take(pa.array(index, mask=index < 0))
@@ -472,7 +495,6 @@ def _decode_kvs_slowly(
 
 _QUOTE, _COLON, _COMMA, _LBRACE, _RBRACE = (ord(c) for c in '":,{}')
 _EMPTY_OBJECT = pa.scalar("{}", pa.large_string())
-_NOTHING = pa.scalar("", pa.large_string())
 _POW10 = np.array([10**k for k in range(1, 20)], np.uint64)
 _WORDS = {  # AnyValue type -> (bytes of the word, for value 0 and value 1)
     _BOOL: (b"false", b"true"),
@@ -606,10 +628,16 @@ def _attributes_json(
         by_python[rows] = True
         python_rows = np.flatnonzero(by_python)
         python_json = _spans_json_slowly(buf, kv, offsets, python_rows, python_json)
-    lists = pa.LargeListArray.from_arrays(
-        pa.array(2 * offsets), _to_text(pieces, pa.large_string())
+    # the pieces of a span lie one after the other in the cut's data: its JSON is that run
+    piece_offsets = np.frombuffer(
+        pieces.buffers()[1], np.int64, count=len(pieces) + 1, offset=8 * pieces.offset
     )
-    out = pc.binary_join(lists, _NOTHING)
+    joined = pa.Array.from_buffers(
+        pa.large_binary(),
+        n,
+        [None, pa.py_buffer(piece_offsets[2 * offsets]), pieces.buffers()[2] or pa.py_buffer(b"")],
+    )
+    out = _to_text(joined, pa.large_string())
     empty = offsets[1:] == offsets[:-1]
     if empty.any():
         out = pc.if_else(pa.array(empty), _EMPTY_OBJECT, out)
@@ -836,9 +864,7 @@ def _span_table(
     """The SPANS columns of raw span encodings, and which spans were malformed."""
     n = len(raw)
     lens = np.fromiter(map(len, raw), np.int64, count=n)
-    raw.append(_PAD)
-    data = bytearray().join(raw)
-    raw.pop()
+    data = bytearray().join([*raw, _PAD])  # a new list: raw may be read by another thread
     buf = np.frombuffer(data, np.uint8)
     pbuf = pa.py_buffer(data)
     ends = np.cumsum(lens)
@@ -1001,9 +1027,9 @@ def decode_span_batch(
         ]
         kept = np.flatnonzero(~bad)
         table = table.filter(pa.array(~bad))
-        good, more = split_valid(table, source, lambda row: label(int(kept[row])))
+        good, more = split_valid(table, source, lambda row: label(int(kept[row])), True)
     else:
-        good, more = split_valid(table, source, label)
+        good, more = split_valid(table, source, label, True)
     return good, rejects + more
 
 

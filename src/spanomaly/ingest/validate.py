@@ -15,24 +15,30 @@ _ZERO16 = "0" * 16
 MAX_REJECT_MESSAGES = 20
 
 
-def _not_hex(column: pa.ChunkedArray, length: int) -> pa.ChunkedArray:
+def _not_hex(column: pa.ChunkedArray, length: int, hex_text: bool = False) -> pa.ChunkedArray:
     # a length test and one search for a non-hex character: far cheaper than a full match
-    wrong = pc.or_(
-        pc.not_equal(pc.utf8_length(column), length),
-        pc.match_substring_regex(column, "[^0-9a-f]"),
-    )
-    return wrong
+    wrong = pc.not_equal(pc.binary_length(column), length)
+    if hex_text:  # hex by construction (ids decoded from bytes): the length is the test
+        return wrong
+    return pc.or_(wrong, pc.match_substring_regex(column, "[^0-9a-f]"))
 
 
-def span_problems(table: pa.Table) -> pa.Array:
-    """Per row: null when the span is valid, else the first problem found, as text."""
+def span_problems(table: pa.Table, hex_ids: bool = False) -> pa.Array:
+    """Per row: null when the span is valid, else the first problem found, as text.
+
+    hex_ids: the id columns hold hex text of raw id bytes, so only their lengths can be
+    wrong (binary formats); otherwise they are searched for non-hex characters too.
+    """
     trace, span, parent = table["trace_id"], table["span_id"], table["parent_id"]
     checks: list[tuple[pa.Array, str]] = [
-        (pc.fill_null(_not_hex(trace, 32), True), "trace_id must be 32 hex characters"),
+        (pc.fill_null(_not_hex(trace, 32, hex_ids), True), "trace_id must be 32 hex characters"),
         (pc.fill_null(pc.equal(trace, _ZERO32), False), "trace_id is all zeros"),
-        (pc.fill_null(_not_hex(span, 16), True), "span_id must be 16 hex characters"),
+        (pc.fill_null(_not_hex(span, 16, hex_ids), True), "span_id must be 16 hex characters"),
         (pc.fill_null(pc.equal(span, _ZERO16), False), "span_id is all zeros"),
-        (pc.fill_null(_not_hex(parent, 16), False), "parent_id must be 16 hex characters"),
+        (
+            pc.fill_null(_not_hex(parent, 16, hex_ids), False),
+            "parent_id must be 16 hex characters",
+        ),
         (pc.is_null(table["start_ns"]), "start time is missing"),
         (pc.fill_null(pc.less(table["duration_ns"], 0), True), "duration is negative or missing"),
         (pc.is_null(table["service"]), "service is missing"),
@@ -45,13 +51,17 @@ def span_problems(table: pa.Table) -> pa.Array:
 
 
 def split_valid(
-    table: pa.Table, source: str, label: Callable[[int], str] | None = None
+    table: pa.Table,
+    source: str,
+    label: Callable[[int], str] | None = None,
+    hex_ids: bool = False,
 ) -> tuple[pa.Table, list[Reject]]:
-    """The valid rows (in SPANS schema) and one Reject per invalid row."""
+    """The valid rows (in SPANS schema) and one Reject per invalid row (hex_ids: see
+    span_problems)."""
     table = table.select(SPANS.names)
     if table.num_rows == 0:
         return table.cast(SPANS), []
-    problem = span_problems(table)
+    problem = span_problems(table, hex_ids)
     bad = pc.is_valid(problem)
     if not pc.any(bad).as_py():
         return table.cast(SPANS), []
