@@ -18,7 +18,7 @@ from pathlib import Path
 
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
-from spanomaly.ingest.files import head
+from spanomaly.ingest.files import first_line
 from spanomaly.ingest.validate import SPAN_REJECT_SQL
 from spanomaly.schema import KIND_VALUES, SPANS
 
@@ -65,7 +65,7 @@ def parse_map(text: str) -> dict[str, str]:
 
 def header(path: Path) -> list[str]:
     """Column names of a CSV file (first line)."""
-    first = head(path, 65536).split(b"\n", 1)[0].decode("utf-8", "replace").strip("\r\ufeff")
+    first = first_line(path).decode("utf-8", "replace").strip("\r\n\ufeff")
     return next(csv.reader(io.StringIO(first)))
 
 
@@ -98,8 +98,14 @@ def _int(expr: str, unit: str) -> str:
     )
 
 
-def span_select(files: list[Path], mapping: dict[str, str], options: DecodeOptions) -> str:
-    """The SELECT that reads the files and yields the mapped SPANS columns plus _source."""
+def span_select(
+    files: list[Path],
+    mapping: dict[str, str],
+    options: DecodeOptions,
+    columns: list[str] | None = None,
+) -> str:
+    """The SELECT that reads the files (of one header, `columns` where known) and yields the
+    mapped SPANS columns plus _source."""
     m = {k: _q(v) for k, v in mapping.items()}
     if "duration" not in m and "end" not in m:
         raise InputError("--map: a span needs 'duration' or 'end' mapped")
@@ -170,8 +176,16 @@ def span_select(files: list[Path], mapping: dict[str, str], options: DecodeOptio
         if expr != "NULL" or name == "parent_id"
     }
     file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    # every column as text; naming them (a shared header) spares DuckDB sniffing every file
+    layout = (
+        "auto_detect = false, columns = {"
+        + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns)
+        + "}"
+        if columns and len(set(columns)) == len(columns)
+        else "all_varchar = true"
+    )
     reader = (
-        f"read_csv({file_list}, header = true, all_varchar = true, delim = ',', quote = '\"', "
+        f"read_csv({file_list}, header = true, {layout}, delim = ',', quote = '\"', "
         "escape = '\"', filename = '_file', store_rejects = true)"
     )
     return f"SELECT {', '.join(typed.values())}, _file AS _source FROM {reader}"
@@ -192,12 +206,17 @@ def check_columns(path: Path, columns: list[str], mapping: dict[str, str]) -> No
 
 
 def decode_files(
-    files: list[Path], options: DecodeOptions, preset: str | None = None
+    files: list[Path],
+    options: DecodeOptions,
+    preset: str | None = None,
+    headers: dict[Path, list[str]] | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of CSV spans: one SELECT per group of files that share a header."""
+    """Chunks of CSV spans: one SELECT per group of files that share a header (the columns
+    of each file where known, else read here)."""
     groups: dict[tuple[str, ...], list[Path]] = {}
     for f in files:
-        groups.setdefault(tuple(header(f)), []).append(f)
+        columns = (headers or {}).get(f) or header(f)
+        groups.setdefault(tuple(columns), []).append(f)
     for columns, group in groups.items():
         mapping = dict(options.column_map) if options.column_map else {}
         if preset == "nezha" or (not mapping and is_nezha_traces(list(columns))):
@@ -218,5 +237,5 @@ def decode_files(
             )
         for f in group:
             check_columns(f, list(columns), mapping)
-        sql = span_select(group, mapping, opts)
+        sql = span_select(group, mapping, opts, list(columns))
         yield Chunk("spans", SqlSource(sql, SPAN_REJECT_SQL, reader_rejects=True))
