@@ -226,9 +226,10 @@ class DuckDBStore:
         """
         con = self._con
         staged = "_read"
-        total = con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {staged} AS "
-            f"SELECT *, {data.reject} AS _reason FROM ({data.sql})"
+        total = con.execute(  # the file name only where a message needs it
+            f"CREATE OR REPLACE TEMP TABLE {staged} AS SELECT * REPLACE "
+            "(CASE WHEN _reason IS NOT NULL THEN _source END AS _source) "
+            f"FROM (SELECT *, {data.reject} AS _reason FROM ({data.sql}))"
         ).fetchone()[0]
         if data.reader_rejects:
             self._collect_reader_rejects(result)
