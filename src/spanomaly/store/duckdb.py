@@ -170,16 +170,15 @@ class DuckDBStore:
     def _later_twins(table: str, staged: str) -> str:
         """SQL: rowids of the staged good rows whose key an earlier good row holds.
 
-        Only the keys go through a hash table, and only rows of repeated keys through the
-        window: DISTINCT ON would carry every column of every row through its hash table.
+        Only a hash of the key goes through a hash table, and only the rows of a repeated hash
+        through the window, which compares the keys themselves (equal keys, nulls included,
+        hash alike). DISTINCT ON would carry every column of every row through its table.
         """
-        keys = KEYS[table]
-        same = " AND ".join(f"s.{k} IS NOT DISTINCT FROM d.{k}" for k in keys)
+        keys = ", ".join(KEYS[table])
         return (
-            f"SELECT s.rowid FROM {staged} s SEMI JOIN (SELECT {', '.join(keys)} FROM {staged} "
-            f"WHERE _reason IS NULL GROUP BY ALL HAVING count(*) > 1) d ON {same} "
-            f"WHERE s._reason IS NULL QUALIFY row_number() OVER "
-            f"(PARTITION BY {', '.join(f's.{k}' for k in keys)} ORDER BY s.rowid) > 1"
+            f"SELECT rowid FROM {staged} WHERE _reason IS NULL AND hash({keys}) IN "
+            f"(SELECT hash({keys}) AS h FROM {staged} WHERE _reason IS NULL GROUP BY h "
+            f"HAVING count(*) > 1) QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY rowid) > 1"
         )
 
     def _twin_range(self, table: str, data: pa.Table) -> str:
