@@ -88,6 +88,27 @@ def test_a_failing_write_changes_nothing(store: Store) -> None:
     assert store.stats().spans == 3
 
 
+def test_a_sql_source_stores_each_key_once_and_refuses_bad_rows(store: Store) -> None:
+    # keys (time_ns, instance, name, attributes) repeat within the source, nulls included
+    rows = "(1, NULL, 1.0), (1, NULL, 2.0), (2, 'a', 1.0), (2, 'a', 3.0), (2, 'a', 4.0), (NULL, NULL, 5.0)"
+    source = SqlSource(
+        f"SELECT {T0} + i * 60000000000 AS time_ns, 'cpu' AS name, 'p-0' AS instance, "
+        "a AS attributes, v AS value, 'm.csv' AS _source FROM (VALUES " + rows + ") t(i, a, v)",
+        "CASE WHEN time_ns IS NULL THEN 'time is missing' END",
+    )
+    first = store.write(Chunk("metrics", source))
+    assert (first.inserted, first.duplicates, first.rejected) == (2, 3, 1)
+    assert [r.message() for r in first.rejects] == [
+        "m.csv: time_ns=null, instance=p-0, name=cpu, attributes=null: time is missing"
+    ]
+    points = store.metrics()
+    assert points.column("value").to_pylist() == [1.0, 1.0]  # the first row of each key
+    assert points.column("attributes").to_pylist() == [None, "a"]
+    again = store.write(Chunk("metrics", source))
+    assert (again.inserted, again.duplicates, again.rejected) == (0, 5, 1)
+    assert store.stats().metrics == 2
+
+
 def test_queries_by_time_service_and_trace(store: Store) -> None:
     store.write(Chunk("spans", spans(6, step=HOUR)))
     store.write(Chunk("spans", spans(2, trace="b" * 32)))

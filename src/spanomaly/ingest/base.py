@@ -3,16 +3,15 @@
 A decoder reads one file (or a group of files of one format) and yields `Chunk`s. A chunk
 holds either an Arrow table in the table's schema (see `spanomaly.schema`) or, for formats
 DuckDB reads faster itself (CSV), a `SqlSource`: a SELECT that yields every input row once,
-with the table's columns plus `_source` (file name), and a `reject` expression over the
-table's columns that says why a row is refused (or is null). The store checks the rows it
-has just written with it, inside the write's transaction, which costs one pass over the new
-columns instead of a second pass over the files. Every
-chunk is written in one transaction, so a bad chunk never changes what the store holds.
+with some of the table's columns (by name; the others stay null) plus `_source` (file name),
+and a `reject` expression over those columns that says why a row is refused (or is null).
+The store reads the input once, evaluating the check as it reads, and inserts only the rows
+it passes. Every chunk is written in one transaction, so a bad chunk never changes what the
+store holds.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,15 +39,10 @@ class Reject:
 
 @dataclass(frozen=True)
 class SqlSource:
-    """A DuckDB SELECT producing a table's columns plus `_source`, and its reject check."""
+    """A DuckDB SELECT producing table columns plus `_source`, and its reject check."""
 
     sql: str
     reject: str = "NULL"  # SQL over the table's columns: why a row is refused, or NULL
-    # a boolean over the table's columns, true for rows `reject` would keep, where rows of
-    # one key can differ (so a good row never loses to a bad twin when duplicates are dropped)
-    tiebreak: str | None = None
-    # rows the SELECT yields, if the decoder counts them (a future: counted while DuckDB reads)
-    rows: int | Future[int | None] | None = None
     reader_rejects: bool = False  # CSV lines refused by DuckDB's reader sit in reject_errors
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import mmap
 from collections.abc import Iterator
 from pathlib import Path
 
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
-from spanomaly.ingest.files import compression, head, read_all
-from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_TIEBREAK_SQL
+from spanomaly.ingest.files import first_line
+from spanomaly.ingest.validate import SPAN_REJECT_SQL
 from spanomaly.schema import KIND_VALUES, SPANS
 
 UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -66,7 +65,7 @@ def parse_map(text: str) -> dict[str, str]:
 
 def header(path: Path) -> list[str]:
     """Column names of a CSV file (first line)."""
-    first = head(path, 65536).split(b"\n", 1)[0].decode("utf-8", "replace").strip("\r\ufeff")
+    first = first_line(path).decode("utf-8", "replace").strip("\r\n\ufeff")
     return next(csv.reader(io.StringIO(first)))
 
 
@@ -99,8 +98,14 @@ def _int(expr: str, unit: str) -> str:
     )
 
 
-def span_select(files: list[Path], mapping: dict[str, str], options: DecodeOptions) -> str:
-    """The SELECT that reads the files and yields SPANS columns plus _source."""
+def span_select(
+    files: list[Path],
+    mapping: dict[str, str],
+    options: DecodeOptions,
+    columns: list[str] | None = None,
+) -> str:
+    """The SELECT that reads the files (of one header, `columns` where known) and yields the
+    mapped SPANS columns plus _source."""
     m = {k: _q(v) for k, v in mapping.items()}
     if "duration" not in m and "end" not in m:
         raise InputError("--map: a span needs 'duration' or 'end' mapped")
@@ -163,43 +168,27 @@ def span_select(files: list[Path], mapping: dict[str, str], options: DecodeOptio
         "peer_service": m.get("peer_service", "NULL"),
         "attributes": m.get("attributes", "NULL"),
     }
+    # unmapped columns are left out (the store fills them with NULL): they would only widen
+    # the rows DuckDB stages and deduplicates; parent_id stays, the reject check reads it
     typed = {
         name: f"CAST({expr} AS {'BIGINT' if name.endswith('_ns') else 'INTEGER' if name == 'http_status_code' else 'VARCHAR'}) AS {name}"
         for name, expr in cols.items()
+        if expr != "NULL" or name == "parent_id"
     }
     file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    # every column as text; naming them (a shared header) spares DuckDB sniffing every file
+    layout = (
+        "auto_detect = false, columns = {"
+        + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns)
+        + "}"
+        if columns and len(set(columns)) == len(columns)
+        else "all_varchar = true"
+    )
     reader = (
-        f"read_csv({file_list}, header = true, all_varchar = true, delim = ',', quote = '\"', "
+        f"read_csv({file_list}, header = true, {layout}, delim = ',', quote = '\"', "
         "escape = '\"', filename = '_file', store_rejects = true)"
     )
     return f"SELECT {', '.join(typed.values())}, _file AS _source FROM {reader}"
-
-
-def count_rows(files: list[Path]) -> int | None:
-    """Data rows of the files by counting lines, or None where quoting could hide newlines."""
-    rows = 0
-    for f in files:
-        lines = _count_lines(f)
-        if lines is None:
-            return None
-        rows += lines - 1  # the header
-    return rows
-
-
-def _count_lines(path: Path) -> int | None:
-    """Non-empty lines of a file; None if it holds a quote (a field could span lines)."""
-    if compression(path) is None and path.stat().st_size > 0:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            if m.find(b'"') != -1:
-                return None
-            return _count_text(m.read())
-    data = read_all(path)
-    return None if b'"' in data else _count_text(data)
-
-
-def _count_text(data: bytes) -> int:
-    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-    return lines - data.count(b"\n\n") - data.count(b"\n\r\n")
 
 
 def check_columns(path: Path, columns: list[str], mapping: dict[str, str]) -> None:
@@ -217,12 +206,17 @@ def check_columns(path: Path, columns: list[str], mapping: dict[str, str]) -> No
 
 
 def decode_files(
-    files: list[Path], options: DecodeOptions, preset: str | None = None
+    files: list[Path],
+    options: DecodeOptions,
+    preset: str | None = None,
+    headers: dict[Path, list[str]] | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of CSV spans: one SELECT per group of files that share a header."""
+    """Chunks of CSV spans: one SELECT per group of files that share a header (the columns
+    of each file where known, else read here)."""
     groups: dict[tuple[str, ...], list[Path]] = {}
     for f in files:
-        groups.setdefault(tuple(header(f)), []).append(f)
+        columns = (headers or {}).get(f) or header(f)
+        groups.setdefault(tuple(columns), []).append(f)
     for columns, group in groups.items():
         mapping = dict(options.column_map) if options.column_map else {}
         if preset == "nezha" or (not mapping and is_nezha_traces(list(columns))):
@@ -243,8 +237,5 @@ def decode_files(
             )
         for f in group:
             check_columns(f, list(columns), mapping)
-        sql = span_select(group, mapping, opts)
-        source = SqlSource(
-            sql, SPAN_REJECT_SQL, SPAN_TIEBREAK_SQL, count_rows(group), reader_rejects=True
-        )
-        yield Chunk("spans", source)
+        sql = span_select(group, mapping, opts, list(columns))
+        yield Chunk("spans", SqlSource(sql, SPAN_REJECT_SQL, reader_rejects=True))

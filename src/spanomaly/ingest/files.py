@@ -17,6 +17,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIP_SUFFIXES = {".md", ".txt", ".tar", ".zip", ".py", ".duckdb", ".wal"}
 _SNIFF_BYTES = 65536
+_PRINTABLE = bytes(range(32, 127)) + b"\t\n\r"
 # keys of a JSON-lines log record: a message and a time (spanomaly.ingest.logs reads them)
 LOG_BODY_KEYS = ("message", "msg", "body", "log", "text")
 LOG_TIME_KEYS = (
@@ -102,6 +103,15 @@ def head(path: Path, size: int = _SNIFF_BYTES) -> bytes:
         raise FormatError(f"{path}: cannot decompress: {exc}") from exc
 
 
+def first_line(path: Path, limit: int = _SNIFF_BYTES) -> bytes:
+    """The first line of the decompressed content (at most limit bytes), with its newline."""
+    try:
+        with open_binary(path) as raw, io.BufferedReader(raw) as reader:  # type: ignore[arg-type]
+            return reader.readline(limit)
+    except Exception as exc:
+        raise FormatError(f"{path}: cannot decompress: {exc}") from exc
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, raw line) of a text file, decompressed; empty lines skipped."""
     try:
@@ -134,7 +144,7 @@ def _looks_like_text(data: bytes) -> bool:
     sample = data[:4096]
     if b"\x00" in sample:
         return False
-    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in sample)
+    printable = len(sample) - len(sample.translate(None, _PRINTABLE))
     return printable >= 0.95 * len(sample) and b"," in sample and b"\n" in sample
 
 

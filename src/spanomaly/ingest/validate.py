@@ -98,10 +98,3 @@ SPAN_REJECT_SQL = f"""CASE
     WHEN parent_id IS NOT NULL AND {_hex_sql("parent_id", 16)} THEN 'parent_id must be 16 hex characters'
     ELSE {SPAN_VALUE_REJECT_SQL}
 END"""
-# Whether the value checks pass, as a plain boolean: this breaks ties when duplicates are
-# dropped, so a good row never loses to a bad twin (ids are the key, so twins share the
-# verdict of the id checks). A boolean, not the CASE: DuckDB groups on it far faster.
-SPAN_TIEBREAK_SQL = (
-    "coalesce(start_ns IS NOT NULL AND duration_ns >= 0 AND service IS NOT NULL "
-    "AND operation IS NOT NULL, false)"
-)

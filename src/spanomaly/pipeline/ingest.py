@@ -100,16 +100,17 @@ class _Unit:
     size: int
     decode: Callable[[], Iterator[Chunk]]
     csv_kind: str | None = None  # a failing multi-file CSV unit is retried file by file
+    headers: dict[Path, list[str]] = field(default_factory=dict)  # CSV columns, per file
 
 
-def _classify(path: Path, fmt: str, options: DecodeOptions) -> str:
+def _classify(path: Path, fmt: str, options: DecodeOptions, headers: dict[Path, list[str]]) -> str:
     """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans,
-    csv-metrics, nezha-logs, csv-logs, jsonl-logs."""
+    csv-metrics, nezha-logs, csv-logs, jsonl-logs; a CSV file's columns go into headers."""
     kind = sniff(path)
     if kind == "jsonl-logs":
         return kind
     if kind == "csv":
-        columns = csv_spans.header(path)
+        columns = headers[path] = csv_spans.header(path)
         if "body" in options.column_map:
             return "csv-logs"
         if fmt in ("csv",) or options.column_map:
@@ -161,9 +162,10 @@ def _decoder(kind: str, path: Path, options: DecodeOptions) -> Callable[[], Iter
 def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestReport) -> list[_Unit]:
     units: list[_Unit] = []
     csv_files: dict[str, list[Path]] = {k: [] for k in _CSV_KINDS}
+    headers: dict[Path, list[str]] = {}
     for path in files:
         try:
-            kind = _classify(path, fmt, options)
+            kind = _classify(path, fmt, options, headers)
         except SpanomalyError as exc:
             report.rejected += 1
             report.note([str(exc)])
@@ -176,26 +178,30 @@ def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestRep
             )
     for kind, paths in csv_files.items():
         for group in _groups(paths):
-            units.append(_csv_unit(kind, group, options))
+            units.append(_csv_unit(kind, group, options, headers))
     return units
 
 
 _CSV_KINDS = ("csv-spans", "csv-metrics", "nezha-logs", "csv-logs", "jsonl-logs")
 
 
-def _csv_unit(kind: str, group: list[Path], options: DecodeOptions) -> _Unit:
+def _csv_unit(
+    kind: str, group: list[Path], options: DecodeOptions, known: dict[Path, list[str]]
+) -> _Unit:
+    """A unit of CSV (or JSON-lines log) files of one kind; known: their columns, by file."""
+    headers = {f: known[f] for f in group if f in known}
     if kind == "csv-spans":
-        decode: Callable[[], Iterator[Chunk]] = lambda: csv_spans.decode_files(group, options)  # noqa: E731
+        decode: Callable[[], Iterator[Chunk]] = lambda: csv_spans.decode_files(  # noqa: E731
+            group, options, headers=headers
+        )
     elif kind == "jsonl-logs":
         decode = lambda: log_lines.decode_files(group, kind, options)  # noqa: E731
     elif kind.endswith("-logs"):
-        headers = {f: csv_spans.header(f) for f in group}
         decode = lambda: log_lines.decode_files(group, kind, options, headers)  # noqa: E731
     else:
-        headers = {f: csv_spans.header(f) for f in group}
         decode = lambda: csv_metrics.decode_files(group, headers)  # noqa: E731
     label = group[0].name if len(group) == 1 else f"{len(group)} files ({group[0].parent.name}/)"
-    return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind)
+    return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind, headers)
 
 
 def _groups(paths: list[Path]) -> Iterator[list[Path]]:
@@ -261,7 +267,7 @@ def _run(unit: _Unit, store: Store, report: IngestReport, options: DecodeOptions
             # one bad file (truncated archive, odd layout) must not sink its neighbours
             log.info("retrying %s file by file: %s", unit.label, exc)
             for f in unit.files:
-                _run(_csv_unit(unit.csv_kind, [f], options), store, report, options)
+                _run(_csv_unit(unit.csv_kind, [f], options, unit.headers), store, report, options)
             return
         report.rejected += 1
         report.note([str(exc) if str(unit.files[0]) in str(exc) else f"{unit.files[0]}: {exc}"])

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 
 import duckdb
@@ -173,28 +172,38 @@ class DuckDBStore:
         self,
         table: str,
         source: str,
-        tiebreak: str | None = None,
         within: str = "",
-        unique: bool = False,
+        columns: list[str] | None = None,
+        distinct: bool = True,
     ) -> str:
-        """INSERT of the source's rows whose key is not stored yet (unique: the source
-        holds no key twice, so it needs no DISTINCT ON)."""
-        cols = ", ".join(f'"{c}"' for c in TABLES[table].names)
-        keys = list(KEYS[table])
-        if not keys:
-            return f"INSERT INTO {table} SELECT {cols} FROM {source}"
-        if tiebreak:  # a bad row must not shadow a good one with the same key
-            keys.append(f"({tiebreak})")
-        distinct = f"SELECT DISTINCT ON ({', '.join(keys)}) {cols} FROM {source}"
-        if unique:
-            distinct = f"SELECT {cols} FROM {source}"
-        if self._is_empty(table):
-            return f"INSERT INTO {table} {distinct}"
-        match = " AND ".join(_key_match(table, k) for k in KEYS[table])
-        match += within
+        """INSERT of the source's rows whose key is not stored yet (one per key where
+        `distinct`: the source may repeat a key); columns left out stay NULL."""
+        cols = ", ".join(f'"{c}"' for c in columns or TABLES[table].names)
+        into = f"{table} ({cols})"
+        keys = KEYS[table]
+        if keys and distinct:
+            source = f"(SELECT DISTINCT ON ({', '.join(keys)}) {cols} FROM {source})"
+        if not keys or self._is_empty(table):
+            return f"INSERT INTO {into} SELECT {cols} FROM {source}"
+        match = " AND ".join(_key_match(table, k) for k in keys) + within
         return (
-            f"INSERT INTO {table} SELECT {cols} FROM ({distinct}) b "
+            f"INSERT INTO {into} SELECT {cols} FROM {source} b "
             f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+        )
+
+    @staticmethod
+    def _later_twins(table: str, staged: str) -> str:
+        """SQL: rowids of the staged good rows whose key an earlier good row holds.
+
+        Only a hash of the key goes through a hash table, and only the rows of a repeated hash
+        through the window, which compares the keys themselves (equal keys, nulls included,
+        hash alike). DISTINCT ON would carry every column of every row through its table.
+        """
+        keys = ", ".join(KEYS[table])
+        return (
+            f"SELECT rowid FROM {staged} WHERE _reason IS NULL AND hash({keys}) IN "
+            f"(SELECT hash({keys}) AS h FROM {staged} WHERE _reason IS NULL GROUP BY h "
+            f"HAVING count(*) > 1) QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY rowid) > 1"
         )
 
     def _twin_range(self, table: str, data: pa.Table) -> str:
@@ -224,7 +233,9 @@ class DuckDBStore:
         within = self._twin_range(table, data)
         self._con.register("_batch", data)
         try:
-            sql = self._insert_sql(table, "_batch", within=within, unique=_unique(table, data))
+            sql = self._insert_sql(
+                table, "_batch", within=within, distinct=not _unique(table, data)
+            )
             with self._single_threaded():
                 inserted = self._con.execute(sql).fetchone()[0]
         finally:
@@ -252,42 +263,50 @@ class DuckDBStore:
             self._con.execute(f"SET threads = {int(threads)}")
 
     def _write_sql(self, table: str, data: SqlSource, result: WriteResult) -> None:
-        """Insert what DuckDB reads, then take back the new rows the reject check refuses.
+        """Read the input once into a temporary table with each row's reject reason, then
+        insert its good rows without duplicates.
 
-        Checking the rows just written (inside the transaction) costs one pass over a few
-        columns; checking the input first would read every file twice.
+        The read counts the rows, so duplicates are rows read minus refused minus inserted; bad
+        rows never reach the table, so a good row never loses to a bad twin and nothing has to
+        be taken back (deleting from rows appended in the same transaction is costly in DuckDB).
         """
         con = self._con
-        base = con.execute(f"SELECT coalesce(max(rowid) + 1, 0) FROM {table}").fetchone()[0]
-        inserted = con.execute(self._insert_sql(table, f"({data.sql})", data.tiebreak)).fetchone()[
-            0
-        ]
-        reader_rejected = self._collect_reader_rejects(result) if data.reader_rejects else 0
+        staged = "_read"
+        total = con.execute(  # the file name only where a message needs it
+            f"CREATE OR REPLACE TEMP TABLE {staged} AS SELECT * REPLACE "
+            "(CASE WHEN _reason IS NOT NULL THEN _source END AS _source) "
+            f"FROM (SELECT *, {data.reject} AS _reason FROM ({data.sql}))"
+        ).fetchone()[0]
+        if data.reader_rejects:
+            self._collect_reader_rejects(result)
         bad = 0
         if data.reject != "NULL":
-            new = f"FROM {table} WHERE rowid >= {base} AND ({data.reject}) IS NOT NULL"
-            bad = con.execute(f"SELECT count(*) {new}").fetchone()[0]
+            bad = con.execute(
+                f"SELECT count(*) FROM {staged} WHERE _reason IS NOT NULL"
+            ).fetchone()[0]
             if bad:
-                self._name_rejects(table, data, result)
-                con.execute(f"DELETE {new}")
-        total = data.rows.result() if isinstance(data.rows, Future) else data.rows
-        if total is None:
-            total = con.execute(f"SELECT count(*) FROM ({data.sql})").fetchone()[0]
-        else:
-            total -= reader_rejected
-        result.inserted += inserted - bad
+                self._name_rejects(table, staged, result)
+        described = con.execute(f"SELECT * FROM {staged} LIMIT 0").description
+        columns = [c for c in TABLES[table].names if c in {d[0] for d in described}]
+        good = f"(SELECT * FROM {staged} WHERE _reason IS NULL"
+        if KEYS[table]:
+            good += f" AND rowid NOT IN ({self._later_twins(table, staged)})"
+        sql = self._insert_sql(table, good + ")", columns=columns, distinct=False)
+        inserted = con.execute(sql).fetchone()[0]
+        con.execute(f"DROP TABLE {staged}")
+        result.inserted += inserted
         result.rejected += bad
-        result.duplicates += max(total - inserted, 0)
+        result.duplicates += total - bad - inserted
 
-    def _name_rejects(self, table: str, data: SqlSource, result: WriteResult) -> None:
-        """Messages for the first refused rows, naming their file (a second read, rare)."""
+    def _name_rejects(self, table: str, staged: str, result: WriteResult) -> None:
+        """Messages for the first refused rows, naming their file and key."""
         keys = KEYS[table] or TABLES[table].names[:2]
         label = " || ', ' || ".join(
             f"'{k}=' || coalesce(CAST({k} AS VARCHAR), 'null')" for k in keys
         )
         rows = self._con.execute(
-            f"SELECT _source, {label}, reason FROM (SELECT *, {data.reject} AS reason "
-            f"FROM ({data.sql})) WHERE reason IS NOT NULL LIMIT {MAX_REJECT_MESSAGES}"
+            f"SELECT _source, {label}, _reason FROM {staged} WHERE _reason IS NOT NULL "
+            f"LIMIT {MAX_REJECT_MESSAGES}"
         ).fetchall()
         result.rejects.extend(Reject(str(s), r, why) for s, r, why in rows)
 
