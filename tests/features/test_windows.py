@@ -139,3 +139,16 @@ def test_change_counts_only_away_from_normal() -> None:
     # back to normal: the drop of 40 is not counted, only the value's own distance from
     # normal (a zero lies in the lower half of these normal values)
     assert (np.abs(d[6:]) < 1).all() and (np.abs(d) <= np.abs(X[:, 0]) + 1e-9).all()
+
+
+def test_faster_or_fewer_errors_is_no_symptom() -> None:
+    """Latency below normal is normal (z 0); a request rate below normal is not."""
+    rng = np.random.default_rng(0)
+    n = 200
+    keys = pa.table({"time_ns": list(range(n)), "service": ["s"] * n, "instance": ["a"] * n})
+    X = np.column_stack([rng.normal(10.0, 1.0, n), rng.normal(50.0, 5.0, n)])
+    w = win.InstanceWindows(keys, X, ["t.requests_s", "t.latency_p95_ms"])
+    norm = win.Normalizer(recent=0).fit(w)
+    low = win.InstanceWindows(keys.slice(0, 1), np.array([[2.0, 5.0]]), w.names)
+    z = norm.zscores(low)[0]
+    assert z[0] < -4 and z[1] == 0.0

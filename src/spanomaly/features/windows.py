@@ -419,6 +419,9 @@ def combine(*tables: pa.Table) -> InstanceWindows:
 GRID = 201  # quantiles kept per (service, feature)
 Z_CLIP = 40.0
 _RATES = ("t.requests_s", "t.excess_ms_s", "t.slow_share", "t.error_share")
+# span features where only more is a symptom: requests served faster than normal, or with
+# fewer errors, are no anomaly (fewer requests may be: the request rate keeps both sides)
+UPPER_ONLY = tuple(f for f in SPAN_FEATURES if f != "t.requests_s")
 
 
 TAIL_MIN = 5  # values the tail scales are measured on, at least, however few the windows
@@ -462,7 +465,8 @@ class Normalizer:
     every feature of every service is about standard normal in normal operation, and the
     instances of one service are compared on one scale. Services not seen in training use
     the grid pooled over all services; a missing value is the service's normal (z 0),
-    except rates, which are zero. z is clipped to +-40.
+    except rates, which are zero. z is clipped to +-40; for the span features of UPPER_ONLY
+    (latency, self time, errors) a value below normal is normal (z 0).
     """
 
     recent: int = 10
@@ -551,6 +555,9 @@ class Normalizer:
             zj = np.where(p_up < p_dn, -ndtri_exp(log_up), ndtri_exp(log_dn))
             z[:, j] = np.where(ok, zj, 0.0)
         z[~np.isfinite(z)] = 0.0
+        for j, name in enumerate(self.names):
+            if name in UPPER_ONLY:
+                z[:, j] = np.maximum(z[:, j], 0.0)
         return np.clip(z, -Z_CLIP, Z_CLIP)
 
     def transform(self, windows: InstanceWindows) -> np.ndarray:
