@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import io
+import mmap
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -92,6 +94,40 @@ def read_all(path: Path) -> bytes:
         raise FormatError(f"{path}: cannot decompress: {exc}") from exc
     except Exception as exc:  # zstandard.ZstdError and friends
         raise FormatError(f"{path}: cannot decompress: {exc}") from exc
+
+
+@contextlib.contextmanager
+def content_view(path: Path) -> Iterator[bytes | memoryview]:
+    """The whole decompressed content, for use inside the block only.
+
+    A plain file is mapped rather than read: a parser copying from the mapping skips the
+    copy into a fresh 300 MB bytes object (0.2 s and 70,000 page faults per 300 MB).
+    """
+    mapped = _map(path) if compression(path) is None else None
+    if mapped is None:
+        yield read_all(path)
+        return
+    fh, mm = mapped
+    view = memoryview(mm)
+    try:
+        yield view
+    finally:
+        view.release()
+        mm.close()
+        fh.close()
+
+
+def _map(path: Path) -> tuple[BinaryIO, mmap.mmap] | None:
+    """The file opened and mapped read-only, or None where it cannot be (empty, a pipe)."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed with the mapping by content_view
+    except OSError:
+        return None
+    try:
+        return fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        fh.close()
+        return None
 
 
 def head(path: Path, size: int = _SNIFF_BYTES) -> bytes:

@@ -53,7 +53,7 @@ DEFAULT_BATCH_ROWS = DecodeOptions().batch_rows
 # Protobuf
 
 
-def _parse_raw_traces(data: bytes, source: str) -> Message:
+def _parse_raw_traces(data: bytes | memoryview, source: str) -> Message:
     request = otlp_wire.RawTracesRequest()
     try:
         request.ParseFromString(data)
@@ -93,16 +93,25 @@ def decode_metrics_request(
     return list(_iter_pb_metric_chunks(_parse_metrics(data, source), source, batch_rows))
 
 
-def _iter_pb_file(data: bytes, source: str, batch_rows: int) -> Iterator[Chunk]:
+def _read_pb_file(path: Path, source: str) -> tuple[Message, str, bytes | None]:
+    """A protobuf file parsed as a raw traces request, its record kind, and its bytes
+    where the records are not spans (they are parsed again as what they are)."""
+    with files.content_view(path) as data:
+        request = _parse_raw_traces(data, source)
+        kind = otlp_wire.record_kind(request)
+        return request, kind, None if kind == "spans" else bytes(data)
+
+
+def _iter_pb_file(path: Path, source: str, batch_rows: int) -> Iterator[Chunk]:
     """Chunks of a protobuf file: a traces request, or else a metrics request."""
-    request = _parse_raw_traces(data, source)
-    kind = otlp_wire.record_kind(request)
-    if kind == "spans":
-        del data  # the raw request holds what is needed; let the file's bytes go
+    request, kind, data = _read_pb_file(path, source)
+    if data is None:
         yield from otlp_wire.iter_span_chunks(request, source, batch_rows)
     elif kind == "logs":
+        del request
         yield from otlp_logs.decode_logs_request(data, source, batch_rows)
     else:
+        del request
         yield from _iter_pb_metric_chunks(_parse_metrics(data, source), source, batch_rows)
 
 
@@ -277,7 +286,7 @@ def decode_file(path: Path, kind: str, options: DecodeOptions) -> Iterator[Chunk
     source = str(path)
     batch_rows = max(1, options.batch_rows)
     if kind == "otlp-pb":
-        yield from _iter_pb_file(files.read_all(path), source, batch_rows)
+        yield from _iter_pb_file(path, source, batch_rows)
     elif kind == "otlp-json":
         data = files.read_all(path)
         try:

@@ -1046,9 +1046,11 @@ def iter_span_chunks(
 ) -> Iterator[Chunk]:
     """SPANS chunks of batch_rows spans read (the last one fewer) from a RawTracesRequest.
 
-    Spans are decoded SUB_BATCH at a time and the tables of one chunk concatenated.
+    Spans are decoded SUB_BATCH at a time and the tables of one chunk concatenated. The
+    first chunk is one sub-batch only, so the store starts writing while the rest decodes.
     """
     batch_rows = max(1, batch_rows)
+    limit = min(batch_rows, SUB_BATCH)  # rows of the chunk being gathered
     infos = resource_infos(request)
     tables: list[pa.Table] = []
     rejects: list[Reject] = []
@@ -1065,10 +1067,10 @@ def iter_span_chunks(
         raw, segments = [], []
 
     def flush() -> Chunk:
-        nonlocal tables, rejects, records
+        nonlocal tables, rejects, records, limit
         data = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
         chunk = Chunk("spans", data, rejects, records=records)
-        tables, rejects, records = [], [], 0
+        tables, rejects, records, limit = [], [], 0, batch_rows
         return chunk
 
     for r, rs in enumerate(request.resource_spans):
@@ -1077,14 +1079,14 @@ def iter_span_chunks(
             total = len(spans)
             first = 0
             while first < total:
-                room = min(SUB_BATCH, batch_rows - records) - len(raw)
+                room = min(SUB_BATCH, limit - records) - len(raw)
                 take = min(total - first, room)
                 segments.append(_Segment(len(raw), r, f"resourceSpans[{r}].scopeSpans[{s}]", first))
                 raw.extend(spans[first : first + take])
                 first += take
                 if take == room:
                     decode()
-                    if records == batch_rows:
+                    if records == limit:
                         yield flush()
     if raw:
         decode()

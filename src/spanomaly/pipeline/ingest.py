@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from spanomaly.errors import FormatError, InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
 from spanomaly.ingest import faults as fault_labels
@@ -255,19 +258,62 @@ def _prefetch(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
         thread.join()
 
 
-def _run(unit: _Unit, store: Store, report: IngestReport, options: DecodeOptions) -> None:
+class _Touched:
+    """Trace ids of the spans an import decoded: where its parents are checked.
+
+    A store that had no spans before the import is checked whole (the same spans, no ids to
+    gather); so is any import with spans the pipeline never sees as Arrow (CSV read by
+    DuckDB itself).
+    """
+
+    def __init__(self, whole: bool) -> None:
+        self.whole = whole
+        self.parts: list[pa.Array] = []
+
+    def note(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        """Pass chunks on, keeping the distinct trace ids of span chunks (decode thread)."""
+        for chunk in chunks:
+            if chunk.table == "spans" and not self.whole:
+                if isinstance(chunk.data, pa.Table):
+                    if chunk.data.num_rows:
+                        self.parts.append(pc.unique(chunk.data.column("trace_id")))
+                elif chunk.data is not None:
+                    self.whole = True
+            yield chunk
+
+    def trace_ids(self) -> pa.Array | None:
+        """The distinct trace ids seen, or None: check the whole store."""
+        if self.whole:
+            return None
+        return pc.unique(pa.chunked_array(self.parts, pa.string()).combine_chunks())
+
+
+def _has_spans(store: Store) -> bool:
+    rows = store.sql("SELECT count(*) AS n FROM (SELECT 1 FROM spans LIMIT 1)")
+    return bool(rows.column("n")[0].as_py())
+
+
+def _run(
+    unit: _Unit,
+    store: Store,
+    report: IngestReport,
+    options: DecodeOptions,
+    touched: _Touched | None = None,
+) -> None:
     """Store one unit (a file, or a group of CSV files) in one transaction."""
     part = IngestReport()
+    touched = touched or _Touched(whole=True)
     try:
         with store.transaction():
-            for chunk in _prefetch(unit.decode()):
+            for chunk in _prefetch(touched.note(unit.decode())):
                 part.add(chunk.table, store.write(chunk))
     except SpanomalyError as exc:
         if unit.csv_kind and len(unit.files) > 1:
             # one bad file (truncated archive, odd layout) must not sink its neighbours
             log.info("retrying %s file by file: %s", unit.label, exc)
             for f in unit.files:
-                _run(_csv_unit(unit.csv_kind, [f], options, unit.headers), store, report, options)
+                f_unit = _csv_unit(unit.csv_kind, [f], options, unit.headers)
+                _run(f_unit, store, report, options, touched)
             return
         report.rejected += 1
         report.note([str(exc) if str(unit.files[0]) in str(exc) else f"{unit.files[0]}: {exc}"])
@@ -291,14 +337,17 @@ def ingest(
     units = _plan(files, fmt, options, report)
     total = sum(u.size for u in units) or 1
     done = 0
+    # parents are checked among the traces this import touched: a parent stored by an
+    # earlier import counts, spans of traces the import never saw are not read again
+    touched = _Touched(whole=not _has_spans(store))
     for unit in units:
         if progress:
             progress(done, total, unit.label)
-        _run(unit, store, report, options)
+        _run(unit, store, report, options, touched)
         done += unit.size
     if progress:
         progress(total, total, "checking parents")
-    orphans = store.orphans()
+    orphans = store.orphans(touched.trace_ids())
     report.orphans = orphans.num_rows
     if orphans.num_rows:
         sample = orphans.slice(0, 5).to_pylist()

