@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from spanomaly.schema import TABLES
 from spanomaly.serve.spool import Spool, read_segment
-from spanomaly.serve.writer import Writer
+from spanomaly.serve.writer import QueueFull, Writer
 from spanomaly.store.duckdb import DuckDBStore
 from tests.serve.test_writer import Recording, chunks
 
@@ -104,3 +105,33 @@ def test_what_a_crash_left_in_the_spool_is_loaded_once_at_start(tmp_path: Path) 
         before.close()
     with DuckDBStore(tmp_path / "s.duckdb", read_only=True) as again:
         assert again.stats().spans == 30
+
+
+def test_the_queue_bound_counts_spooled_rows_the_store_has_not_taken(tmp_path: Path) -> None:
+    store = Recording()
+    store.release.clear()
+    writer = Writer(store, max_pending_rows=15, spool=Spool(tmp_path), load_delay_s=0.0)
+    writer.start()
+    try:
+        writer.submit(chunks(1, 10)).result(timeout=10)  # acknowledged, not committed
+        with pytest.raises(QueueFull):
+            writer.submit(chunks(100, 10))
+        store.release.set()
+        assert writer.call(lambda s: s.stats().spans).result(timeout=10) == 10
+        writer.submit(chunks(100, 10)).result(timeout=10)
+    finally:
+        writer.close()
+
+
+def test_rows_the_store_refuses_stay_in_the_spool(tmp_path: Path) -> None:
+    writer = Writer(Recording(), spool=Spool(tmp_path), load_delay_s=0.0)
+    writer.start()
+    try:
+        writer.submit(chunks(1, 5, service="poison")).result(timeout=10)  # acknowledged
+        writer.submit(chunks(10, 5)).result(timeout=10)
+        assert writer.call(lambda s: s.stats().spans).result(timeout=10) == 5
+    finally:
+        writer.close()
+    kept = segments(tmp_path)  # for the next start (or a person) to load
+    assert len(kept) == 1
+    assert [d["service"][0].as_py() for _, d in read_segment(kept[0])] == ["poison", "svc"]
