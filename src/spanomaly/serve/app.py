@@ -4,8 +4,9 @@ Routes:
 
 - ``POST /v1/traces``, ``POST /v1/metrics``, ``POST /v1/logs``: OTLP/HTTP, protobuf or JSON,
   gzip/deflate/zstd or plain (`spanomaly.ingest.receiver` does the protocol). A request is
-  answered 200 only once its rows are committed by the single writer
-  (`spanomaly.serve.writer`); refused spans, points or log records are counted in
+  answered 200 only once its rows are durable: fsynced in the spool next to the store file
+  (`spanomaly.serve.spool`, loaded into the store right behind) or committed by the single
+  writer (`spanomaly.serve.writer`); refused spans, points or log records are counted in
   ``partial_success``. 400 malformed, 401 without the token, 408 a
   body that takes too long, 413 too large, 415 media type or encoding, 429 too many bytes in
   flight and 503 writer queue full (both with Retry-After), 503 store failure.
@@ -17,7 +18,7 @@ Routes:
 
 With a token every route needs ``Authorization: Bearer <token>`` (or the dashboard's
 session cookie). No route reads or writes a
-file other than the store. Completed traces (`spanomaly.serve.completion`) go to the
+file other than the store and its spool. Completed traces (`spanomaly.serve.completion`) go to the
 callbacks given to `create_app`, or subscribed later through ``app.state.collector.tracker``.
 """
 
@@ -49,6 +50,7 @@ from spanomaly.ingest.receiver import Body, Limits, RequestError, Signal
 from spanomaly.serve.completion import DEFAULT_IDLE_S, DEFAULT_MAX_WAIT_S, TraceTracker
 from spanomaly.serve.decoder import DEFAULT_BATCH_BYTES, Decoder
 from spanomaly.serve.hooks import Online
+from spanomaly.serve.spool import Spool, spool_dir
 from spanomaly.serve.writer import DEFAULT_BATCH_ROWS, DEFAULT_MAX_PENDING_ROWS, QueueFull, Writer
 from spanomaly.store.base import Store
 
@@ -77,7 +79,9 @@ class ServeSettings:
     batch_rows: int = DEFAULT_BATCH_ROWS  # rows per transaction at most (roughly)
     decode_batch_bytes: int = DEFAULT_BATCH_BYTES  # request bytes decoded in one pass
     max_inflight_bytes: int = 256 * 1024 * 1024  # bodies being received (429 beyond)
-    decode_processes: int = 1  # processes that decode requests (0: a thread of the server)
+    # processes that decode requests (0: a thread of the server); with two, one decodes
+    # while the other's batch is handed over and spooled (1.7x the spans/s on 2 cores)
+    decode_processes: int = 2
     retry_after_s: int = 1
     read_timeout_s: float = 60.0  # to receive a whole body (408 beyond)
     max_connections: int = 1024
@@ -86,6 +90,9 @@ class ServeSettings:
     # checkpoints, each a pause for every request waiting on a commit
     store_threads: int = 1
     checkpoint_threshold: str = "256MB"
+    # acknowledge once the rows are in the spool (appended and fsynced next to a DuckDB
+    # file), not once committed: requests then never wait for a commit or a checkpoint
+    spool: bool = True
 
     @property
     def store_config(self) -> dict[str, str | int | bool]:
@@ -128,7 +135,11 @@ class Collector:
             settings.trace_idle_s, settings.trace_max_wait_s, settings.max_open_traces
         )
         self.writer = Writer(
-            store, settings.max_pending_rows, settings.batch_rows, on_commit=self._committed
+            store,
+            settings.max_pending_rows,
+            settings.batch_rows,
+            on_commit=self._committed,
+            spool=_spool_for(store) if settings.spool else None,
         )
         self.decoder = Decoder(
             self.writer, self.limits, settings.decode_batch_bytes, settings.decode_processes
@@ -184,6 +195,8 @@ class Collector:
                 "failed_requests": w.failed_requests,
                 "refused_requests": w.refused_requests,
                 "busy_s": round(w.busy_s, 3),
+                "replayed": w.replayed,
+                "cpu_s": {k: round(v, 3) for k, v in w.cpu_s.items()},
             },
             "decoder": {
                 "pending_bytes": self.decoder.pending_bytes,
@@ -297,6 +310,19 @@ class Collector:
         if status in (429, 503):
             headers["Retry-After"] = str(self.settings.retry_after_s)
         return Response(body, status_code=status, media_type=content_type, headers=headers)
+
+
+def _spool_for(store: Store) -> Spool | None:
+    """The spool of a DuckDB store file (none for a store in memory or a Parquet dataset,
+    whose writes are their own files)."""
+    from spanomaly.store.duckdb import DuckDBStore
+    from spanomaly.store.parquet import ParquetStore
+
+    if not isinstance(store, DuckDBStore) or isinstance(store, ParquetStore):
+        return None
+    if store.path == ":memory:":
+        return None
+    return Spool(spool_dir(store.path))
 
 
 def _content_length(request: Request) -> int | None:

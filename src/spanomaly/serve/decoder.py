@@ -9,7 +9,7 @@ in one piece; each request's future gets its own `Decoded` (its rejects included
 writer has committed them, or its `RequestError` (400, 413, 415) at once, or `QueueFull`
 when the writer's queue cannot take the batch.
 
-Decoding runs in ``processes`` worker processes (default 1), not in the server's process:
+Decoding runs in ``processes`` worker processes (the collector uses 2), not in the server's process:
 decoding is numpy and Python, DuckDB's client needs the interpreter lock for much of a
 write, and in one process the two would take turns instead of using two cores. With
 ``processes=0`` the thread decodes itself (tests, a machine with one core). While the writer

@@ -2,14 +2,20 @@
 
 Request handlers `submit` the chunks they decoded and wait on the returned future; the
 writer takes every job waiting in its queue (up to ``batch_rows`` rows), concatenates them
-per table and writes each table in one transaction, then completes the jobs' futures, so a
-request is answered only after its rows are committed. Many concurrent senders thus cost one
+per table and writes each table in one transaction. Many concurrent senders thus cost one
 transaction per batch instead of one each, and never contend for the store.
 
-The queue is bounded by rows: `submit` raises `QueueFull` when the rows waiting would pass
-``max_pending_rows`` (unless the queue is empty, so one big request still gets through), and
-the server answers 503 with Retry-After. `call` runs a function on the store in the writer
-thread between batches (reads such as stats), so nothing else touches the connection.
+Without a spool a job's future completes once its rows are committed. With a spool
+(`spanomaly.serve.spool`, the default of a store file) a second thread appends every group
+of waiting jobs to the spool, fsyncs and completes their futures there; the store thread
+loads the spooled rows behind it and deletes each segment once it is committed, so requests
+never wait for a commit or a checkpoint. `start` first loads what a crash left in the spool.
+
+The queue is bounded by rows (spooled and not yet committed included): `submit` raises
+`QueueFull` when the rows waiting would pass ``max_pending_rows`` (unless the queue is
+empty, so one big request still gets through), and the server answers 503 with Retry-After.
+`call` runs a function on the store in the writer thread once every job acknowledged before
+it is committed (reads such as stats), so nothing else touches the connection.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ import pyarrow as pa
 from spanomaly.errors import SpanomalyError, StoreError
 from spanomaly.ingest.base import Chunk
 from spanomaly.schema import TABLES
+from spanomaly.serve.spool import Spool, read_segment
 from spanomaly.store.base import Store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_MAX_PENDING_ROWS = 262_144
-DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_MAX_PENDING_ROWS = 524_288
+DEFAULT_BATCH_ROWS = 131_072
+DEFAULT_LOAD_DELAY_S = 0.5  # spooled rows wait at most this long for more to load with
 
 
 class QueueFull(SpanomalyError):
@@ -48,6 +56,7 @@ class _Job:
     chunks: list[Chunk]
     rows: int
     future: Future[None] = field(default_factory=Future)
+    segment: int | None = None  # spooled (and acknowledged) in this segment
 
 
 @dataclass
@@ -71,7 +80,9 @@ class WriterStats:
     requests: int = 0
     failed_requests: int = 0
     refused_requests: int = 0  # QueueFull
+    replayed: dict[str, int] = field(default_factory=dict)  # rows loaded from the spool at start
     busy_s: float = 0.0  # time spent writing
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU time of the writer's threads
 
 
 class Writer:
@@ -83,8 +94,12 @@ class Writer:
         max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         on_commit: Callable[[str, pa.Table], None] | None = None,
+        spool: Spool | None = None,
+        load_delay_s: float = DEFAULT_LOAD_DELAY_S,
     ) -> None:
         self.store = store
+        self.spool = spool
+        self.load_delay_s = load_delay_s
         self.max_pending_rows = max_pending_rows
         self.batch_rows = batch_rows
         self.on_commit = on_commit
@@ -92,7 +107,9 @@ class Writer:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending = 0
         self._lock = threading.Lock()
+        self._spooled: queue.SimpleQueue[Any] = queue.SimpleQueue()  # jobs to spool
         self._thread: threading.Thread | None = None
+        self._spooler: threading.Thread | None = None
         self._closed = False
 
     @property
@@ -105,8 +122,14 @@ class Writer:
         return self._pending >= self.max_pending_rows
 
     def start(self) -> None:
-        """Start the writer thread."""
+        """Load what an earlier run left in the spool, then start the writer thread(s)."""
         if self._thread is None:
+            if self.spool is not None:
+                self._replay(self.spool)
+                self._spooler = threading.Thread(
+                    target=self._run_spool, name="spanomaly-spool", daemon=True
+                )
+                self._spooler.start()
             self._thread = threading.Thread(target=self._run, name="spanomaly-writer", daemon=True)
             self._thread.start()
 
@@ -122,7 +145,7 @@ class Writer:
                 raise QueueFull(f"{self._pending} rows wait to be written; retry later")
             self._pending += rows
         job = _Job(chunks, rows)
-        self._queue.put(job)
+        (self._queue if self.spool is None else self._spooled).put(job)
         return job.future
 
     def call(self, fn: Callable[[Store], T]) -> Future[T]:
@@ -140,18 +163,85 @@ class Writer:
             if self._closed:
                 return
             self._closed = True
+        if self._spooler is not None:  # it hands everything to the store thread first
+            self._spooled.put(_STOP)
+            self._spooler.join()
+            self._spooler = None
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+        if self.spool is not None:
+            self.spool.close()
         self.store.close()
+
+    # -- the spool ---------------------------------------------------------------------------
+
+    def _replay(self, spool: Spool) -> None:
+        """Commit the segments an earlier run left (duplicates skipped), then delete them."""
+        duplicates = self.stats.duplicates  # rows committed before the crash: not re-sent ones
+        for path in spool.leftovers():
+            parts: dict[str, list[pa.Table]] = {}
+            try:
+                for table, data in read_segment(path):
+                    parts.setdefault(table, []).append(data)
+                for table, tables in parts.items():
+                    before = self.stats.rows.get(table, 0)
+                    self._write(table, [_Job([Chunk(table, t) for t in tables], 0)])
+                    inserted = self.stats.rows.get(table, 0) - before
+                    self.stats.replayed[table] = self.stats.replayed.get(table, 0) + inserted
+            except Exception as exc:  # kept for a later try (or a person)
+                log.error("cannot load the spooled %s: %s", path, exc)
+                continue
+            spool.remove(path)
+        self.stats.duplicates = duplicates
+        if self.stats.replayed:
+            log.info("loaded from the spool of an earlier run: %s", self.stats.replayed)
+
+    def _run_spool(self) -> None:
+        """Append every group of waiting jobs to the spool, acknowledge them and queue them
+        for the store (before the acknowledgement: a later `call` sees them)."""
+        assert self.spool is not None
+        stop = False
+        while not stop:
+            jobs = [self._spooled.get()]
+            while True:
+                try:
+                    jobs.append(self._spooled.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(job is _STOP for job in jobs)
+            jobs = [job for job in jobs if job is not _STOP]
+            if not jobs:
+                continue
+            rows = sum(job.rows for job in jobs)
+            try:
+                tables = {t: self._concat(t, jobs) for t in _tables_of(jobs)}
+                segment = self.spool.append(tables)
+            except Exception as exc:
+                log.error("cannot spool %d requests: %s", len(jobs), exc)
+                with self._lock:
+                    self._pending -= rows
+                error = StoreError(f"cannot spool the request: {exc}")
+                for job in jobs:
+                    self.stats.failed_requests += 1
+                    job.future.set_exception(error)
+                continue
+            self._queue.put(_Job([Chunk(t, d) for t, d in tables.items()], rows, segment=segment))
+            self.stats.requests += len(jobs)
+            self.stats.cpu_s["spool"] = time.thread_time()
+            for job in jobs:
+                job.future.set_result(None)
 
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
         stop = False
+        # spooled rows wait a little for more (bigger transactions cost less per row)
+        delay = self.load_delay_s if self.spool is not None else 0.0
         while not stop:
             item = self._queue.get()
+            deadline = time.monotonic() + delay
             jobs: list[_Job] = []
             rows = 0
             while True:
@@ -167,10 +257,12 @@ class Writer:
                 if stop or rows >= self.batch_rows:
                     break
                 try:
-                    item = self._queue.get_nowait()
+                    wait = deadline - time.monotonic()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
             self._flush(jobs)
+            self.stats.cpu_s["store"] = time.thread_time()
         # anything submitted after the stop marker (a race at shutdown) is still written
         leftover = []
         while True:
@@ -197,8 +289,7 @@ class Writer:
         if not jobs:
             return
         failed: dict[int, BaseException] = {}
-        tables = sorted({c.table for job in jobs for c in job.chunks})
-        for table in tables:
+        for table in _tables_of(jobs):
             holders = [job for job in jobs if any(c.table == table for c in job.chunks)]
             try:
                 self._write(table, holders)
@@ -217,8 +308,14 @@ class Writer:
         for job in jobs:
             with self._lock:
                 self._pending -= job.rows
-            self.stats.requests += 1
             error = failed.get(id(job))
+            if job.segment is not None:  # acknowledged already
+                if error is None:
+                    self.spool.loaded(job.segment, job.rows)  # type: ignore[union-attr]
+                else:  # the segment stays, to be loaded again at the next start
+                    log.error("could not load spooled rows (segment kept): %s", error)
+                continue
+            self.stats.requests += 1
             if error is None:
                 job.future.set_result(None)
             else:
@@ -226,7 +323,9 @@ class Writer:
                 log.error("could not store a request: %s", error)
                 job.future.set_exception(error)
 
-    def _write(self, table: str, jobs: list[_Job]) -> None:
+    @staticmethod
+    def _concat(table: str, jobs: list[_Job]) -> pa.Table:
+        """The jobs' rows of one table, in the table's schema."""
         schema = TABLES[table]
         parts = [
             c.data.select(schema.names).cast(schema)
@@ -234,7 +333,10 @@ class Writer:
             for c in job.chunks
             if c.table == table and isinstance(c.data, pa.Table)
         ]
-        data = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def _write(self, table: str, jobs: list[_Job]) -> None:
+        data = self._concat(table, jobs)
         started = time.perf_counter()
         try:
             result = self.store.write(Chunk(table, data))  # type: ignore[arg-type]
@@ -257,3 +359,8 @@ class Writer:
                 self.on_commit(table, data)
             except Exception:
                 log.exception("on_commit callback failed")
+
+
+def _tables_of(jobs: list[_Job]) -> list[str]:
+    """The tables the jobs have rows for, sorted."""
+    return sorted({c.table for job in jobs for c in job.chunks if isinstance(c.data, pa.Table)})
