@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from spanomaly.ingest.base import Chunk
 from spanomaly.schema import TABLES
 from spanomaly.serve.spool import Spool, read_segment
 from spanomaly.serve.writer import QueueFull, Writer
@@ -105,6 +106,34 @@ def test_what_a_crash_left_in_the_spool_is_loaded_once_at_start(tmp_path: Path) 
         before.close()
     with DuckDBStore(tmp_path / "s.duckdb", read_only=True) as again:
         assert again.stats().spans == 30
+
+
+def _logs(bodies: list[str], trace: str | None = "a" * 32) -> pa.Table:
+    n = len(bodies)
+    return pa.table(
+        {"time_ns": list(range(n)), "service": ["s"] * n, "instance": ["s-1"] * n,
+         "trace_id": [trace] * n, "span_id": [None] * n, "severity": ["INFO"] * n,
+         "body": bodies, "template_id": [None] * n, "params": [None] * n},
+    ).cast(TABLES["logs"])  # fmt: skip
+
+
+def test_log_lines_a_crash_left_are_stored_once(tmp_path: Path) -> None:
+    """Log records have no key: the lines committed before the crash are not stored again."""
+    folder = tmp_path / "spool"
+    lines = _logs(["one", "two", "three"])
+    orphan = _logs(["no trace"], trace=None)
+    Spool(folder).append({"logs": pa.concat_tables([lines, orphan])})
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    store.write(Chunk("logs", lines.slice(0, 2)))  # committed before the crash
+    store.write(Chunk("logs", orphan))
+    after = Writer(store, spool=Spool(folder))
+    after.start()
+    try:
+        assert after.stats.replayed == {"logs": 1}
+        bodies = after.call(lambda s: s.sql("SELECT body FROM logs ORDER BY 1")).result(10)
+        assert bodies.column("body").to_pylist() == ["no trace", "one", "three", "two"]
+    finally:
+        after.close()
 
 
 def test_the_queue_bound_counts_spooled_rows_the_store_has_not_taken(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ flight. This is the OpenTelemetry collector's persistent queue, in small.
 At start the collector loads the segments a crash left behind (`replay`) before it answers
 anything. Spans and metrics are written with their duplicate check, so a segment that was
 partly committed before the crash is loaded again without doubles; log records have no key,
-so those of a batch committed just before a crash, whose segment was not yet deleted, may be
-stored twice (segments are small, ``segment_rows``, to keep that window short).
+so the writer leaves out the spooled lines the store holds already (same time, instance,
+trace, span, severity and text).
 
 A segment is a sequence of frames: ``b"SPF1"``, the table name's length (1 byte), the name,
 the payload's length (8 bytes) and CRC-32 (4 bytes), then the payload, an Arrow IPC stream of

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from spanomaly.errors import SpanomalyError, StoreError
 from spanomaly.ingest.base import Chunk
@@ -186,6 +187,8 @@ class Writer:
                 for table, data in read_segment(path):
                     parts.setdefault(table, []).append(data)
                 for table, tables in parts.items():
+                    if table == "logs":  # no key: leave out the lines committed already
+                        tables = [_unstored_logs(self.store, t) for t in tables]
                     before = self.stats.rows.get(table, 0)
                     self._write(table, [_Job([Chunk(table, t) for t in tables], 0)])
                     inserted = self.stats.rows.get(table, 0) - before
@@ -364,3 +367,32 @@ class Writer:
 def _tables_of(jobs: list[_Job]) -> list[str]:
     """The tables the jobs have rows for, sorted."""
     return sorted({c.table for job in jobs for c in job.chunks if isinstance(c.data, pa.Table)})
+
+
+_LOG_IDENTITY = ("time_ns", "instance", "trace_id", "span_id", "severity", "body")
+
+
+def _unstored_logs(store: Any, rows: pa.Table) -> pa.Table:
+    """The spooled log lines the store does not hold yet: a line is the same line where its
+    time (ns), instance, trace, span, severity and text are (log records have no key)."""
+    if rows.num_rows == 0:
+        return rows
+    times = rows.column("time_ns")
+    stored = store.sql(
+        f"SELECT DISTINCT {', '.join(_LOG_IDENTITY)} FROM logs WHERE time_ns BETWEEN ? AND ?",
+        [pc.min(times).as_py(), pc.max(times).as_py()],
+    )
+    if stored.num_rows == 0:
+        return rows
+
+    def keyed(t: pa.Table) -> pa.Table:  # nulls as a value of their own: join keys never match null
+        for name in _LOG_IDENTITY:
+            col = t.column(name)
+            fill = -1 if pa.types.is_integer(col.type) else "\x00"
+            t = t.append_column(f"_k_{name}", pc.fill_null(col, fill))
+        return t
+
+    keys = [f"_k_{name}" for name in _LOG_IDENTITY]
+    left = keyed(rows)
+    right = keyed(stored).select(keys)
+    return left.join(right, keys, join_type="left anti").select(rows.column_names)
