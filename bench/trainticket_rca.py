@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--append")
     ap.add_argument("--logs", action="store_true", help="with and without log lines")
+    ap.add_argument("--keep", action="store_true", help="keep the stores, models and documents")
     args = ap.parse_args()
     if args.logs:
         main_logs(args)
@@ -221,6 +222,8 @@ def main_logs(args: argparse.Namespace) -> None:
             for evidence in ("traces", "both"):
                 doc = pipeline.evaluate(store, None, FAULT_END, evidence, "ranked", model)
                 results.append((label, evidence, doc))
+                name = f"evaluate-{label.replace(' ', '-')}-{evidence}.json"
+                (tmp / name).write_text(json.dumps(doc, default=str))
         print(json.dumps({"variant": label, "trained": trained, "detect": detected}, default=str))
     lines_md = [
         f"## Logs as trace events on TrainTicket ({datetime.now(UTC):%Y-%m-%d})",
@@ -243,13 +246,37 @@ def main_logs(args: argparse.Namespace) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines_md += [_row(label, evidence, doc) for label, evidence, doc in results]
-    lines_md.append("")
+    lines_md += ["", *_rank_changes(results), ""]
     text = "\n".join(lines_md)
     print(text)
     if args.append:
         with open(args.append, "a") as f:
             f.write("\n" + text)
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rank_changes(results: list[tuple[str, str, dict]]) -> list[str]:
+    """One line per fault whose service rank differs with and without logs."""
+    docs = {(label, evidence): doc for label, evidence, doc in results}
+    out = []
+    for evidence in ("traces", "both"):
+        pairs = zip(
+            docs[("with logs", evidence)]["per_fault"],
+            docs[("without logs", evidence)]["per_fault"],
+            strict=True,
+        )
+        changed = [
+            f"{a['kind']} {a['service']}: {b['rank']['service']} -> {a['rank']['service']}"
+            for a, b in pairs
+            if a["rank"]["service"] != b["rank"]["service"]
+        ]
+        out.append(
+            f"Service rank without -> with logs ({evidence}): " + ("; ".join(changed) or "none")
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -165,3 +165,31 @@ def test_online_scoring_sees_the_log_lines_as_detect_does(scenario: dict, tmp_pa
     assert len(flagged) <= 3  # normal traces with their lines pass, as in `detect`
     for trace in scenario["faulty"].values():
         assert json.loads(flagged[trace]["details"])["event"]["key"].startswith("log | order")
+
+
+def test_an_ordinary_line_out_of_its_flow_is_no_root_cause(scenario: dict, tmp_path: Path) -> None:
+    """A known INFO line written twice changes a trace's log flow only: the trace is flagged
+    (a finding marked log_flow_only) but names no suspect; the error line still does."""
+    db = tmp_path / "s.duckdb"
+    db.write_bytes(scenario["db"].read_bytes())
+    with DuckDBStore(db) as store:
+        line = store.sql(
+            "SELECT l.* FROM logs l JOIN spans s USING (trace_id, span_id) WHERE s.start_ns "
+            "BETWEEN ? AND ? AND l.service = 'order-service' AND l.severity = 'INFO' "
+            "ORDER BY l.time_ns LIMIT 1",
+            [T0 + 3600 * NS, T0 + 3606 * NS],
+        )
+        again = line.set_column(0, "time_ns", pc.add(line.column("time_ns"), 1000))
+        store.write(Chunk("logs", again.cast(LOGS)))
+        chatty = line.column("trace_id")[0].as_py()
+        pipeline.train(store, tmp_path / "m", None, T0 + 3000 * NS, [(T0 + 100 * NS, T0 + 103 * NS)],
+                       options=pipeline.TrainOptions(sequence="ngram", logs=True))  # fmt: skip
+        pipeline.detect(store, tmp_path / "m", T0 + 3500 * NS)
+    flagged = _flagged(db)
+    assert json.loads(flagged[chatty]["details"])["log_flow_only"] is True
+    error = json.loads(flagged[scenario["faulty"]["code_error"]]["details"])
+    assert error["log_flow_only"] is False
+    with DuckDBStore(db, read_only=True) as store:
+        assert pipeline.rca(store, T0 + 3600 * NS, T0 + 3606 * NS) == []
+        suspects = pipeline.rca(store, T0 + 3600 * NS, T0 + 3702 * NS)
+    assert [s["service"] for s in suspects] == ["order-service"]

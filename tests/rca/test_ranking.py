@@ -169,6 +169,26 @@ def test_slow_calls_to_every_callee_are_the_callers() -> None:
     assert ranked.to_pylist()[0]["instance"] == "eval-1"
 
 
+def test_unexpected_calls_charge_no_time_to_a_caller() -> None:
+    """Sequence findings at a caller's calls to another callee (an unexpected call) do not
+    make the slow calls to one callee the caller's: only duration findings charge time."""
+    graph = pa.table(
+        {"caller": ["books"], "callee": ["eval"], "callee_instance": ["eval-1"], "calls": [1]}
+    )
+    traffic = pa.table(
+        {"service": ["books", "eval", "eval"], "instance": ["books-2", "eval-1", "eval-2"],
+         "requests": [100, 100, 100]}
+    )  # fmt: skip
+    rows = [_gap("books-2", "eval-1", i) for i in range(3)]
+    for i in range(3):
+        row = _gap("books-2", "eval-2", i + 3)
+        row["detector"] = "sequence:ngram"
+        rows.append(row)
+    ranked = ranking.rank(pa.Table.from_pylist(rows, schema=FINDINGS), graph, traffic)
+    assert ranked.to_pylist()[0]["instance"] == "eval-1"
+    assert "books-2" not in ranked.column("instance").to_pylist()
+
+
 def test_poisson_surprise_is_finite_far_in_the_tail() -> None:
     s = ranking.poisson_surprise(np.array([0, 1, 3, 500]), np.array([0.1, 0.1, 0.1, 0.1]))
     assert s[0] == 0 and 0 < s[1] < s[2] < s[3] and np.isfinite(s).all()

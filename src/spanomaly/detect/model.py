@@ -402,6 +402,8 @@ class TraceModel:
                     "threshold_ms": _ms(self.detectors_["duration"].threshold_),
                 }
             details["anomalous_events"] = _listed(per_event, self.detectors_, lo, hi, col)
+            if choice == "sequence" and seq is not None:
+                details["log_flow_only"] = self._log_flow_only(seq, is_log, serious, t, lo, hi)
             rows.append(
                 {
                     "finding_id": finding_id(str(result.trace_ids[t])),
@@ -458,6 +460,26 @@ class TraceModel:
             return False
         before = np.maximum(idx - 1, lo)
         return bool(np.all(is_log[idx] | (is_log[before] & (idx > lo))))
+
+    def _log_flow_only(
+        self, seq: EventScores, is_log: np.ndarray, serious: np.ndarray, t: int, lo: int, hi: int
+    ) -> bool:
+        """Whether a trace's sequence deviations only reorder known, ordinary log lines: each
+        deviation concerns a log line (as `_about_logs`), none is a warning or error line,
+        an unknown key or the trace's end. Such a deviation says the flow of log lines
+        changed, not where the trace failed or lost time."""
+        if not self._about_logs(seq, is_log, lo, hi):
+            return False
+        det = self.detectors_["sequence"]
+        if seq.end_rule[t] or seq.end_score[t] > det.threshold_:
+            return False
+        idx = np.flatnonzero(det.event_flags(seq)[lo:hi]) + lo
+        before = np.maximum(idx - 1, lo)
+        return not (
+            serious[idx].any()
+            or (serious[before] & (idx > lo)).any()
+            or (seq.reason[idx] == Reason.UNKNOWN).any()
+        )
 
     # -- feedback -------------------------------------------------------------------------
 

@@ -147,7 +147,7 @@ def rank(
     if findings.num_rows and "feedback" in findings.column_names:
         normal = pc.fill_null(pc.equal(findings.column("feedback"), "normal"), False)
         findings = findings.filter(pc.invert(normal))
-    rows = _charge_starved_callers(findings.to_pylist())  # one window: hundreds at most
+    rows = _charge_starved_callers(_evidence_rows(findings.to_pylist()))  # hundreds at most
     by_service = _instances_by_service(traffic)
     requests: dict[tuple[str, str | None], float] = {}
     if traffic.num_rows:
@@ -227,15 +227,34 @@ def rank(
     return pa.Table.from_pylist(out, schema=SUSPECTS)
 
 
+def _evidence_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The findings that are root-cause evidence: all but the trace findings whose sequence
+    deviations only reorder known, ordinary log lines (`log_flow_only`, set by the trace
+    model): they tell that a trace's log flow changed, not where it failed or lost time."""
+    return [r for r in rows if not _log_flow_only(r)]
+
+
+def _log_flow_only(row: dict[str, Any]) -> bool:
+    """Whether a trace finding says only that the trace's log flow changed."""
+    text = row.get("details") or ""
+    if row.get("entity") != "trace" or "log_flow_only" not in text:
+        return False
+    return bool(json.loads(text).get("log_flow_only"))
+
+
 def _charge_starved_callers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trace findings that charge a call's own time to its callee go to the caller instead
     where the caller's charged calls spread over two or more callee instances, a third of
-    them or more away from the one with most (as `features.windows.span_windows` does for the windows): a slow network
-    or callee slows the calls to it from every caller, a starved caller all of its calls."""
+    them or more away from the one with most (as `features.windows.span_windows` does for
+    the windows): a slow network or callee slows the calls to it from every caller, a
+    starved caller all of its calls. Only the duration detector's findings charge time; a
+    sequence deviation at a call (an unexpected call) charges none."""
     callees: dict[str, Counter[str]] = defaultdict(Counter)
     gaps: list[tuple[int, str, str]] = []
     for n, r in enumerate(rows):
         if r.get("entity") != "trace" or not r.get("details"):
+            continue
+        if not (r.get("detector") or "").startswith("duration:"):
             continue
         doc = json.loads(r["details"])
         event, blame = doc.get("event") or {}, doc.get("blame") or {}
