@@ -50,10 +50,12 @@ class FakeOnline:
         exclude: Iterable[tuple[int, int]] = (),
         point_window_s: float | None = None,
         point_sources: tuple[str, ...] | None = None,
+        target_fpr: float | None = None,
     ) -> dict[str, Any]:
         if start_ns == 1:
             raise InputError("--from must be before --to")
         self.retrained.append((start_ns, end_ns, point_window_s, point_sources))
+        self.fpr = target_fpr
         return {"traces": 3}
 
     def feedback(self, finding_id: str) -> dict[str, Any]:
@@ -81,10 +83,12 @@ def test_online_detector_lifecycle_and_routes() -> None:
             assert online.completed > 0
             assert (await c.get("/api/model")).json()["loaded"] is True
             ok = await c.post("/api/model/retrain", json={"from": 5, "to": 9, "point_window_s": 10,
-                                                          "point_sources": ["metrics"]})  # fmt: skip
+                                                          "point_sources": ["metrics"],
+                                                          "target_fpr": 1e-4})  # fmt: skip
             assert ok.status_code == 200 and ok.json() == {"traces": 3}
-            assert online.retrained == [(5, 9, 10, ("metrics",))]
-            for bad in ({"from": "yesterday"}, {"point_window_s": "long"}, {"point_sources": "x"}):
+            assert online.retrained == [(5, 9, 10, ("metrics",))] and online.fpr == 1e-4
+            for bad in ({"from": "yesterday"}, {"point_window_s": "long"}, {"point_sources": "x"},
+                        {"target_fpr": 2}):  # fmt: skip
                 r = await c.post("/api/model/retrain", json=bad)
                 assert r.status_code == 400 and "retrain" in r.text
             r = await c.post("/api/model/retrain", json={"from": 1, "to": 2})

@@ -248,10 +248,12 @@ class OnlineDetector:
         exclude: Iterable[tuple[int, int]] = (),
         point_window_s: float | None = None,
         point_sources: tuple[str, ...] | None = None,
+        target_fpr: float | None = None,
     ) -> dict[str, Any]:
         """Fit new models on the period, then swap them in for the loaded ones.
 
-        The point model keeps the loaded one's window and sources unless given.
+        The point model keeps the loaded one's window and sources unless given; target_fpr,
+        when given, sets the trace and point detectors' target false-positive rate.
         """
         if self._store is None:
             raise RuntimeError("attach a store before retrain")
@@ -270,14 +272,18 @@ class OnlineDetector:
             point = replace(point, window_s=point_window_s)
         if point_sources is not None:
             point = replace(point, sources=tuple(point_sources))
+        options = self.train_options
+        if target_fpr is not None:
+            if not 0 < target_fpr < 1:
+                raise InputError("target_fpr: must be in (0, 1)")
+            point = replace(point, target_fpr=target_fpr)
+            options = replace(options or TrainOptions(), target_fpr=target_fpr)
         self.training = True
         cursor = self._store.cursor()
         self.model_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".train-", dir=self.model_dir.parent))
         try:
-            doc = train_models(
-                cursor, staging, start_ns, end_ns, exclude, None, self.train_options, point
-            )
+            doc = train_models(cursor, staging, start_ns, end_ns, exclude, None, options, point)
             with self._model_lock:
                 old = self.model_dir.with_name(self.model_dir.name + ".old")
                 shutil.rmtree(old, ignore_errors=True)

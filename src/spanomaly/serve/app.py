@@ -459,11 +459,14 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
     @app.post("/api/model/retrain")
     async def model_retrain(request: Request) -> Response:
         """Fit new models on stored data: {"from": ns, "to": ns} and optionally
-        "point_window_s" (seconds) and "point_sources" (["traces", "metrics"])."""
+        "point_window_s" (seconds), "point_sources" (["traces", "metrics"]) and
+        "target_fpr" (of the trace and point detectors, in (0, 1))."""
         try:
             body = await request.json()
             lo, hi, win = body.get("from"), body.get("to"), body.get("point_window_s")
-            sources = body.get("point_sources")
+            sources, fpr = body.get("point_sources"), body.get("target_fpr")
+            if fpr is not None and not (isinstance(fpr, int | float) and 0 < fpr < 1):
+                raise ValueError("target_fpr must be a number in (0, 1)")
             if not all(v is None or isinstance(v, int) for v in (lo, hi)):
                 raise ValueError("from/to must be integers (ns since the epoch) or null")
             if win is not None and not isinstance(win, int | float):
@@ -477,7 +480,14 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
         loop = asyncio.get_running_loop()
         try:
             doc = await loop.run_in_executor(
-                None, online.retrain, lo, hi, (), win, None if sources is None else tuple(sources)
+                None,
+                online.retrain,
+                lo,
+                hi,
+                (),
+                win,
+                None if sources is None else tuple(sources),
+                fpr,
             )
         except SpanomalyError as exc:
             return collector.error(400, f"retrain: {exc}", None)
