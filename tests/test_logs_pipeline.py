@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -193,3 +194,30 @@ def test_an_ordinary_line_out_of_its_flow_is_no_root_cause(scenario: dict, tmp_p
         assert pipeline.rca(store, T0 + 3600 * NS, T0 + 3606 * NS) == []
         suspects = pipeline.rca(store, T0 + 3600 * NS, T0 + 3702 * NS)
     assert [s["service"] for s in suspects] == ["order-service"]
+
+
+def test_log_window_features_only_where_lines_cover_the_training(
+    scenario: dict, tmp_path: Path
+) -> None:
+    """Shares of warning and error lines become window features where the instances wrote
+    lines in the training windows, not where most of them have none (TrainTicket)."""
+    db = tmp_path / "s.duckdb"
+    db.write_bytes(scenario["db"].read_bytes())
+    to = T0 + 3000 * NS
+    with DuckDBStore(db) as store:
+        options = pipeline.TrainOptions(sequence="ngram", logs=True)
+        pipeline.train(store, tmp_path / "m", None, to, options=options)
+        point = pipeline.PointOptions(window_s=10.0)
+        hole = [(T0 + 100 * NS, T0 + 103 * NS)]
+        doc = pipeline.train_points(store, tmp_path / "m", None, to, hole, options=point)
+        assert doc["log_windows"] is True and doc["log_coverage"] >= 0.9
+    con = duckdb.connect(str(db))
+    con.execute(f"DELETE FROM logs WHERE time_ns > {T0 + 20 * NS}")  # half the period only
+    con.close()
+    with DuckDBStore(db) as store:
+        doc = pipeline.train_points(store, tmp_path / "m", None, to, hole, options=point)
+        assert doc["log_windows"] is False and doc["log_coverage"] < 0.9
+        features = json.loads((tmp_path / "m" / "point" / "config.json").read_text())
+        assert not any(
+            f.startswith(("z.l.", "d.l.")) for f in features["sources"]["traces"]["features"]
+        )

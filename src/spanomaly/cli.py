@@ -427,12 +427,13 @@ def train(
     ] = "local",
     scheduler: SchedulerOpt = None,
     log_windows: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--log-windows",
-            help="warning, error and unseen-template shares of log lines as window features",
+            "--log-windows/--no-log-windows",
+            help="warning, error and unseen-template shares of log lines as window features "
+            "(default: where log lines cover 90 % of the training windows)",
         ),
-    ] = False,
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""

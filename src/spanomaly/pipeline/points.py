@@ -47,8 +47,13 @@ class PointOptions:
     random_state: int = 0
     sources: tuple[str, ...] = POINT_SOURCES  # windows of span RED features, of metrics
     # the shares of warning, error and unseen log lines as window features (with a trace
-    # model trained on logs); off by default: on TrainTicket they cost root-cause accuracy
-    log_features: bool = False
+    # model trained on logs): True, False, or None: where log lines cover the training
+    # period (in LOG_COVERAGE of the windows where an instance that logs served requests); a
+    # feature missing from most training windows would judge every window that has it
+    log_features: bool | None = None
+
+
+LOG_COVERAGE = 0.9
 
 
 def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> object:
@@ -72,6 +77,25 @@ def _drop_windows(windows: object, exclude: list[tuple[int, int]], window_s: flo
     for lo, hi in exclude:
         keep &= ~((t + w > lo) & (t < hi))
     return windows.take(keep)  # type: ignore[attr-defined]
+
+
+def _log_coverage(red: object, counts: object) -> float:
+    """Share of the windows in which an instance that writes lines served requests that
+    have its lines too (instances that never log do not count)."""
+    import pyarrow.compute as pc
+
+    writers = pc.unique(counts.column("instance"))  # type: ignore[attr-defined]
+    served = red.filter(  # type: ignore[attr-defined]
+        pc.and_(
+            pc.greater(red.column("t.requests_s"), 0),  # type: ignore[attr-defined]
+            pc.is_in(red.column("instance"), value_set=writers),  # type: ignore[attr-defined]
+        )
+    )
+    if served.num_rows == 0:
+        return 0.0
+    keys = ["time_ns", "service", "instance"]
+    logged = served.select(keys).join(counts.select(keys), keys, join_type="inner")  # type: ignore[attr-defined]
+    return logged.num_rows / served.num_rows
 
 
 def _instance_windows(
@@ -99,11 +123,14 @@ def _instance_windows(
             window_s,
         )
         red = log_features.with_window_counts(red, counts)
+        coverage = _log_coverage(red, counts)
     out["traces"] = win.combine(red)
     metric_table = win.metric_windows(_metric_points(store, start_ns, end_ns), window_s)  # type: ignore[arg-type]
     out["metrics"] = win.combine(metric_table)
     out = {k: _drop_windows(v, exclude or [], window_s) for k, v in out.items()}
     out["host_metrics"] = win.host_metrics(metric_table)
+    if templates is not None:
+        out["log_coverage"] = coverage
     return out
 
 
@@ -141,12 +168,21 @@ def train_points(
     # the trace model's log templates, when it was trained with logs: log counts too
     templates = (
         load_templates(model_dir)
-        if options.log_features and (Path(model_dir) / TEMPLATES_FILE).exists()
+        if options.log_features is not False and (Path(model_dir) / TEMPLATES_FILE).exists()
         else None
     )
     windows = _instance_windows(
         store, start_ns, end_ns, profile, options.window_s, exclude, templates
     )
+    coverage = windows.pop("log_coverage", None)
+    if templates is not None and options.log_features is None and coverage < LOG_COVERAGE:  # type: ignore[operator]
+        from spanomaly.features.logs import LOG_FEATURES
+
+        log.info("log lines in %.0f %% of the training windows: no log window features",
+                 100 * coverage)  # type: ignore[operator]  # fmt: skip
+        templates = None
+        w = windows["traces"]
+        windows["traces"] = w.select([n for n in w.names if n not in LOG_FEATURES])  # type: ignore[attr-defined]
     out = Path(model_dir) / POINT_DIR
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, object] = {"detector": options.detector, "window_s": options.window_s}
@@ -162,6 +198,9 @@ def train_points(
         "period_to_ns": end_ns,
         "logs": templates is not None,
     }
+    doc["log_windows"] = templates is not None
+    if coverage is not None:
+        doc["log_coverage"] = round(float(coverage), 3)  # type: ignore[arg-type]
     (out / "profile.json").write_text(json.dumps(profile.to_json()))
     host = list(windows["host_metrics"])  # type: ignore[arg-type]
     config["host_metrics"] = host
