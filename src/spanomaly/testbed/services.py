@@ -162,6 +162,22 @@ class FaultState:
         self.leak.append(b"x" * int(mb * 1024 * 1024))
 
 
+def _whole_exchange_transport() -> type:
+    """An httpx transport whose call returns once the answer's body is read, so that the
+    client span the OpenTelemetry instrumentation wraps around it covers the whole exchange
+    (around the plain transport it ends at the headers, and a slow body, a bandwidth limit
+    say, lands in the caller's own time)."""
+    import httpx
+
+    class WholeExchange(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            await response.aread()
+            return response
+
+    return WholeExchange
+
+
 def create_app(
     service: str,
     instance: str,
@@ -197,7 +213,6 @@ def create_app(
         if target and span.is_recording():
             span.set_attribute("peer.service", target)
 
-    HTTPXClientInstrumentor().instrument(async_request_hook=name_peer)
     SQLite3Instrumentor().instrument()
     db_path = data_dir / f"{instance}.sqlite"
     seed_db(db_path, service)
@@ -216,8 +231,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client_box["c"] = httpx.AsyncClient(
-            timeout=CALL_TIMEOUT_S, limits=httpx.Limits(max_connections=64)
+            timeout=CALL_TIMEOUT_S,
+            transport=_whole_exchange_transport()(limits=httpx.Limits(max_connections=64)),
         )
+        HTTPXClientInstrumentor.instrument_client(client_box["c"], request_hook=name_peer)
         task = asyncio.create_task(background())
         try:
             yield
