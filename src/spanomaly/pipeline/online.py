@@ -12,7 +12,9 @@ and, once an instance window is older than `grace_s`, the windows that closed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -283,7 +285,11 @@ class OnlineDetector:
         self.model_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".train-", dir=self.model_dir.parent))
         try:
-            doc = train_models(cursor, staging, start_ns, end_ns, exclude, None, options, point)
+            doc = _in_background(
+                lambda: train_models(
+                    cursor, staging, start_ns, end_ns, exclude, None, options, point
+                )
+            )
             with self._model_lock:
                 old = self.model_dir.with_name(self.model_dir.name + ".old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -314,3 +320,28 @@ class OnlineDetector:
 
 
 __all__ = ["DEFAULT_GRACE_S", "DEFAULT_INTERVAL_S", "POINT_DIR", "OnlineDetector"]
+
+
+TRAIN_NICE = 10  # training is background work: the services and the intake keep the CPU
+
+
+def _in_background(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run work on a thread of its own at a lower CPU priority (nice TRAIN_NICE, on Linux:
+    the priority is per thread there, and threads it starts inherit it), and wait for it."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            if hasattr(os, "setpriority"):  # where not allowed: the normal priority
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAIN_NICE)
+            out["doc"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="spanomaly-train", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["doc"]
