@@ -190,3 +190,13 @@ def test_split_is_a_partition() -> None:
     seqs = Sequences.from_lists([[4 + i % 3] for i in range(50)], n_keys=8)
     train, val = split(seqs, 0.2, 0)
     assert (train.n_traces, val.n_traces) == (40, 10)
+
+
+def test_fit_threshold_leaves_the_ties_of_the_body_out_of_the_tail() -> None:
+    """Most traces lose no time (score 0): the tail is the few that lost some, scaled by
+    how much they lost, not by an average that counts the zeros."""
+    s = np.zeros(286)
+    s[:3] = [8.0, 10.0, 12.0]
+    t = fit_threshold(s, 1e-4)
+    # P(S > t) = 3/286 * exp(-t / 10) = 1e-4
+    assert abs(t - 10.0 * np.log(3 / (286 * 1e-4))) < 1e-6

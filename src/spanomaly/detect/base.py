@@ -172,8 +172,9 @@ def fit_threshold(
     peaks-over-threshold estimate: a generalised Pareto distribution fitted to the scores
     above the (1 - tail) quantile, extrapolated to target_fpr; where that quantile leaves
     fewer than `min_tail` scores (a small validation set), an exponential tail fitted to the
-    top scores (at least ten where there are twenty, at most half) instead, since a Pareto
-    shape cannot be told from so few. Never below the largest score the quantile could
+    scores above the eleventh largest or a lower one (at most half; scores tied with it, the zeros
+    of traces that lost no time, are left out of the tail) instead, since a Pareto shape
+    cannot be told from so few. Never below the largest score the quantile could
     see; with too few distinct tail scores, the largest score.
     """
     s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
@@ -199,10 +200,10 @@ def fit_threshold(
     if k < 3:
         return float(s[-1])
     u = float(s[n - k - 1])
-    excess = s[n - k :] - u
-    if np.ptp(excess) <= 0 and excess.mean() <= 0:
+    above = s[s > u] - u  # strictly above: scores tied at u (often 0: nothing lost) are
+    if not len(above):  # the body, not the tail; P(S > t) = P(S > u) exp(-(t - u) / scale)
         return float(s[-1])
-    t = u + float(excess.mean()) * np.log(k / (target_fpr * n))
+    t = u + float(above.mean()) * np.log(len(above) / (target_fpr * n))
     return float(max(t, s[-1]))
 
 
