@@ -53,7 +53,11 @@ _STOP = object()
 
 def _worker_init() -> None:
     """In a decode process: die with the server (Linux), leave signals to the server."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
+    # Ctrl-C, and a SIGTERM sent to the whole process group (a supervisor's stop), reach
+    # the server, which drains and shuts the pool down; a worker that died of them would
+    # leave the batch it was decoding unsettled and the server's drain waiting for it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import ctypes
 
