@@ -113,6 +113,9 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
     }
     sup = Supervisor(run_id, run_dir / "logs")
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C stops the run even where it was started with SIGINT ignored (a background job
+    # of a shell script inherits that)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     injector: Injector | None = None
     fault_log: list[Fault] = []
     summary: dict[str, Any] = {"run_id": run_id, "run_dir": str(run_dir), "crashed": []}
@@ -261,6 +264,7 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
         sup.stop(["collector"], timeout_s=30)  # commits what it accepted
         sup.stop_all()
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
     summary["duration_s"] = round((t_end - t_start) / 1e9, 1)
     summary["faults"] = len(fault_log)
     faults_table = _faults_table(fault_log)
