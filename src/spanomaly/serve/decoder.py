@@ -52,12 +52,17 @@ _STOP = object()
 
 
 def _worker_init() -> None:
-    """In a decode process: die with the server (Linux), leave signals to the server."""
-    # Ctrl-C, and a SIGTERM sent to the whole process group (a supervisor's stop), reach
+    """In a decode process: die with the server (Linux), leave group signals to the server."""
+    # Ctrl-C, and a SIGTERM sent to the whole process group (a supervisor's stop), are for
     # the server, which drains and shuts the pool down; a worker that died of them would
-    # leave the batch it was decoding unsettled and the server's drain waiting for it
+    # leave the batch it was decoding unsettled and the server's drain waiting for it. So
+    # the worker leaves the group, but still ends on a SIGTERM sent to it alone: that is
+    # how the pool stops the survivors when one of its processes died.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import ctypes
 
