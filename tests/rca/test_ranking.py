@@ -138,6 +138,31 @@ def test_rank_combines_sources_and_filters_evidence() -> None:
         ranking.rank(findings, graph, traffic, "logs")
 
 
+def test_persistent_windows_outweigh_a_blip_and_callers_of_a_slower_callee_drop() -> None:
+    def window(service: str, source: str, surprise: float, t: int) -> dict[str, object]:
+        row = _finding(f"point:ecod:{source}", "instance", service, f"{service}-1", surprise)
+        return {**row, "finding_id": f"{service}{source}{t}", "time_ns": t}
+
+    # a: three windows of a CPU fault; b: one window of a sparse metric far past its range
+    rows = [window("a", "metrics", 8.0, t) for t in range(3)] + [window("b", "metrics", 20.0, 0)]
+    # c calls d; c's spans and its own latency metrics show d's slowness, d's spans more so
+    rows += [window("c", "traces", 10.0, 0), window("c", "metrics", 6.0, 0)]
+    rows += [window("d", "traces", 12.0, 0)]
+    findings = pa.Table.from_pylist(rows, schema=FINDINGS)
+    graph = pa.table({"caller": ["c"], "callee": ["d"], "callee_instance": ["d-1"], "calls": [9]})
+    services = ["a", "b", "c", "d"]
+    traffic = pa.table({"service": services, "instance": [f"{s}-1" for s in services],
+                        "requests": [100] * 4})  # fmt: skip
+    ranked = ranking.rank(findings, graph, traffic, "both").to_pylist()
+    assert [(r["service"], r["score"]) for r in ranked] == [
+        ("a", 24.0),
+        ("b", 20.0),
+        ("d", 12.0),
+        ("c", 8.0),
+    ]
+    assert "calls d" in json.loads(ranked[-1]["evidence"])["graph"]
+
+
 def _gap(caller: str, callee: str, n: int) -> dict[str, object]:
     """A trace finding that charges a call's own time (caller -> callee) to the callee."""
     row = _finding("duration:robust", "trace", callee.split("-")[0], callee, trace=f"{caller}{n}")

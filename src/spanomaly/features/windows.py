@@ -432,6 +432,23 @@ def _tail_values(n: int) -> int:
     return max(int(0.05 * n), min(TAIL_MIN, n - 1), 1)
 
 
+def _tail_count(n: np.ndarray) -> np.ndarray:
+    """`_tail_values` of an array of value counts."""
+    n = np.asarray(n, dtype=np.float64)
+    return np.maximum(np.maximum(np.floor(0.05 * n), np.minimum(TAIL_MIN, n - 1)), 1.0)
+
+
+def _beyond(excess: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """-log of the tail probability past the normal range's edge, `excess` in tail scales.
+
+    The scale is a mean of k values, itself uncertain: the tail is the exponential's
+    posterior predictive (a Lomax tail, k log(1 + excess / k)), which falls as the
+    exponential near the edge but only polynomially far past it. A quantised metric whose
+    few outer values sit on one bucket edge then reads ten times its normal as rare, not as
+    certainty; with many tail values it is the exponential."""
+    return k * np.log1p(excess / k)
+
+
 def _grid(x: np.ndarray) -> tuple[np.ndarray, float, float, float, int]:
     """Quantile grid of the finite values, the scales of the upper and lower tails (mean
     excess of the outer 5 %, at least TAIL_MIN values, over their start; floored by 1 % of
@@ -458,9 +475,9 @@ class Normalizer:
     the normal quantile of its mid-rank among the n normal values (read from the grid), so a
     value past the largest of few windows is as rare as 1 in 2(n + 1), not 1 in 2 * GRID;
     z = Phi^-1(F(x)); beyond the normal
-    range the tail probability keeps falling exponentially (the scale being the mean excess
+    range the tail probability keeps falling (an exponential whose scale, the mean excess
     of the outer 5 %, or of all services where the service's values never reached past
-    their edge), so CPU
+    their edge, is itself an estimate: `_beyond`), so CPU
     at eighty times its normal is a larger z than at twice. So
     every feature of every service is about standard normal in normal operation, and the
     instances of one service are compared on one scale. Services not seen in training use
@@ -548,8 +565,9 @@ class Normalizer:
             p_dn = (n * share + 0.5) / (n + 1.0)
             log_up = np.log(np.minimum(p_up, 0.5))
             log_dn = np.log(np.minimum(p_dn, 0.5))
-            over = np.maximum(x - g[:, -1], 0.0) / self.upper[row, j]
-            under = np.maximum(g[:, 0] - x, 0.0) / self.lower[row, j]
+            k = _tail_count(n)
+            over = _beyond(np.maximum(x - g[:, -1], 0.0) / self.upper[row, j], k)
+            under = _beyond(np.maximum(g[:, 0] - x, 0.0) / self.lower[row, j], k)
             log_up = np.where(x > g[:, -1], log_up - over, log_up)
             log_dn = np.where(x < g[:, 0], log_dn - under, log_dn)
             zj = np.where(p_up < p_dn, -ndtri_exp(log_up), ndtri_exp(log_dn))

@@ -15,16 +15,18 @@ apart from the spans and add to it:
   P(K >= k).
 - **instance findings from spans** (`point:<detector>:traces`): anomalous instance windows
   of the RED features (request rate, errors, latency, time lost above each operation's
-  normal self time); the surprise of the most anomalous window, calibrated by the point
-  detector on held-out normal windows.
+  normal self time); each anomalous window's surprise, calibrated by the point detector
+  on held-out normal windows, and the windows' surprises add up (as the count of trace
+  findings grows with time): a fault holds for minutes, a one-window blip does not.
 - **instance findings from metrics** (`point:<detector>:metrics`): the same for the
   instance's own metrics (CPU, memory, I/O, network, ...). A CPU-starved or
   memory-starved instance is named by these alone.
 
 Then the dependency graph: anomalies travel upstream, from a callee to its callers (a
 slow callee makes its callers slow). A suspect one of whose callees is at least as
-surprising is most likely a symptom of it, and its surprise is halved; the ranking keeps
-it, lower. Services are ranked by their best instance.
+surprising, in all or in the spans alone (its own latency metrics show the callee's time
+too), is most likely a symptom of it, and its surprise is halved; the ranking keeps it,
+lower. Services are ranked by their best instance.
 
 `evidence` picks what is used: "traces" (trace findings and span-derived instance
 windows), "metrics" (metric-derived instance windows), or "both".
@@ -114,6 +116,7 @@ class _Suspect:
     reasons: list[tuple[float, str]] = field(default_factory=list)
     graph: str | None = None
     score: float = 0.0
+    spans: float = 0.0  # the part of the score the spans give
 
 
 def _instances_by_service(traffic: pa.Table) -> dict[str, list[str]]:
@@ -180,7 +183,7 @@ def rank(
             continue
         details = json.loads(r["details"] or "{}")
         value = float(details.get("surprise", 0.0))
-        s.surprise[src] = max(s.surprise.get(src, 0.0), value)
+        s.surprise[src] = s.surprise.get(src, 0.0) + value
         s.windows += 1
         if r["operation"]:
             s.operations[r["operation"]] += 0.5
@@ -198,6 +201,7 @@ def rank(
         # trace findings and span-derived windows are two views of the same spans: the
         # stronger counts; metrics are an independent channel and add up
         from_spans = max(s.surprise.get("trace", 0.0), s.surprise.get("instance_traces", 0.0))
+        s.spans = from_spans
         s.score = from_spans + s.surprise.get("instance_metrics", 0.0)
     _graph_discount(suspects, graph)
     ordered = sorted(suspects.values(), key=lambda s: (-s.score, s.service, s.instance or ""))
@@ -275,23 +279,25 @@ def _charge_starved_callers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _graph_discount(suspects: dict[tuple[str, str | None], _Suspect], graph: pa.Table) -> None:
-    """Halve the score of a suspect that calls a service at least as surprising."""
+    """Halve the score of a suspect that calls a service at least as surprising, in all or
+    in what the spans tell (where the calls are seen: a caller's own metrics, its latency
+    for one, show a slow callee's time as much as its spans do)."""
     callees, _ = adjacency(graph)
     best: dict[str, float] = defaultdict(float)
-    who: dict[str, str] = {}
+    best_spans: dict[str, float] = defaultdict(float)
     for s in suspects.values():
-        if s.score > best[s.service]:
-            best[s.service] = s.score
-            who[s.service] = s.service
+        best[s.service] = max(best[s.service], s.score)
+        best_spans[s.service] = max(best_spans[s.service], s.spans)
     raw = {key: s.score for key, s in suspects.items()}
     for key, s in suspects.items():
         if raw[key] <= 0:
             continue
-        down = [(best[c], c) for c in callees.get(s.service, ()) if c != s.service]
-        if not down:
-            continue
-        top, name = max(down)
-        if top >= raw[key]:
+        below = [c for c in callees.get(s.service, ()) if c != s.service]
+        above = [
+            c for c in below if best[c] >= raw[key] or (s.spans > 0 and best_spans[c] >= s.spans)
+        ]
+        if above:
+            name = max(above, key=lambda c: (best[c], c))
             s.score = raw[key] * GRAPH_DISCOUNT
             s.graph = f"calls {name}, which is at least as anomalous (score halved)"
 
