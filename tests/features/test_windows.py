@@ -50,8 +50,10 @@ def test_metric_windows_normaliser_and_host_metrics() -> None:
     hit = w.X[:, w.names.index("m.CpuUsage")] > 400  # the CPU fault's windows
     assert hit.sum() == 3 and set(w.column("instance")[hit]) == {sc.instance("auth-service")}
     cpu = names.index("z.m.CpuUsage")
-    assert X[hit, cpu].min() > 5  # 480 against a normal of 50: far past the normal range
-    assert X[hit, names.index("d.m.CpuUsage")].max() > 5  # and a change against the past
+    assert X[hit, cpu].min() > 10  # 480 against a normal of 50: far past the normal range
+    assert X[hit, names.index("d.m.CpuUsage")].max() > 10  # and a change against the past
+    weighed = norm.transform(w, predictive=True)  # tails whose scale is an estimate: less sure
+    assert 5 < weighed[hit, cpu].min() < X[hit, cpu].min()
     again = win.Normalizer.from_json(norm.to_json())
     np.testing.assert_allclose(again.transform(w), X)
     assert norm.normal("auth-service", "m.CpuUsage") == pytest_approx(50.0, 3.0)
@@ -165,12 +167,14 @@ def test_tails_past_the_normal_range_weigh_how_well_they_are_known() -> None:
     # a quantised latency metric: most values on a bucket edge, one bucket up now and then
     sparse = np.where(rng.random(80) < 0.9, 0.0249, 0.0495)
     w = _metric_windows_of(np.r_[sparse, 0.475, 0.0495])
-    z = win.Normalizer(recent=0).fit(w.take(np.arange(80))).zscores(w)[:, 0]
+    norm = win.Normalizer(recent=0).fit(w.take(np.arange(80)))
+    assert norm.zscores(w)[80, 0] == win.Z_CLIP  # detection: past the range is past it
+    z = norm.zscores(w, predictive=True)[:, 0]
     assert 4 < z[80] < 10  # ten times a bucket edge, 80 windows: rare, not certainty
     assert abs(z[81]) < 2.5  # the upper bucket itself is normal
     wide = rng.exponential(1.0, 2000)  # a tail measured on a hundred values
     w = _metric_windows_of(np.r_[wide, 20.0])
-    z = win.Normalizer(recent=0).fit(w.take(np.arange(2000))).zscores(w)[:, 0]
+    z = win.Normalizer(recent=0).fit(w.take(np.arange(2000))).zscores(w, predictive=True)[:, 0]
     assert z[-1] > 5  # far past a well-measured tail
     k = win._tail_count(np.array([2000.0]))
     np.testing.assert_allclose(win._beyond(np.array([0.5]), k), 0.5, rtol=0.01)  # near the edge

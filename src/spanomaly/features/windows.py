@@ -445,7 +445,10 @@ def _beyond(excess: np.ndarray, k: np.ndarray) -> np.ndarray:
     posterior predictive (a Lomax tail, k log(1 + excess / k)), which falls as the
     exponential near the edge but only polynomially far past it. A quantised metric whose
     few outer values sit on one bucket edge then reads ten times its normal as rare, not as
-    certainty; with many tail values it is the exponential."""
+    certainty; with many tail values it is the exponential. Root cause weighs surprises
+    with it (they are compared as probabilities across instances and sources); detection
+    keeps the exponential, its threshold being learnt on held-out windows anyway, and a
+    leak past a short training's range must still stand out."""
     return k * np.log1p(excess / k)
 
 
@@ -475,9 +478,9 @@ class Normalizer:
     the normal quantile of its mid-rank among the n normal values (read from the grid), so a
     value past the largest of few windows is as rare as 1 in 2(n + 1), not 1 in 2 * GRID;
     z = Phi^-1(F(x)); beyond the normal
-    range the tail probability keeps falling (an exponential whose scale, the mean excess
+    range the tail probability keeps falling exponentially (the scale being the mean excess
     of the outer 5 %, or of all services where the service's values never reached past
-    their edge, is itself an estimate: `_beyond`), so CPU
+    their edge; `predictive` accounts for that scale being an estimate), so CPU
     at eighty times its normal is a larger z than at twice. So
     every feature of every service is about standard normal in normal operation, and the
     instances of one service are compared on one scale. Services not seen in training use
@@ -536,8 +539,9 @@ class Normalizer:
         z = [f"z.{n}" for n in self.names]
         return z + ([f"d.{n}" for n in self.names] if self.recent > 0 else [])
 
-    def zscores(self, windows: InstanceWindows) -> np.ndarray:
-        """z-scores against the service's normal, missing values at the normal (0)."""
+    def zscores(self, windows: InstanceWindows, predictive: bool = False) -> np.ndarray:
+        """z-scores against the service's normal, missing values at the normal (0); with
+        `predictive`, past the normal range from the tails' predictive (`_beyond`)."""
         from scipy.special import ndtri_exp
 
         cols = [windows.names.index(n) if n in windows.names else -1 for n in self.names]
@@ -565,9 +569,11 @@ class Normalizer:
             p_dn = (n * share + 0.5) / (n + 1.0)
             log_up = np.log(np.minimum(p_up, 0.5))
             log_dn = np.log(np.minimum(p_dn, 0.5))
-            k = _tail_count(n)
-            over = _beyond(np.maximum(x - g[:, -1], 0.0) / self.upper[row, j], k)
-            under = _beyond(np.maximum(g[:, 0] - x, 0.0) / self.lower[row, j], k)
+            over = np.maximum(x - g[:, -1], 0.0) / self.upper[row, j]
+            under = np.maximum(g[:, 0] - x, 0.0) / self.lower[row, j]
+            if predictive:
+                k = _tail_count(n)
+                over, under = _beyond(over, k), _beyond(under, k)
             log_up = np.where(x > g[:, -1], log_up - over, log_up)
             log_dn = np.where(x < g[:, 0], log_dn - under, log_dn)
             zj = np.where(p_up < p_dn, -ndtri_exp(log_up), ndtri_exp(log_dn))
@@ -578,10 +584,10 @@ class Normalizer:
                 z[:, j] = np.maximum(z[:, j], 0.0)
         return np.clip(z, -Z_CLIP, Z_CLIP)
 
-    def transform(self, windows: InstanceWindows) -> np.ndarray:
+    def transform(self, windows: InstanceWindows, predictive: bool = False) -> np.ndarray:
         """The feature matrix the detectors see: z, and the change against the recent past
         (towards the abnormal only)."""
-        z = self.zscores(windows)
+        z = self.zscores(windows, predictive)
         if self.recent <= 0 or windows.n == 0:
             return z
         d = z - recent_median(z, windows, self.recent)

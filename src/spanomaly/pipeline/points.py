@@ -293,7 +293,8 @@ def _point_findings(
     if hasattr(det, "tail_surprise"):
         # RCA weighs what changed: the largest increase against the instance's recent past
         changed = [j for j, f in enumerate(feats) if f.startswith("d.")] or list(range(len(feats)))
-        surprise = det.tail_surprise(X[flagged], changed)  # type: ignore[attr-defined]
+        weighed = norm.transform(w, predictive=True)[flagged]  # type: ignore[attr-defined]
+        surprise = det.tail_surprise(weighed, changed)  # type: ignore[attr-defined]
     else:
         surprise = det.surprise_of(scores[flagged])  # type: ignore[attr-defined]
     contrib = det.explain(X, groups)[flagged]  # type: ignore[attr-defined]
