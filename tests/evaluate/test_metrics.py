@@ -38,6 +38,16 @@ def test_a_fault_is_detected_by_a_finding_up_to_60_s_after_its_end() -> None:
     assert M.detected_faults(_findings(), faults).tolist() == [False] * 3
 
 
+def test_the_slack_after_a_fault_stops_at_the_next_faults_start() -> None:
+    faults = _faults((100, 115), (123, 138), (300, 320))  # dense: 8 s between the first two
+    starts, ends = M.fault_windows(faults)
+    assert (ends // S).tolist() == [122, 198, 380]
+    found = _findings((125, "a", "t0"))  # the second fault's finding, not the first's
+    assert M.detected_faults(found, faults).tolist() == [False, True, False]
+    ttd = M.time_to_detect(found, faults)
+    assert ttd[1] == 2.0 and ttd[0] != ttd[0]  # NaN: not detected
+
+
 def test_alarms_group_findings_per_service_while_they_keep_coming() -> None:
     found = _findings(
         (0, "a", "1"), (50, "a", "2"), (100, "a", "3"),  # one alarm: gaps under 60 s

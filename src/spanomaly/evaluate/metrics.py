@@ -30,10 +30,15 @@ def _ns(table: pa.Table, column: str) -> np.ndarray:
 
 
 def fault_windows(faults: pa.Table, slack_s: float = SLACK_S) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end + slack) of every fault, in ns."""
+    """(start, end + slack) of every fault, in ns; the slack stops short of the next
+    fault's start (a dense schedule would credit one fault with the next one's findings)."""
     if faults.num_rows == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return _ns(faults, "start_ns"), _ns(faults, "end_ns") + int(slack_s * _NS)
+    starts, ends = _ns(faults, "start_ns"), _ns(faults, "end_ns")
+    later = np.unique(starts)
+    k = np.searchsorted(later, starts, side="right")
+    nxt = np.where(k < len(later), later[np.minimum(k, len(later) - 1)] - 1, np.iinfo(np.int64).max)
+    return starts, np.maximum(ends, np.minimum(ends + int(slack_s * _NS), nxt))
 
 
 def in_windows(times: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -585,11 +585,11 @@ def evaluate(
     svc_ranks: list[int | None] = []
     inst_ranks: list[int | None] = []
     per_fault: list[dict[str, object]] = []
-    slack = int(m.SLACK_S * 1e9)
     window_ns = _point_window_ns(model_dir)
     rows = faults.to_pylist()
+    _, rca_ends = m.fault_windows(faults)  # each up to the next fault's start at most
     for k, f in enumerate(rows):  # one ranking per fault
-        hi = _rca_end(rows, k, slack)
+        hi = int(rca_ends[k])
         ranked = _rank_window(
             store,
             f["start_ns"],
@@ -649,16 +649,6 @@ def evaluate(
         "per_type": per_type,
         "per_fault": per_fault,
     }
-
-
-def _rca_end(faults: list[dict[str, object]], k: int, slack: int) -> int:
-    """End of fault k's RCA window: its end + slack, but not into the next fault's start
-    (dense schedules would hand the next fault's evidence to this one)."""
-    f = faults[k]
-    end = int(f["end_ns"])  # type: ignore[call-overload]
-    later = [int(g["start_ns"]) for g in faults if int(g["start_ns"]) > int(f["start_ns"])]  # type: ignore[call-overload]
-    nxt = min(later, default=end + slack)
-    return max(end, min(end + slack, nxt - 1))
 
 
 def _kind_trace_prf(
