@@ -23,6 +23,10 @@ MAX_REJECT_MESSAGES = 50
 # Long free text (JSON attributes, messages): zstd writes it faster and smaller than the
 # dictionary/FSST analysis DuckDB runs by default (1 M OTLP spans: 4.8 s vs 6.5 s, 126 vs 210 MB)
 _ZSTD_COLUMNS = {"attributes", "details", "params", "body", "status_message"}
+# Span and parent ids are unique per row: the dictionary/FSST analysis finds nothing to share
+# and costs more than zstd (1.04 M TrainTicket spans: about 0.6 CPU s less per import, file
+# 49 MB instead of 45 MB, reads of the ids as fast); trace ids repeat and keep the default.
+_ZSTD_BY_TABLE = {"spans": {"span_id", "parent_id"}}
 # Time columns that are part of a table's key: a stored twin of a row lies in its batch's
 # time range.
 _KEY_TIMES = {"metrics": "time_ns"}
@@ -50,7 +54,11 @@ def ddl(name: str, as_name: str | None = None) -> str:
     # may sit in the table for a moment inside the transaction that deletes it.
     cols = ", ".join(
         f'"{f.name}" {_duck_type(f.type)}'
-        + (" USING COMPRESSION zstd" if f.name in _ZSTD_COLUMNS else "")
+        + (
+            " USING COMPRESSION zstd"
+            if f.name in _ZSTD_COLUMNS or f.name in _ZSTD_BY_TABLE.get(name, ())
+            else ""
+        )
         for f in TABLES[name]
     )
     return f"CREATE TABLE IF NOT EXISTS {as_name or name} ({cols})"
