@@ -540,6 +540,7 @@ class DuckDBStore:
         other.span_key_with_start = self.span_key_with_start
         other._con = self._con.cursor()
         other._depth = 0
+        other._clean = False
         other._owner = False
         other._con.execute("SET preserve_insertion_order = false")
         return other
