@@ -49,3 +49,19 @@ def trainticket_store(trainticket: Path, tmp_path_factory: pytest.TempPathFactor
         report = pipeline.ingest([trainticket], store)
     assert report.rejected == 0, report.errors
     return path
+
+
+@pytest.fixture
+def checked_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per SQL source the DuckDB store wrote by its checked (staged) path."""
+    from spanomaly.store.duckdb import DuckDBStore
+
+    calls: list[int] = []
+    checked = DuckDBStore._write_checked
+
+    def counting(self: DuckDBStore, *args: object) -> None:
+        calls.append(1)
+        checked(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DuckDBStore, "_write_checked", counting)
+    return calls

@@ -248,3 +248,21 @@ def test_a_good_row_never_loses_to_a_bad_twin(tmp_path: Path) -> None:
         report, store = ingest([write(tmp_path / "t.csv", NEZHA_HEADER + "".join(order))])
         assert (report.spans, report.rejected) == (1, 1)
         assert store.spans().column("duration_ns").to_pylist() == [5000]
+
+
+def test_clean_csv_is_read_once_and_unusual_ids_take_the_checked_path(
+    tmp_path: Path, checked_writes: list[int]
+) -> None:
+    calls = checked_writes
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    a = write(tmp_path / "a" / "11_00_trace.csv", NEZHA_HEADER + "".join(GOOD[:2]))
+    write(tmp_path / "a" / "11_01_trace.csv", NEZHA_HEADER + "".join(GOOD[1:]))
+    report, store = ingest([a.parent])
+    assert (report.spans, report.duplicates, report.rejected, calls) == (3, 1, 0, [])
+    clean = store.spans().sort_by("span_id")
+    # the same spans with ids in capitals and padded: stored alike, by the checked path
+    odd = NEZHA_HEADER + "".join(GOOD).replace(T1, f" {T1.upper()}").replace(",root,", ",ROOT,")
+    report, store = ingest([write(tmp_path / "b" / "11_00_trace.csv", odd)])
+    assert (report.spans, report.duplicates, report.rejected, calls) == (3, 0, 0, [1])
+    assert store.spans().sort_by("span_id").equals(clean)

@@ -7,7 +7,10 @@ with some of the table's columns (by name; the others stay null) plus `_source` 
 and a `reject` expression over those columns that says why a row is refused (or is null).
 The store reads the input once, evaluating the check as it reads, and inserts only the rows
 it passes. Every chunk is written in one transaction, so a bad chunk never changes what the
-store holds.
+store holds. A source may also offer a `fast` SELECT: the same rows, without `_source`, that
+raises an error on any row the checked path would refuse or rewrite (and on any malformed
+line); a store may run it first, in one statement, and fall back to the checked path when it
+raises (clean input, the common case, is then read only once and never staged).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class SqlSource:
     sql: str
     reject: str = "NULL"  # SQL over the table's columns: why a row is refused, or NULL
     reader_rejects: bool = False  # CSV lines refused by DuckDB's reader sit in reject_errors
+    fast: str | None = None  # the optimistic SELECT (see the module docstring), or None
 
 
 @dataclass

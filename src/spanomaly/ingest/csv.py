@@ -19,7 +19,7 @@ from pathlib import Path
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
 from spanomaly.ingest.files import first_line
-from spanomaly.ingest.validate import SPAN_REJECT_SQL
+from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_VALUE_REJECT_SQL
 from spanomaly.schema import KIND_VALUES, SPANS
 
 UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -86,6 +86,17 @@ def _id(expr: str) -> str:
     return f"lower(trim({expr}))"
 
 
+def _plain_id(expr: str, length: int, field: str) -> str:
+    # the optimistic read: an id already in its stored form (lower-case hex of the right
+    # length, not all zeros) passes as it is, one regex and no copy; anything else stops the
+    # statement and the checked read takes over (which trims, lowercases and names the row)
+    return (
+        f"CASE WHEN regexp_full_match({expr}, '[0-9a-f]{{{length}}}') "
+        f"AND {expr} <> '{'0' * length}' THEN {expr} "
+        f"ELSE error('{field} is not {length} lower-case hex characters') END"
+    )
+
+
 def _int(expr: str, unit: str) -> str:
     factor = UNITS_NS[unit]
     if factor == 1:  # nanoseconds: a decimal fraction rounds to the nearest ns
@@ -103,9 +114,12 @@ def span_select(
     mapping: dict[str, str],
     options: DecodeOptions,
     columns: list[str] | None = None,
+    strict: bool = False,
 ) -> str:
     """The SELECT that reads the files (of one header, `columns` where known) and yields the
-    mapped SPANS columns plus _source."""
+    mapped SPANS columns plus _source; strict: the optimistic variant (SqlSource.fast) without
+    _source, which raises an error on any line or row the checked variant would refuse or
+    rewrite."""
     m = {k: _q(v) for k, v in mapping.items()}
     if "duration" not in m and "end" not in m:
         raise InputError("--map: a span needs 'duration' or 'end' mapped")
@@ -115,12 +129,21 @@ def span_select(
         if "duration" in m
         else f"({_int(m['end'], options.time_unit)} - {start})"
     )
-    parent = (
-        f"CASE WHEN lower(trim({m['parent_id']})) IN ({', '.join(map(_lit, _ROOT_MARKERS))}) "
-        f"THEN NULL ELSE {_id(m['parent_id'])} END"
-        if "parent_id" in m
-        else "NULL"
-    )
+    markers = ", ".join(map(_lit, _ROOT_MARKERS))
+    if "parent_id" not in m:
+        parent = "NULL"
+    elif strict:  # a root marker as written, or a plain id; anything else: checked read
+        p = m["parent_id"]
+        parent = (
+            f"CASE WHEN {p} IS NULL OR {p} IN ({markers}) THEN NULL "
+            f"WHEN regexp_full_match({p}, '[0-9a-f]{{16}}') THEN {p} "
+            "ELSE error('parent_id is not 16 lower-case hex characters') END"
+        )
+    else:
+        parent = (
+            f"CASE WHEN lower(trim({m['parent_id']})) IN ({markers}) "
+            f"THEN NULL ELSE {_id(m['parent_id'])} END"
+        )
     if "service" in m:
         service = f"nullif(trim({m['service']}), '')"
     elif "instance" in m:
@@ -146,8 +169,8 @@ def span_select(
         else "NULL"
     )
     cols = {
-        "trace_id": _id(m["trace_id"]),
-        "span_id": _id(m["span_id"]),
+        "trace_id": _plain_id(m["trace_id"], 32, "trace_id") if strict else _id(m["trace_id"]),
+        "span_id": _plain_id(m["span_id"], 16, "span_id") if strict else _id(m["span_id"]),
         "parent_id": parent,
         "service": service,
         "instance": m.get("instance", "NULL"),
@@ -185,9 +208,14 @@ def span_select(
         else "all_varchar = true"
     )
     reader = (
-        f"read_csv({file_list}, header = true, {layout}, delim = ',', quote = '\"', "
-        "escape = '\"', filename = '_file', store_rejects = true)"
+        f"read_csv({file_list}, header = true, {layout}, delim = ',', quote = '\"', escape = '\"'"
     )
+    if strict:  # a malformed line raises; rows with a missing value too
+        return (
+            f"SELECT * FROM (SELECT {', '.join(typed.values())} FROM {reader})) WHERE CASE "
+            f"WHEN ({SPAN_VALUE_REJECT_SQL}) IS NULL THEN true ELSE error('a value is missing') END"
+        )
+    reader += ", filename = '_file', store_rejects = true)"
     return f"SELECT {', '.join(typed.values())}, _file AS _source FROM {reader}"
 
 
@@ -238,4 +266,5 @@ def decode_files(
         for f in group:
             check_columns(f, list(columns), mapping)
         sql = span_select(group, mapping, opts, list(columns))
-        yield Chunk("spans", SqlSource(sql, SPAN_REJECT_SQL, reader_rejects=True))
+        fast = span_select(group, mapping, opts, list(columns), strict=True)
+        yield Chunk("spans", SqlSource(sql, SPAN_REJECT_SQL, reader_rejects=True, fast=fast))
