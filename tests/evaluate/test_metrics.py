@@ -40,7 +40,7 @@ def test_a_fault_is_detected_by_a_finding_up_to_60_s_after_its_end() -> None:
 
 def test_the_slack_after_a_fault_stops_at_the_next_faults_start() -> None:
     faults = _faults((100, 115), (123, 138), (300, 320))  # dense: 8 s between the first two
-    starts, ends = M.fault_windows(faults)
+    _, ends = M.fault_windows(faults)
     assert (ends // S).tolist() == [122, 198, 380]
     found = _findings((125, "a", "t0"))  # the second fault's finding, not the first's
     assert M.detected_faults(found, faults).tolist() == [False, True, False]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from spanomaly.ingest.base import Chunk
 from spanomaly.pipeline import PointOptions, TrainOptions, train_models
 from spanomaly.pipeline.online import OnlineDetector
 from spanomaly.store.duckdb import DuckDBStore
@@ -81,6 +82,39 @@ def test_completed_traces_and_closed_windows_are_scored(
     assert status["loaded"] and status["vocabulary"] > 0
     assert status["scored"]["traces_scored"] == len(slow)
     assert status["point"]["window_s"] == 60.0
+
+
+def test_windows_wait_for_data_the_store_does_not_hold_yet(
+    scenario: tuple[DuckDBStore, Path],
+) -> None:
+    store, model = scenario
+    cut = sc.CPU_FAULT[0] - 2 * sc.MIN  # what came later is still on its way to the store
+    later = {
+        "spans": store.sql("SELECT * FROM spans WHERE start_ns >= ?", [cut]),
+        "metrics": store.sql("SELECT * FROM metrics WHERE time_ns >= ?", [cut]),
+    }
+    store._con.execute("DELETE FROM spans WHERE start_ns >= ?", [cut])
+    store._con.execute("DELETE FROM metrics WHERE time_ns >= ?", [cut])
+    # the clock is far ahead (a collector busy training, its writer behind)
+    online = OnlineDetector(model, interval_s=0.02, grace_s=0, clock=lambda: sc.TEST[1])
+    online.attach(store)
+    online.start()
+    try:
+        online._closed_ns = sc.TEST[0]
+        _wait(lambda: online.counts["instances_scored"] > 0)
+        time.sleep(0.3)
+        assert online._closed_ns is not None and online._closed_ns <= cut
+        for table, rows in later.items():  # it arrives: its windows are scored whole
+            store.write(Chunk(table, rows))  # type: ignore[arg-type]
+        _wait(lambda: online._closed_ns is not None and online._closed_ns >= sc.CPU_FAULT[1])
+    finally:
+        online.stop()
+    auth = store.sql(
+        "SELECT count(*) AS n FROM findings WHERE entity = 'instance' "
+        "AND service = 'auth-service' AND time_ns > ? AND time_ns <= ?",
+        [sc.CPU_FAULT[0], sc.CPU_FAULT[1] + sc.MIN],
+    )
+    assert auth.column("n")[0].as_py() >= 2  # the CPU fault's windows, scored with their data
 
 
 def test_normal_traces_raise_no_findings(scenario: tuple[DuckDBStore, Path]) -> None:

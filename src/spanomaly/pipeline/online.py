@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1.0
 DEFAULT_GRACE_S = 15.0  # a window is scored this long after it ends (late spans, metrics)
+# ... and once the store holds data this far past its end: an OpenTelemetry SDK sends its
+# spans up to 5 s after they end (BatchSpanProcessor's schedule delay), so one service's
+# spans of a moment can follow another's by that much
+EXPORT_DELAY_S = 5.0
 
 
 class OnlineDetector:
@@ -194,6 +198,11 @@ class OnlineDetector:
         closed = (now - int(self.grace_s * 1e9)) // w * w
         if final:
             closed = (now // w + 1) * w
+        else:  # not past what the store holds: its writer may be behind the clock
+            mark = self._stored_through()
+            if mark is None:
+                return
+            closed = min(closed, (mark - int(EXPORT_DELAY_S * 1e9)) // w * w)
         if closed <= self._closed_ns:
             return
         with self._model_lock:
@@ -204,6 +213,15 @@ class OnlineDetector:
         if doc:
             self.counts["instances_scored"] += doc["instances_scored"]
             self.counts["anomalous_windows"] += doc["anomalous_windows"]
+
+    def _stored_through(self) -> int | None:
+        """The latest span start or metric time in the store (None while it is empty)."""
+        assert self._cursor is not None
+        row = self._cursor.sql(
+            "SELECT greatest((SELECT max(start_ns) FROM spans), "
+            "(SELECT max(time_ns) FROM metrics)) AS t"
+        ).to_pylist()[0]
+        return None if row["t"] is None else int(row["t"])
 
     # -- the dashboard's side ----------------------------------------------------------------
 
