@@ -1044,13 +1044,25 @@ SUB_BATCH = 16_384  # spans decoded together: small enough to stay in the CPU ca
 def iter_span_chunks(
     request: Message, source: str, batch_rows: int, record_prefix: str = ""
 ) -> Iterator[Chunk]:
-    """SPANS chunks of batch_rows spans read (the last one fewer) from a RawTracesRequest.
+    """SPANS chunks of batch_rows spans read (the first and the last fewer) from a
+    RawTracesRequest.
 
     Spans are decoded SUB_BATCH at a time and the tables of one chunk concatenated. The
-    first chunk is one sub-batch only, so the store starts writing while the rest decodes.
+    first chunk is one sub-batch only, so the store starts writing while the rest decodes;
+    so are the request's last SUB_BATCH spans, so little is left to write once decoding
+    ends.
     """
     batch_rows = max(1, batch_rows)
-    limit = min(batch_rows, SUB_BATCH)  # rows of the chunk being gathered
+    tail = max(0, span_count(request) - SUB_BATCH)  # where the last chunk begins
+    gathered = 0  # spans of the chunks flushed so far
+
+    def next_limit(first: bool) -> int:
+        cap = min(batch_rows, SUB_BATCH) if first else batch_rows
+        if gathered < tail:
+            cap = min(cap, tail - gathered)
+        return cap
+
+    limit = next_limit(first=True)  # rows of the chunk being gathered
     infos = resource_infos(request)
     tables: list[pa.Table] = []
     rejects: list[Reject] = []
@@ -1067,10 +1079,12 @@ def iter_span_chunks(
         raw, segments = [], []
 
     def flush() -> Chunk:
-        nonlocal tables, rejects, records, limit
+        nonlocal tables, rejects, records, limit, gathered
         data = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
         chunk = Chunk("spans", data, rejects, records=records)
-        tables, rejects, records, limit = [], [], 0, batch_rows
+        gathered += records
+        tables, rejects, records = [], [], 0
+        limit = next_limit(first=False)
         return chunk
 
     for r, rs in enumerate(request.resource_spans):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,6 +35,14 @@ _KEY_TIMES = {"metrics": "time_ns"}
 # duplicate keys and needs no DISTINCT ON (hashing one column costs far less than grouping
 # every row; 1 M OTLP spans: about 0.5 s less)
 _USUALLY_UNIQUE = {"spans": "span_id"}
+# Tables whose key is text only: a transaction that starts writing one while it is empty
+# remembers a hash of each key it writes instead of probing the stored keys (`_FreshKeys`)
+_TEXT_KEYED = {"spans"}
+# Row groups an Arrow insert buffers before it compresses and writes them out. DuckDB's
+# default (5) writes 5 row groups at once after about 600,000 rows and leaves the rest to
+# the commit (1 M OTLP spans: a 1 s stall in one write and a 0.55 s commit); one at a time
+# spreads that work over the writes, which overlap with decoding, for the same CPU.
+_WRITE_BUFFER_ROW_GROUPS = 1
 
 
 def _duck_type(typ: pa.DataType) -> str:
@@ -104,6 +113,85 @@ def _key_match(table: str, key: str) -> str:
     return f"t.{key} IS NOT DISTINCT FROM b.{key}"
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _text_words(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray] | None:
+    """The bytes of a text column as (rows, words) uint64 arrays, one per chunk, where
+    every value is present and of one width; None otherwise."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out: list[np.ndarray] = []
+    width = None
+    for chunk in chunks:
+        n = len(chunk)
+        if n == 0:
+            continue
+        if chunk.null_count or chunk.type != pa.string():
+            return None
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32, n + 1, 4 * chunk.offset)
+        w = int(offsets[1] - offsets[0])
+        if width is None:
+            width = w
+        if w != width or int(offsets[-1] - offsets[0]) != n * w or (np.diff(offsets) != w).any():
+            return None
+        rows = np.zeros((n, -(-w // 8) * 8 + 8), np.uint8)  # whole words, then the width
+        if w:
+            raw = np.frombuffer(chunk.buffers()[2], np.uint8, n * w, int(offsets[0]))
+            rows[:, :w] = raw.reshape(n, w)
+        rows[:, -8:] = np.frombuffer(np.uint64(w).tobytes(), np.uint8)
+        out.append(rows.view("<u8"))
+    return out
+
+
+def key_hashes(data: pa.Table, keys: tuple[str, ...]) -> np.ndarray | None:
+    """A 64-bit hash of each row's key (text columns of one width each, never null), or
+    None where a key column is not like that. Equal keys hash alike."""
+    hashes = np.zeros(data.num_rows, np.uint64)
+    for key in keys:
+        words = _text_words(data.column(key))
+        if words is None:
+            return None
+        start = 0
+        for block in words:
+            h = hashes[start : start + len(block)]
+            for j in range(block.shape[1]):
+                h ^= block[:, j]
+                h *= _MIX
+                h ^= h >> np.uint64(29)
+            start += len(block)
+    return hashes
+
+
+class _FreshKeys:
+    """Hashes of the keys a transaction wrote into a table that was empty when it began.
+
+    A batch row whose key hash is not among them cannot have a stored twin, so it is
+    inserted without probing the stored keys (1 M OTLP spans: about 0.6 s less); rows whose
+    hash is there (a re-sent span, or a collision) are probed as before.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []  # sorted, each at most half the size of the one before
+
+    def check_and_add(self, hashes: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Per hash: whether it was added before; and whether the hashes are distinct among
+        themselves (then so are their keys). Then remember them."""
+        order = np.argsort(hashes)
+        needles = hashes[order]  # sorted needles: each search starts where the last ended
+        found = np.zeros(hashes.size, bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, needles), run.size - 1)
+            found[order] |= run[at] == needles
+        distinct = not (needles[1:] == needles[:-1]).any()
+        # runs of similar size are merged (a stable sort of two sorted runs is a linear
+        # merge), so a lookup reads O(log n) runs
+        self.runs.append(needles)
+        while len(self.runs) > 1 and self.runs[-2].size <= 2 * self.runs[-1].size:
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
+        return found, distinct
+
+
 class DuckDBStore:
     """Spans, metrics, logs, labels and findings in a DuckDB file (or in memory)."""
 
@@ -130,6 +218,7 @@ class DuckDBStore:
         self._con = _open(self.path, read_only, config)
         self._depth = 0  # nesting of transaction()
         self._clean = False  # inside a transaction that has written nothing yet
+        self._fresh: dict[str, _FreshKeys | None] = {}  # per table, in this transaction
         self._owner = True  # False for a cursor(): closing it leaves the database open
         self._con.execute("SET preserve_insertion_order = false")
         if not read_only:
@@ -151,6 +240,7 @@ class DuckDBStore:
         self._con.execute("BEGIN TRANSACTION")
         self._depth = 1
         self._clean = True
+        self._fresh = {}
         try:
             yield
             self._con.execute("COMMIT")
@@ -160,6 +250,7 @@ class DuckDBStore:
         finally:
             self._depth = 0
             self._clean = False
+            self._fresh = {}
 
     def write(self, chunk: Chunk) -> WriteResult:
         """Store a chunk in one transaction; rows whose key is stored already are skipped."""
@@ -187,15 +278,17 @@ class DuckDBStore:
         within: str = "",
         columns: list[str] | None = None,
         distinct: bool = True,
+        probe: bool = True,
     ) -> str:
         """INSERT of the source's rows whose key is not stored yet (one per key where
-        `distinct`: the source may repeat a key); columns left out stay NULL."""
+        `distinct`: the source may repeat a key); columns left out stay NULL. probe=False:
+        the caller knows no key of the source is stored."""
         cols = ", ".join(f'"{c}"' for c in columns or TABLES[table].names)
         into = f"{table} ({cols})"
         keys = KEYS[table]
         if keys and distinct:
             source = f"(SELECT DISTINCT ON ({', '.join(keys)}) {cols} FROM {source})"
-        if not keys or self._is_empty(table):
+        if not keys or not probe or self._is_empty(table):
             return f"INSERT INTO {into} SELECT {cols} FROM {source}"
         match = " AND ".join(_key_match(table, k) for k in keys) + within
         return (
@@ -238,41 +331,77 @@ class DuckDBStore:
 
     def _is_empty(self, table: str) -> bool:
         sql = f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)"
-        return bool(self._con.execute(sql).fetchone()[0])
+        return bool(self._con.execute(sql).fetchall()[0][0])
+
+    def _fresh_keys(self, table: str) -> _FreshKeys | None:
+        """The key hashes this transaction wrote into table, if it was empty when the
+        transaction first wrote to it and every write since was hashed; else None."""
+        if table not in self._fresh:
+            fresh = table in _TEXT_KEYED and self._depth and self._is_empty(table)
+            self._fresh[table] = _FreshKeys() if fresh else None
+        return self._fresh[table]
 
     def _write_arrow(self, table: str, data: pa.Table, result: WriteResult) -> None:
         data = data.select(TABLES[table].names).cast(TABLES[table])
-        within = self._twin_range(table, data)
+        total = data.num_rows
+        fresh = self._fresh_keys(table)
+        hashes = key_hashes(data, KEYS[table]) if fresh is not None else None
+        if fresh is None or hashes is None:
+            self._fresh[table] = None  # keys this write cannot hash: probe from now on
+            inserted = self._insert_arrow(table, data, not _unique(table, data), probe=True)
+        else:
+            seen, distinct = fresh.check_and_add(hashes)
+            inserted = 0
+            if seen.any():  # a twin may be stored: those rows are probed
+                inserted += self._insert_arrow(table, data.filter(seen), not distinct, True)
+                data = data.filter(~seen)
+            inserted += self._insert_arrow(table, data, not distinct, probe=False)
+        result.inserted += inserted
+        result.duplicates += total - inserted
+
+    def _insert_arrow(self, table: str, data: pa.Table, distinct: bool, probe: bool) -> int:
+        """INSERT the batch's rows (one per key where distinct); probe: skip the rows whose
+        key is stored already. Returns the rows inserted."""
+        if not data.num_rows:
+            return 0
         self._con.register("_batch", data)
         try:
-            sql = self._insert_sql(
-                table, "_batch", within=within, distinct=not _unique(table, data)
-            )
-            with self._single_threaded():
-                inserted = self._con.execute(sql).fetchone()[0]
+            if probe:
+                within = self._twin_range(table, data)
+                sql = self._insert_sql(table, "_batch", within=within, distinct=distinct)
+            else:
+                sql = self._insert_sql(table, "_batch", distinct=distinct, probe=False)
+            with self._bulk_insert():
+                return int(self._con.execute(sql).fetchall()[0][0])
         finally:
             self._con.unregister("_batch")
-        result.inserted += inserted
-        result.duplicates += data.num_rows - inserted
 
     @contextlib.contextmanager
-    def _single_threaded(self) -> Iterator[None]:
-        """Run the statements inside on one DuckDB thread (the setting is the database's).
+    def _bulk_insert(self) -> Iterator[None]:
+        """Run the statements inside on one DuckDB thread, writing out each row group as it
+        fills (both settings are the database's; restored after).
 
         An insert from Arrow on two threads writes each thread's rows into row groups of
         their own, which the checkpoint then rewrites: 1 M OTLP spans took 3.6 s to insert
         plus 2-3.6 s to checkpoint into 135 MB, against 1.8 s plus 0.65 s to commit into
-        70 MB on one thread (bench/RESULTS.md). The other core stays with the decoder.
+        70 MB on one thread (bench/RESULTS.md). The other core stays with the decoder. See
+        _WRITE_BUFFER_ROW_GROUPS for the row groups.
         """
-        threads = self._con.execute("SELECT current_setting('threads')").fetchone()[0]
-        if int(threads) <= 1:
-            yield
-            return
-        self._con.execute("SET threads = 1")
+        threads, groups = self._con.execute(
+            "SELECT current_setting('threads'), current_setting('write_buffer_row_group_count')"
+        ).fetchall()[0]
+        changes = {}
+        if int(threads) > 1:
+            changes["threads"] = (1, int(threads))
+        if int(groups) != _WRITE_BUFFER_ROW_GROUPS:
+            changes["write_buffer_row_group_count"] = (_WRITE_BUFFER_ROW_GROUPS, int(groups))
+        for name, (new, _) in changes.items():
+            self._con.execute(f"SET {name} = {new}")
         try:
             yield
         finally:
-            self._con.execute(f"SET threads = {int(threads)}")
+            for name, (_, old) in changes.items():
+                self._con.execute(f"SET {name} = {old}")
 
     def _write_fast(self, table: str, data: SqlSource, result: WriteResult) -> None:
         """The optimistic write: one INSERT from the source's `fast` SELECT, which raises on
@@ -350,6 +479,7 @@ class DuckDBStore:
             good += f" AND rowid NOT IN ({self._later_twins(table, staged)})"
         sql = self._insert_sql(table, good + ")", columns=columns, distinct=False)
         inserted = con.execute(sql).fetchone()[0]
+        self._fresh[table] = None  # keys written without their hashes
         con.execute(f"DROP TABLE {staged}")
         result.inserted += inserted
         result.rejected += bad
@@ -541,6 +671,7 @@ class DuckDBStore:
         other._con = self._con.cursor()
         other._depth = 0
         other._clean = False
+        other._fresh = {}
         other._owner = False
         other._con.execute("SET preserve_insertion_order = false")
         return other
