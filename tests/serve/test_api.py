@@ -161,6 +161,13 @@ def test_retrain_from_the_dashboard_fits_on_the_period_given(api: tuple) -> None
     doc = client.post("/api/model/retrain", json={"from": T0, "to": T0 + 15 * NS}).json()
     assert doc["traces"] == 150 and doc["detectors"]["sequence"]["name"] == "ngram"
     assert client.get("/api/model").json()["trained_on"]["traces"] == 150
+    # a period left out of the training (the demo's own training burst, say)
+    body = {"from": T0, "to": T0 + 15 * NS, "exclude": [[T0 + 13 * NS, T0 + 15 * NS]]}
+    reply = client.post("/api/model/retrain", json=body)
+    assert reply.status_code == 200, reply.text
+    assert 100 < reply.json()["traces"] < 150
+    bad = client.post("/api/model/retrain", json={**body, "exclude": [[T0]]})
+    assert bad.status_code == 400 and "exclude" in bad.text
 
 
 def test_without_a_model_feedback_is_only_recorded(built: Data, tmp_path: Path) -> None:

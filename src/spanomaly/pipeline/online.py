@@ -283,7 +283,9 @@ class OnlineDetector:
             point = PointOptions(
                 detector=str(loaded.config.get("detector", "ecod")),
                 window_s=float(loaded.config["window_s"]),  # type: ignore[arg-type]
-                sources=tuple(loaded.config["sources"]),  # type: ignore[arg-type]
+                # the sources the loaded model was fitted on; none (a period too short
+                # for a window) is no reason to try none again
+                sources=tuple(loaded.config["sources"]) or PointOptions().sources,  # type: ignore[arg-type]
             )
         point = point or PointOptions()
         if point_window_s is not None:

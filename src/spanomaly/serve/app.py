@@ -459,12 +459,19 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
     @app.post("/api/model/retrain")
     async def model_retrain(request: Request) -> Response:
         """Fit new models on stored data: {"from": ns, "to": ns} and optionally
-        "point_window_s" (seconds), "point_sources" (["traces", "metrics"]) and
-        "target_fpr" (of the trace and point detectors, in (0, 1))."""
+        "exclude" ([[from, to], ...] ns: periods left out), "point_window_s" (seconds),
+        "point_sources" (["traces", "metrics"]) and "target_fpr" (of the trace and point
+        detectors, in (0, 1))."""
         try:
             body = await request.json()
             lo, hi, win = body.get("from"), body.get("to"), body.get("point_window_s")
             sources, fpr = body.get("point_sources"), body.get("target_fpr")
+            exclude = body.get("exclude") or []
+            if not isinstance(exclude, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)
+                for p in exclude
+            ):
+                raise ValueError("exclude must be a list of [from, to] pairs (ns)")
             if fpr is not None and not (isinstance(fpr, int | float) and 0 < fpr < 1):
                 raise ValueError("target_fpr must be a number in (0, 1)")
             if not all(v is None or isinstance(v, int) for v in (lo, hi)):
@@ -484,7 +491,7 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
                 online.retrain,
                 lo,
                 hi,
-                (),
+                [(int(a), int(b)) for a, b in exclude],
                 win,
                 None if sources is None else tuple(sources),
                 fpr,
