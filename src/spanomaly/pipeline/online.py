@@ -146,6 +146,7 @@ class OnlineDetector:
             return
         with self._model_lock:
             self._model = TraceModel.load(self.model_dir)
+            _one_compute_thread()
             self._templates = (
                 load_templates(self.model_dir) if self._model.feature_config.logs else None
             )
@@ -343,6 +344,17 @@ __all__ = ["DEFAULT_GRACE_S", "DEFAULT_INTERVAL_S", "POINT_DIR", "OnlineDetector
 
 
 TRAIN_NICE = 10  # training is background work: the services and the intake keep the CPU
+
+
+def _one_compute_thread() -> None:
+    """Keep PyTorch's scoring bursts (the LSTM) to one core: online scoring runs beside the
+    services it watches, and a burst over every core stalls their requests for as long
+    (the demo's slow calls across services at one moment)."""
+    import sys
+
+    torch = sys.modules.get("torch")  # loaded with a model that needs it
+    if torch is not None and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
 
 
 def _in_background(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
