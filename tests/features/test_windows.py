@@ -176,5 +176,5 @@ def test_tails_past_the_normal_range_weigh_how_well_they_are_known() -> None:
     w = _metric_windows_of(np.r_[wide, 20.0])
     z = win.Normalizer(recent=0).fit(w.take(np.arange(2000))).zscores(w, predictive=True)[:, 0]
     assert z[-1] > 5  # far past a well-measured tail
-    k = win._tail_count(np.array([2000.0]))
+    k = win._tail_values(np.array([2000.0]))
     np.testing.assert_allclose(win._beyond(np.array([0.5]), k), 0.5, rtol=0.01)  # near the edge

@@ -427,13 +427,8 @@ UPPER_ONLY = tuple(f for f in SPAN_FEATURES if f != "t.requests_s")
 TAIL_MIN = 5  # values the tail scales are measured on, at least, however few the windows
 
 
-def _tail_values(n: int) -> int:
+def _tail_values(n: np.ndarray) -> np.ndarray:
     """How many of n values measure a tail: the outer 5 %, at least TAIL_MIN (if there)."""
-    return max(int(0.05 * n), min(TAIL_MIN, n - 1), 1)
-
-
-def _tail_count(n: np.ndarray) -> np.ndarray:
-    """`_tail_values` of an array of value counts."""
     n = np.asarray(n, dtype=np.float64)
     return np.maximum(np.maximum(np.floor(0.05 * n), np.minimum(TAIL_MIN, n - 1)), 1.0)
 
@@ -459,7 +454,7 @@ def _grid(x: np.ndarray) -> tuple[np.ndarray, float, float, float, int]:
     and the tail is unknown), that floor, and the number of values."""
     x = np.sort(x[np.isfinite(x)])
     q = np.quantile(x, np.linspace(0.0, 1.0, GRID))
-    k = _tail_values(len(x))
+    k = int(_tail_values(np.array(len(x))))
     spread = float(q[-1] - q[0])
     floor = max(0.01 * spread, 0.01 * abs(float(np.median(x))), 1e-6)
     hi = float(np.mean(x[-k:] - x[-k])) if len(x) > 1 else 0.0
@@ -572,7 +567,7 @@ class Normalizer:
             over = np.maximum(x - g[:, -1], 0.0) / self.upper[row, j]
             under = np.maximum(g[:, 0] - x, 0.0) / self.lower[row, j]
             if predictive:
-                k = _tail_count(n)
+                k = _tail_values(n)
                 over, under = _beyond(over, k), _beyond(under, k)
             log_up = np.where(x > g[:, -1], log_up - over, log_up)
             log_dn = np.where(x < g[:, 0], log_dn - under, log_dn)

@@ -216,11 +216,13 @@ class OnlineDetector:
             self.counts["anomalous_windows"] += doc["anomalous_windows"]
 
     def _stored_through(self) -> int | None:
-        """The latest span start or metric time in the store (None while it is empty)."""
-        assert self._cursor is not None
+        """The latest span start or metric time stored past the scored windows (None: none
+        yet). The bound lets DuckDB skip every row group that ends before it."""
+        assert self._cursor is not None and self._closed_ns is not None
         row = self._cursor.sql(
-            "SELECT greatest((SELECT max(start_ns) FROM spans), "
-            "(SELECT max(time_ns) FROM metrics)) AS t"
+            "SELECT greatest((SELECT max(start_ns) FROM spans WHERE start_ns >= $1), "
+            "(SELECT max(time_ns) FROM metrics WHERE time_ns >= $1)) AS t",
+            [self._closed_ns],
         ).to_pylist()[0]
         return None if row["t"] is None else int(row["t"])
 
