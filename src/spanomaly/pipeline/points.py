@@ -293,7 +293,11 @@ def _point_findings(
     if hasattr(det, "tail_surprise"):
         # RCA weighs what changed: the largest increase against the instance's recent past
         changed = [j for j, f in enumerate(feats) if f.startswith("d.")] or list(range(len(feats)))
-        weighed = norm.transform(w, predictive=True)[flagged]  # type: ignore[attr-defined]
+        # the flagged instances' windows only (their changes need their own recent past)
+        inst = w.column("instance")  # type: ignore[attr-defined]
+        theirs = np.isin(inst, inst[flagged])
+        at = np.cumsum(theirs)[flagged] - 1  # the flagged windows among theirs
+        weighed = norm.transform(w.take(theirs), predictive=True)[at]  # type: ignore[attr-defined]
         surprise = det.tail_surprise(weighed, changed)  # type: ignore[attr-defined]
     else:
         surprise = det.surprise_of(scores[flagged])  # type: ignore[attr-defined]
