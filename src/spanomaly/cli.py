@@ -536,6 +536,14 @@ def detect(
     to: ToOpt = None,
     engine: Annotated[str, typer.Option(help="local|dask")] = "local",
     scheduler: SchedulerOpt = None,
+    confirm_gap: Annotated[
+        float,
+        typer.Option(
+            help="seconds: a finding from traces is stored when its service has another one "
+            "this far (up to 30 s) from it; 0 stores every finding",
+            min=0.0,
+        ),
+    ] = 2.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Score the traces of a period with --model and store a finding per anomalous trace."""
@@ -546,7 +554,9 @@ def detect(
         lo, hi = _period(from_, to)
         store = pipeline.open_store(db_path(db))
         try:
-            doc = pipeline.detect(store, Path(model), lo, hi, engine, scheduler=scheduler)
+            doc = pipeline.detect(
+                store, Path(model), lo, hi, engine, scheduler=scheduler, confirm_gap_s=confirm_gap
+            )
         finally:
             store.close()
         _emit(
@@ -555,6 +565,11 @@ def detect(
             lambda: typer.echo(
                 f"scored {doc['traces_scored']} traces: {doc['anomalous_traces']} anomalous, "
                 f"{doc['alarms']} alarms; findings stored in {db_path(db)}"
+                + (
+                    f" ({doc['unconfirmed']} unconfirmed, not stored)"
+                    if doc.get("unconfirmed")
+                    else ""
+                )
             ),
         )
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from spanomaly.detect.confirm import CONFIRM_WITHIN_S, Confirmer, confirm_within
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk
 from spanomaly.pipeline.events import load_templates, with_logs
@@ -44,6 +45,8 @@ DEFAULT_GRACE_S = 15.0  # a window is scored this long after it ends (late spans
 # spans up to 5 s after they end (BatchSpanProcessor's schedule delay), so one service's
 # spans of a moment can follow another's by that much
 EXPORT_DELAY_S = 5.0
+# findings from traces wait this long for a partner (detect.confirm): windows come late
+CONFIRM_KEEP_S = CONFIRM_WITHIN_S + 90.0
 
 
 class OnlineDetector:
@@ -73,6 +76,7 @@ class OnlineDetector:
         self._templates: Any = None  # log templates, for a model trained with logs
         self._closed_ns: int | None = None  # instance windows before this are scored
         self._pending: list[pa.Array] = []
+        self._confirmer = Confirmer(keep_s=CONFIRM_KEEP_S)  # shared by traces and windows
         self._queue_lock = threading.Lock()
         self._model_lock = threading.RLock()  # scoring vs. a model swap
         self._stop = threading.Event()
@@ -152,6 +156,9 @@ class OnlineDetector:
             )
             point = self._point = load_points(self.model_dir)
             self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
+            within = confirm_within(self._window_ns / 1e9 if self._window_ns else None)
+            self._confirmer.within_s = within
+            self._confirmer.keep_s = within + CONFIRM_KEEP_S - CONFIRM_WITHIN_S
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
                 # from the first window that starts after the model is loaded: the one
                 # under way holds the training itself (it takes the collector's CPU)
@@ -185,8 +192,9 @@ class OnlineDetector:
             if self._templates is not None:  # the traces' log lines are events too
                 events = with_logs(self._cursor, events, ids, self._templates)
             result = model.detect(events)
-            if result.findings.num_rows:
-                self._cursor.write(Chunk("findings", result.findings))  # type: ignore[arg-type]
+            confirmed = self._confirmer.push(result.findings)
+            if confirmed.num_rows:
+                self._cursor.write(Chunk("findings", confirmed))  # type: ignore[arg-type]
         self.counts["traces_scored"] += len(result.trace_ids)
         self.counts["anomalous_traces"] += int(result.anomalous.sum())
         self.last_scored_ns = self.clock()
@@ -208,7 +216,12 @@ class OnlineDetector:
             return
         with self._model_lock:
             doc = detect_points(
-                self._cursor, self.model_dir, self._closed_ns, closed, model=self._point
+                self._cursor,
+                self.model_dir,
+                self._closed_ns,
+                closed,
+                model=self._point,
+                confirmer=self._confirmer,
             )
         self._closed_ns = closed
         if doc:
@@ -244,6 +257,8 @@ class OnlineDetector:
             "last_scored": iso(self.last_scored_ns),
             "queued_traces": sum(len(a) for a in self._pending),
             "errors": self.errors,
+            # findings from traces waiting for a partner, and those none came for
+            "unconfirmed": {"held": self._confirmer.held, "dropped": self._confirmer.dropped},
         }
         if model is not None:
             trained = model.trained_on_

@@ -15,7 +15,7 @@ from spanomaly.ingest.base import Chunk
 from spanomaly.store.base import Store
 
 if TYPE_CHECKING:
-    pass
+    from spanomaly.detect.confirm import Confirmer
 
 from spanomaly.pipeline.events import (
     TEMPLATES_FILE,
@@ -369,10 +369,11 @@ def detect_points(
     start_ns: int | None = None,
     end_ns: int | None = None,
     model: _PointModel | None = None,
+    confirmer: Confirmer | None = None,
 ) -> dict[str, int] | None:
     """Score the instance windows of the period with the point model (model, else the one
     in model_dir), store a finding per anomalous window (time: the window's end); None
-    when there is no point model."""
+    when there is no point model. With a confirmer, findings pass through it first."""
     model = model or load_points(model_dir)
     if model is None:
         return None
@@ -415,6 +416,8 @@ def detect_points(
             )
             scored += n_scored
             anomalous += n_flagged
+            if confirmer is not None:
+                found = confirmer.push(found)  # type: ignore[arg-type]
             if found.num_rows:  # type: ignore[attr-defined]
                 store.write(Chunk("findings", found))  # type: ignore[arg-type]
         t = hi

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from spanomaly.detect.confirm import CONFIRM_GAP_S, Confirmer, confirm_within
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk
 from spanomaly.store.base import Store
@@ -27,7 +28,7 @@ from spanomaly.pipeline.events import (
     with_logs,
 )
 from spanomaly.pipeline.ingest import Progress
-from spanomaly.pipeline.points import PointOptions, detect_points, train_points
+from spanomaly.pipeline.points import PointOptions, detect_points, load_points, train_points
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +195,20 @@ def detect(
     engine: str = "local",
     progress: Progress | None = None,
     scheduler: str | None = None,
+    confirm_gap_s: float = CONFIRM_GAP_S,
 ) -> dict[str, object]:
     """Score the traces starting in the period, store a finding per anomalous trace.
 
+    Findings from traces are stored once confirmed (detect.confirm; confirm_gap_s 0: all).
     With engine "dask" (a Parquet store) every partition is scored on the cluster of
     scheduler (an address, or local:N) and the findings come back into the store.
     """
     from spanomaly.detect.model import TraceModel
     from spanomaly.evaluate.metrics import alarms
+
+    point = load_points(model_dir)
+    window_s = float(point.config["window_s"]) if point else None  # type: ignore[arg-type]
+    confirmer = Confirmer(gap_s=confirm_gap_s, within_s=confirm_within(window_s))
 
     if engine not in ("local", "dask"):
         raise InputError(f"--engine: {engine!r} is not one of local, dask")
@@ -212,11 +219,18 @@ def detect(
         scored, anomalous, findings = scaled.detect_traces(
             store, model_dir, start_ns, end_ns, scheduler
         )
+        findings = confirmer.push(findings)
         if findings.num_rows:
             store.write(Chunk("findings", findings))  # type: ignore[arg-type]
         n_alarms = alarms(findings).num_rows if findings.num_rows else 0
         return _with_points(
-            _detect_doc(scored, anomalous, n_alarms), store, model_dir, start_ns, end_ns
+            _detect_doc(scored, anomalous, n_alarms),
+            store,
+            model_dir,
+            start_ns,
+            end_ns,
+            confirmer,
+            point,
         )
     templates = load_templates(model_dir) if model.feature_config.logs else None
     lo, hi = span_range(store)
@@ -240,15 +254,22 @@ def detect(
         result = model.detect(events)
         scored += len(result.trace_ids)
         anomalous += int(result.anomalous.sum())
-        if result.findings.num_rows:
+        confirmed = confirmer.push(result.findings)
+        if confirmed.num_rows:
             # findings are written like an ingest chunk (Chunk's table names the ingest ones)
-            store.write(Chunk("findings", result.findings))  # type: ignore[arg-type]
-            found.append(result.findings)
+            store.write(Chunk("findings", confirmed))  # type: ignore[arg-type]
+            found.append(confirmed)
     if progress:
         progress(1, 1, "done")
     n_alarms = alarms(pa.concat_tables(found)).num_rows if found else 0
     return _with_points(
-        _detect_doc(scored, anomalous, n_alarms), store, model_dir, start_ns, end_ns
+        _detect_doc(scored, anomalous, n_alarms),
+        store,
+        model_dir,
+        start_ns,
+        end_ns,
+        confirmer,
+        point,
     )
 
 
@@ -258,11 +279,24 @@ def _with_points(
     model_dir: str | Path,
     start_ns: int | None,
     end_ns: int | None,
+    confirmer: Confirmer,
+    point: object,
 ) -> dict[str, object]:
     """The detect document with the instance windows' figures (issue 6) added."""
-    points = detect_points(store, model_dir, start_ns, end_ns)
+    points = detect_points(
+        store,
+        model_dir,
+        start_ns,
+        end_ns,
+        model=point,
+        confirmer=confirmer,  # type: ignore[arg-type]
+    )
     if points:
         doc.update(points)
+    if confirmer.held:
+        log.info("%d findings from traces had no partner within %.0f s: not stored",
+                 confirmer.held, confirmer.within_s)  # fmt: skip
+    doc["unconfirmed"] = confirmer.held
     return doc
 
 

@@ -1,0 +1,120 @@
+"""Confirmation of timing evidence: a finding from traces stands only when its service has
+another finding at a different moment nearby.
+
+Why: a fault lasts; a single slow call, or a stall of the whole host (a garbage collection,
+a checkpoint, a noisy neighbour) that slows every request in flight for a second, does not.
+Both pass any per-trace threshold, and each would page someone. So a finding from traces
+(a trace, or an instance window of trace features) is kept when a finding of the same
+service (of any detector) lies at least `gap_s` and at most `within_s` away from it;
+findings from metrics and logs stand alone (a stall does not move them). The confirmed
+finding keeps its own time, so time to detect still counts from the first anomalous event.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spanomaly.schema import FINDINGS
+
+log = logging.getLogger(__name__)
+
+CONFIRM_GAP_S = 2.0  # longer than a stall of the host (about a second here)
+CONFIRM_WITHIN_S = 30.0  # at least: two instance windows, where they are longer
+
+
+def confirm_within(window_s: float | None) -> float:
+    """How far a partner may lie: 30 s, or two instance windows (the next window's finding
+    lies one window away, a trace in it up to two)."""
+    return max(CONFIRM_WITHIN_S, 2.0 * (window_s or 0.0))
+
+
+STANDALONE_SOURCES = (":metrics", ":logs")  # detector suffixes of window findings
+
+
+def needs_confirmation(findings: pa.Table) -> np.ndarray:
+    """Rows whose evidence comes from traces (not a metric or log window)."""
+    detector = findings.column("detector")
+    alone = np.zeros(findings.num_rows, dtype=bool)
+    for suffix in STANDALONE_SOURCES:
+        alone |= pc.fill_null(pc.ends_with(detector, suffix), False).to_numpy(zero_copy_only=False)
+    return ~alone
+
+
+def partnered(time_ns: np.ndarray, keys: np.ndarray, gap_ns: int, within_ns: int) -> np.ndarray:
+    """True where another row with the same key lies between gap_ns and within_ns away."""
+    n = len(time_ns)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    codes = np.unique(keys, return_inverse=True)[1].astype(np.int64)
+    t = time_ns.astype(np.int64) - int(time_ns.min())
+    stride = int(t.max()) + within_ns + 1  # keys' runs never come within reach of each other
+    key = codes * stride + t
+    order = np.argsort(key, kind="stable")
+    ranked = key[order]
+    after = np.searchsorted(ranked, key + gap_ns, side="left")
+    has_after = (after < n) & (ranked[np.minimum(after, n - 1)] <= key + within_ns)
+    before = np.searchsorted(ranked, key - gap_ns, side="right") - 1
+    has_before = (before >= 0) & (ranked[np.maximum(before, 0)] >= key - within_ns)
+    return has_after | has_before
+
+
+class Confirmer:
+    """Holds findings from traces until confirmed; pass every finding through `push`.
+
+    `push` returns what may be stored now: findings that stand alone, and held ones that
+    the new findings confirm (or that confirm each other). Findings arrive out of order
+    (a window is scored after its grace time), so held and passed findings are kept as
+    partners until they are `keep_s` older than the newest one; None keeps them all (a
+    batch run, where the result must not depend on the order of pushes).
+    """
+
+    def __init__(
+        self,
+        gap_s: float = CONFIRM_GAP_S,
+        within_s: float = CONFIRM_WITHIN_S,
+        keep_s: float | None = None,
+    ) -> None:
+        self.gap_s = gap_s
+        self.within_s = within_s
+        self.keep_s = keep_s
+        self._seen: pa.Table | None = None  # recent findings, passed or held
+        self._passed = np.zeros(0, dtype=bool)
+        self.dropped = 0  # held findings that no partner came for in time
+
+    @property
+    def enabled(self) -> bool:
+        """False when gap_s is 0: every finding passes at once."""
+        return self.gap_s > 0
+
+    def push(self, findings: pa.Table) -> pa.Table:
+        """Take new findings; return those to store now."""
+        if not self.enabled or findings.num_rows == 0:
+            return findings
+        findings = findings.select(FINDINGS.names).cast(FINDINGS)
+        seen = findings if self._seen is None else pa.concat_tables([self._seen, findings])
+        passed = np.concatenate([self._passed, np.zeros(findings.num_rows, dtype=bool)])
+        time_ns = seen.column("time_ns").to_numpy(zero_copy_only=False)
+        blamed = pc.coalesce(seen.column("instance"), seen.column("service"), pa.scalar(""))
+        ok = ~needs_confirmation(seen) | partnered(
+            time_ns,
+            np.asarray(blamed.to_numpy(zero_copy_only=False)),
+            int(self.gap_s * 1e9),
+            int(self.within_s * 1e9),
+        )
+        out = seen.filter(pa.array(ok & ~passed))
+        passed |= ok
+        if self.keep_s is not None:
+            recent = time_ns >= int(time_ns.max()) - int(self.keep_s * 1e9)
+            self.dropped += int((~recent & ~passed).sum())
+            seen, passed = seen.filter(pa.array(recent)), passed[recent]
+        self._seen, self._passed = seen, passed
+        return out
+
+    @property
+    def held(self) -> int:
+        """Findings held back now, waiting for a partner."""
+        return int((~self._passed).sum())

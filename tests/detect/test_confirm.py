@@ -1,0 +1,67 @@
+"""Confirmation of findings from traces: a lone moment never stands, a lasting one does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from spanomaly.detect.confirm import Confirmer, needs_confirmation, partnered
+from spanomaly.schema import FINDINGS
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+def _findings(rows: list[tuple[float, str, str]]) -> pa.Table:
+    """Findings at T0 + seconds, with detector and instance; service from the instance."""
+    n = len(rows)
+    data = {name: [None] * n for name in FINDINGS.names}
+    data["finding_id"] = [f"f{i}" for i in range(n)]
+    data["time_ns"] = [T0 + int(t * S) for t, _, _ in rows]
+    data["detector"] = [d for _, d, _ in rows]
+    data["instance"] = [i for _, _, i in rows]
+    data["service"] = [i.rsplit("-", 1)[0] for _, _, i in rows]
+    data["score"] = [2.0] * n
+    return pa.Table.from_pydict(data, schema=FINDINGS)
+
+
+def test_partnered_needs_a_row_of_the_same_key_between_gap_and_within() -> None:
+    t = np.array([0, 1, 10, 50, 100, 103], dtype=np.int64) * S
+    keys = np.array(["a", "a", "a", "a", "b", "a"])
+    got = partnered(t, keys, 2 * S, 30 * S)
+    # 0 and 1 (1 s apart: too close) each have 10; 50 and 103 are over 30 s from any a;
+    # 100 is the only b
+    assert got.tolist() == [True, True, True, False, False, False]
+
+
+def test_a_stall_of_one_moment_is_held_a_lasting_fault_passes() -> None:
+    stall = [(0.0, "duration:robust", "books-1"), (0.3, "duration:robust", "books-1")]
+    fault = [(20.0 + s, "duration:robust", "movies-1") for s in range(0, 10, 3)]
+    window = [(5.0, "point:ecod:traces", "evaluation-1")]
+    metric = [(7.0, "point:ecod:metrics", "frontend-2")]
+    got = Confirmer().push(_findings(stall + fault + window + metric))
+    assert sorted(got.column("instance").to_pylist()) == ["frontend-2"] + ["movies-1"] * 4
+
+
+def test_streaming_pushes_give_the_batch_result() -> None:
+    rng = np.random.default_rng(3)
+    rows = [
+        (float(t), str(rng.choice(["duration:robust", "point:ecod:traces", "point:ecod:logs"])),
+         str(rng.choice(["a-1", "a-2", "b-1"])))
+        for t in np.sort(rng.uniform(0, 300, 120))
+    ]  # fmt: skip
+    table = _findings(rows)
+    batch = set(Confirmer().push(table).column("finding_id").to_pylist())
+    online = Confirmer(keep_s=120.0)
+    streamed: list[str] = []
+    for lo in range(0, 120, 7):  # in arrival order, a few at a time
+        streamed += online.push(table.slice(lo, 7)).column("finding_id").to_pylist()
+    assert len(streamed) == len(set(streamed))  # each finding is stored once
+    assert set(streamed) == batch
+    assert online.held + online.dropped + len(streamed) == 120
+
+
+def test_gap_zero_passes_everything() -> None:
+    table = _findings([(0.0, "duration:robust", "books-1")])
+    assert Confirmer(gap_s=0).push(table).num_rows == 1
+    assert needs_confirmation(table).tolist() == [True]
