@@ -539,8 +539,8 @@ def detect(
     confirm_gap: Annotated[
         float,
         typer.Option(
-            help="seconds: a finding from traces is stored when its service has another one "
-            "this far (up to 30 s) from it; 0 stores every finding",
+            help="seconds: a finding from traces is stored when its instance has another one "
+            "at least this far (and up to 10 s or two instance windows) from it; 0 stores every finding",
             min=0.0,
         ),
     ] = 2.0,

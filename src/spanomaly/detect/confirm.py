@@ -23,11 +23,11 @@ from spanomaly.schema import FINDINGS
 log = logging.getLogger(__name__)
 
 CONFIRM_GAP_S = 2.0  # longer than a stall of the host (about a second here)
-CONFIRM_WITHIN_S = 30.0  # at least: two instance windows, where they are longer
+CONFIRM_WITHIN_S = 10.0  # at least: two instance windows, where they are longer
 
 
 def confirm_within(window_s: float | None) -> float:
-    """How far a partner may lie: 30 s, or two instance windows (the next window's finding
+    """How far a partner may lie: 10 s, or two instance windows (the next window's finding
     lies one window away, a trace in it up to two)."""
     return max(CONFIRM_WITHIN_S, 2.0 * (window_s or 0.0))
 
