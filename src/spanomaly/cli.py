@@ -539,8 +539,8 @@ def detect(
     confirm_gap: Annotated[
         float,
         typer.Option(
-            help="seconds: a finding from traces is stored when its instance has another one "
-            "at least this far (and up to 10 s or two instance windows) from it; 0 stores every finding",
+            help="seconds: a finding from traces is stored when its instance has findings at two other "
+            "moments this far apart (within 10 s or two instance windows); 0 stores every finding",
             min=0.0,
         ),
     ] = 2.0,

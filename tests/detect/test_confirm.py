@@ -25,13 +25,13 @@ def _findings(rows: list[tuple[float, str, str]]) -> pa.Table:
     return pa.Table.from_pydict(data, schema=FINDINGS)
 
 
-def test_partnered_needs_a_row_of_the_same_key_between_gap_and_within() -> None:
-    t = np.array([0, 1, 10, 50, 100, 103], dtype=np.int64) * S
-    keys = np.array(["a", "a", "a", "a", "b", "a"])
+def test_partnered_needs_two_other_moments_of_the_same_key() -> None:
+    t = (np.array([0, 1, 5, 9, 50, 100, 200, 200.3, 210]) * S).astype(np.int64)
+    keys = np.array(["a", "a", "a", "a", "a", "b", "c", "c", "c"])
     got = partnered(t, keys, 2 * S, 30 * S)
-    # 0 and 1 (1 s apart: too close) each have 10; 50 and 103 are over 30 s from any a;
-    # 100 is the only b
-    assert got.tolist() == [True, True, True, False, False, False]
+    # a's 0-9: each has two others 2-30 s away and 2 s apart; 50 is too far, b alone;
+    # c's 200 and 200.3 are one moment (a stall): 210 and they confirm nothing
+    assert got.tolist() == [True, True, True, True, False, False, False, False, False]
 
 
 def test_a_stall_of_one_moment_is_held_a_lasting_fault_passes() -> None:

@@ -1,12 +1,14 @@
-"""Confirmation of timing evidence: a finding from traces stands only when its service has
-another finding at a different moment nearby.
+"""Confirmation of timing evidence: a finding from traces stands only when its instance has
+findings at two other moments nearby.
 
 Why: a fault lasts; a single slow call, or a stall of the whole host (a garbage collection,
 a checkpoint, a noisy neighbour) that slows every request in flight for a second, does not.
 Both pass any per-trace threshold, and each would page someone. So a finding from traces
-(a trace, or an instance window of trace features) is kept when a finding of the same
-service (of any detector) lies at least `gap_s` and at most `within_s` away from it;
-findings from metrics and logs stand alone (a stall does not move them). The confirmed
+(a trace, or an instance window of trace features) is kept when findings of the same
+instance (any detector) lie at two other moments, each at least `gap_s` and at most
+`within_s` away from it and `gap_s` from each other: three moments, so that two chance
+blips do not confirm each other. Findings from metrics and logs stand alone (a stall
+does not move them). The confirmed
 finding keeps its own time, so time to detect still counts from the first anomalous event.
 """
 
@@ -45,7 +47,8 @@ def needs_confirmation(findings: pa.Table) -> np.ndarray:
 
 
 def partnered(time_ns: np.ndarray, keys: np.ndarray, gap_ns: int, within_ns: int) -> np.ndarray:
-    """True where another row with the same key lies between gap_ns and within_ns away."""
+    """True where rows with the same key at two other moments lie between gap_ns and
+    within_ns away (the moments themselves gap_ns apart: before and after, or spread)."""
     n = len(time_ns)
     if n == 0:
         return np.zeros(0, dtype=bool)
@@ -53,13 +56,17 @@ def partnered(time_ns: np.ndarray, keys: np.ndarray, gap_ns: int, within_ns: int
     t = time_ns.astype(np.int64) - int(time_ns.min())
     stride = int(t.max()) + within_ns + 1  # keys' runs never come within reach of each other
     key = codes * stride + t
-    order = np.argsort(key, kind="stable")
-    ranked = key[order]
-    after = np.searchsorted(ranked, key + gap_ns, side="left")
-    has_after = (after < n) & (ranked[np.minimum(after, n - 1)] <= key + within_ns)
-    before = np.searchsorted(ranked, key - gap_ns, side="right") - 1
-    has_before = (before >= 0) & (ranked[np.maximum(before, 0)] >= key - within_ns)
-    return has_after | has_before
+    ranked = np.sort(key)
+    last = n - 1
+    # partners after: ranked[a0:a1], in [t + gap, t + within]; before: ranked[b0:b1]
+    a0 = np.searchsorted(ranked, key + gap_ns, side="left")
+    a1 = np.searchsorted(ranked, key + within_ns, side="right")
+    b0 = np.searchsorted(ranked, key - within_ns, side="left")
+    b1 = np.searchsorted(ranked, key - gap_ns, side="right")
+    after, before = a1 > a0, b1 > b0
+    first = np.where(before, ranked[np.minimum(b0, last)], ranked[np.minimum(a0, last)])
+    latest = np.where(after, ranked[np.maximum(a1 - 1, 0)], ranked[np.maximum(b1 - 1, 0)])
+    return (after | before) & (latest - first >= gap_ns)
 
 
 class Confirmer:
