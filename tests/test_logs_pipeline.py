@@ -110,8 +110,10 @@ def test_train_with_logs_and_excluded_window_then_detect(scenario: dict, tmp_pat
     assert doc["traces"] == 400  # the 20 traces of the hole are left out
     assert doc["logs"]["templates"] == 2  # order stored, login accepted: no error learned
     assert json.loads((tmp_path / "m" / "config.json").read_text())["features"]["logs"] is True
+    # one planted trace per kind: no other finding confirms it (detect.confirm), so every
+    # finding is stored here
     det = run("detect", "--db", str(db), "--model", str(tmp_path / "m"), "--from",
-              str((T0 + 3500 * NS) / NS), "--json", cwd=tmp_path)  # fmt: skip
+              str((T0 + 3500 * NS) / NS), "--confirm-gap", "0", "--json", cwd=tmp_path)  # fmt: skip
     assert det.returncode == 0, det.stderr
     flagged = _flagged(db)
     for kind, trace in scenario["faulty"].items():
@@ -133,7 +135,7 @@ def test_without_logs_the_same_faults_pass(scenario: dict, tmp_path: Path) -> No
         doc = pipeline.train(store, tmp_path / "m", None, T0 + 3000 * NS, options=options)
         assert doc["logs"] is None
         assert not (tmp_path / "m" / "templates.json").exists()
-        pipeline.detect(store, tmp_path / "m", T0 + 3500 * NS)
+        pipeline.detect(store, tmp_path / "m", T0 + 3500 * NS, confirm_gap_s=0)
     flagged = _flagged(db)
     assert scenario["faulty"]["wrong_result"] not in flagged
     assert flagged[scenario["faulty"]["code_error"]]["service"] == "gateway"
@@ -153,7 +155,7 @@ def test_online_scoring_sees_the_log_lines_as_detect_does(scenario: dict, tmp_pa
         later = store.sql(
             "SELECT DISTINCT trace_id FROM spans WHERE start_ns >= ?", [T0 + 3500 * NS]
         ).column("trace_id")
-        online = OnlineDetector(model, interval_s=0.02, clock=lambda: T0)
+        online = OnlineDetector(model, interval_s=0.02, clock=lambda: T0, confirm_gap_s=0)
         online.attach(store)
         online.start()
         online.on_complete(pa.table({"trace_id": later}))
@@ -185,7 +187,7 @@ def test_an_ordinary_line_out_of_its_flow_is_no_root_cause(scenario: dict, tmp_p
         chatty = line.column("trace_id")[0].as_py()
         pipeline.train(store, tmp_path / "m", None, T0 + 3000 * NS, [(T0 + 100 * NS, T0 + 103 * NS)],
                        options=pipeline.TrainOptions(sequence="ngram", logs=True))  # fmt: skip
-        pipeline.detect(store, tmp_path / "m", T0 + 3500 * NS)
+        pipeline.detect(store, tmp_path / "m", T0 + 3500 * NS, confirm_gap_s=0)
     flagged = _flagged(db)
     assert json.loads(flagged[chatty]["details"])["log_flow_only"] is True
     error = json.loads(flagged[scenario["faulty"]["code_error"]]["details"])

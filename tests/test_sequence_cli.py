@@ -56,7 +56,15 @@ def test_train_detect_feedback(tmp_path: Path, store: dict) -> None:
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["trained_on"]["period_to"].startswith("2023-11-14T23:03:20")
 
-    det = run("detect", "--model", "m", "--from", "2023-11-14T23:00:00Z", "--json", cwd=tmp_path)
+    # the planted anomalies are lone ones: by default nothing confirms them (detect.confirm)
+    lone = run("detect", "--model", "m", "--from", "2023-11-14T23:00:00Z", "--json", cwd=tmp_path)
+    assert lone.returncode == 0, lone.stderr
+    assert json.loads(lone.stdout)["alarms"] == 0
+    with DuckDBStore(store["db"], read_only=True) as s:
+        stored = set(s.table("findings").column("span_id").to_pylist())
+    assert not set(store["planted"].values()) & stored
+    det = run("detect", "--model", "m", "--from", "2023-11-14T23:00:00Z", "--confirm-gap", "0",
+              "--json", cwd=tmp_path)  # fmt: skip
     assert det.returncode == 0, det.stderr
     doc = json.loads(det.stdout)
     assert set(doc) == {
@@ -71,7 +79,7 @@ def test_train_detect_feedback(tmp_path: Path, store: dict) -> None:
     unknown = by_span[store["planted"]["unknown_op"]]
 
     # detect is idempotent: the same findings are stored once
-    again = run("detect", "--model", "m", "--json", cwd=tmp_path)
+    again = run("detect", "--model", "m", "--confirm-gap", "0", "--json", cwd=tmp_path)
     assert json.loads(again.stdout)["traces_scored"] == 453
     with DuckDBStore(store["db"], read_only=True) as s:
         assert s.table("findings").num_rows >= len(findings)

@@ -565,11 +565,6 @@ def detect(
             lambda: typer.echo(
                 f"scored {doc['traces_scored']} traces: {doc['anomalous_traces']} anomalous, "
                 f"{doc['alarms']} alarms; findings stored in {db_path(db)}"
-                + (
-                    f" ({doc['unconfirmed']} unconfirmed, not stored)"
-                    if doc.get("unconfirmed")
-                    else ""
-                )
             ),
         )
 

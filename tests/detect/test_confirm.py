@@ -22,25 +22,33 @@ def _findings(rows: list[tuple[float, str, str]]) -> pa.Table:
     data["instance"] = [i for _, _, i in rows]
     data["service"] = [i.rsplit("-", 1)[0] for _, _, i in rows]
     data["score"] = [2.0] * n
+    data["entity"] = ["instance" if d.startswith("point:") else "trace" for _, d, _ in rows]
     return pa.Table.from_pydict(data, schema=FINDINGS)
 
 
 def test_partnered_needs_two_other_moments_of_the_same_key() -> None:
     t = (np.array([0, 1, 5, 9, 50, 100, 200, 200.3, 210]) * S).astype(np.int64)
     keys = np.array(["a", "a", "a", "a", "a", "b", "c", "c", "c"])
-    got = partnered(t, keys, 2 * S, 30 * S)
+    got = partnered(t, keys, 2 * S, 30 * S, np.full(len(t), 2))
     # a's 0-9: each has two others 2-30 s away and 2 s apart; 50 is too far, b alone;
     # c's 200 and 200.3 are one moment (a stall): 210 and they confirm nothing
     assert got.tolist() == [True, True, True, True, False, False, False, False, False]
+    # needing one other moment: c's stall and 210 confirm each other
+    one = partnered(t, keys, 2 * S, 30 * S, np.full(len(t), 1))
+    assert one.tolist() == [True, True, True, True, False, False, True, True, True]
 
 
 def test_a_stall_of_one_moment_is_held_a_lasting_fault_passes() -> None:
     stall = [(0.0, "duration:robust", "books-1"), (0.3, "duration:robust", "books-1")]
     fault = [(20.0 + s, "duration:robust", "movies-1") for s in range(0, 10, 3)]
     window = [(5.0, "point:ecod:traces", "evaluation-1")]
+    pair = [(40.0, "point:ecod:traces", "books-2"), (45.0, "point:ecod:traces", "books-2")]
     metric = [(7.0, "point:ecod:metrics", "frontend-2")]
-    got = Confirmer().push(_findings(stall + fault + window + metric))
-    assert sorted(got.column("instance").to_pylist()) == ["frontend-2"] + ["movies-1"] * 4
+    got = Confirmer().push(_findings(stall + fault + window + metric + pair))
+    # two windows in a row confirm each other; two trace findings would not
+    assert sorted(got.column("instance").to_pylist()) == (
+        ["books-2"] * 2 + ["frontend-2"] + ["movies-1"] * 4
+    )
 
 
 def test_streaming_pushes_give_the_batch_result() -> None:

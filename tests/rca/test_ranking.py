@@ -267,3 +267,17 @@ def test_training_detection_and_ranking_never_read_labels(tmp_path: Path) -> Non
         assert rows[0]["service"] == "auth-service"
         with pytest.raises(AssertionError, match="label table"):
             pipeline.evaluate(store, *sc.TEST, model_dir=tmp_path / "m")  # type: ignore[arg-type]
+
+
+def test_windows_over_a_skipped_period_are_not_scored(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    db, model = trained
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(db.read_bytes())
+    with DuckDBStore(copy) as store:
+        found = pipeline.detect_points(store, model, *sc.CPU_FAULT)
+        assert found is not None and found["anomalous_windows"] > 0
+        skipped = pipeline.detect_points(store, model, *sc.CPU_FAULT, skip=[sc.CPU_FAULT])
+    assert skipped is not None and skipped["anomalous_windows"] == 0
+    assert skipped["instances_scored"] < found["instances_scored"]

@@ -108,7 +108,7 @@ def build(directory: Path) -> Data:
         store.write(Chunk("faults", _full(fault, FAULTS)))  # type: ignore[arg-type]
         options = TrainOptions(sequence="ngram")
         trace_pipeline.train(store, model, T0, T0 + 3000 * NS, options=options)
-        trace_pipeline.detect(store, model, later, None)
+        trace_pipeline.detect(store, model, later, None, confirm_gap_s=0)  # lone plants
         spike = {  # what a point detector says of the CPU spike (one instance window)
             "finding_id": "cpu-spike-finding",
             "time_ns": int(t[200]),

@@ -5,10 +5,11 @@ Why: a fault lasts; a single slow call, or a stall of the whole host (a garbage 
 a checkpoint, a noisy neighbour) that slows every request in flight for a second, does not.
 Both pass any per-trace threshold, and each would page someone. So a finding from traces
 (a trace, or an instance window of trace features) is kept when findings of the same
-instance (any detector) lie at two other moments, each at least `gap_s` and at most
-`within_s` away from it and `gap_s` from each other: three moments, so that two chance
-blips do not confirm each other. Findings from metrics and logs stand alone (a stall
-does not move them). The confirmed
+instance (any detector) lie at other moments at least `gap_s` and at most `within_s` away
+from it: a trace's finding needs two such moments, themselves `gap_s` apart (three in
+all, so that two chance blips do not confirm each other); a window's finding, which
+spans time itself, needs one. Findings from metrics and logs stand alone (a stall does
+not move them). The confirmed
 finding keeps its own time, so time to detect still counts from the first anomalous event.
 """
 
@@ -46,9 +47,17 @@ def needs_confirmation(findings: pa.Table) -> np.ndarray:
     return ~alone
 
 
-def partnered(time_ns: np.ndarray, keys: np.ndarray, gap_ns: int, within_ns: int) -> np.ndarray:
-    """True where rows with the same key at two other moments lie between gap_ns and
-    within_ns away (the moments themselves gap_ns apart: before and after, or spread)."""
+def moments_needed(findings: pa.Table) -> np.ndarray:
+    """Other moments a finding needs: 2 for a trace, 1 for a window (it spans time itself)."""
+    window = pc.fill_null(pc.equal(findings.column("entity"), "instance"), False)
+    return np.where(window.to_numpy(zero_copy_only=False), 1, 2)
+
+
+def partnered(
+    time_ns: np.ndarray, keys: np.ndarray, gap_ns: int, within_ns: int, moments: np.ndarray
+) -> np.ndarray:
+    """True where rows with the same key lie between gap_ns and within_ns away, at one other
+    moment (moments 1) or two (2: themselves gap_ns apart, before and after or spread)."""
     n = len(time_ns)
     if n == 0:
         return np.zeros(0, dtype=bool)
@@ -66,7 +75,7 @@ def partnered(time_ns: np.ndarray, keys: np.ndarray, gap_ns: int, within_ns: int
     after, before = a1 > a0, b1 > b0
     first = np.where(before, ranked[np.minimum(b0, last)], ranked[np.minimum(a0, last)])
     latest = np.where(after, ranked[np.maximum(a1 - 1, 0)], ranked[np.maximum(b1 - 1, 0)])
-    return (after | before) & (latest - first >= gap_ns)
+    return (after | before) & ((moments < 2) | (latest - first >= gap_ns))
 
 
 class Confirmer:
@@ -111,6 +120,7 @@ class Confirmer:
             np.asarray(blamed.to_numpy(zero_copy_only=False)),
             int(self.gap_s * 1e9),
             int(self.within_s * 1e9),
+            moments_needed(seen),
         )
         out = seen.filter(pa.array(ok & ~passed))
         passed |= ok

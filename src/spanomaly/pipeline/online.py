@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spanomaly.detect.confirm import CONFIRM_WITHIN_S, Confirmer, confirm_within
+from spanomaly.detect.confirm import CONFIRM_GAP_S, CONFIRM_WITHIN_S, Confirmer, confirm_within
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk
 from spanomaly.pipeline.events import load_templates, with_logs
@@ -60,6 +60,7 @@ class OnlineDetector:
         train_options: TrainOptions | None = None,
         point_options: PointOptions | None = None,
         clock: Callable[[], int] = time.time_ns,
+        confirm_gap_s: float = CONFIRM_GAP_S,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.clock = clock  # ns since the epoch: when instance windows close
@@ -76,7 +77,9 @@ class OnlineDetector:
         self._templates: Any = None  # log templates, for a model trained with logs
         self._closed_ns: int | None = None  # instance windows before this are scored
         self._pending: list[pa.Array] = []
-        self._confirmer = Confirmer(keep_s=CONFIRM_KEEP_S)  # shared by traces and windows
+        # shared by traces and windows (detect.confirm; confirm_gap_s 0 stores every finding)
+        self._confirmer = Confirmer(gap_s=confirm_gap_s, keep_s=CONFIRM_KEEP_S)
+        self._trainings: list[tuple[int, int]] = []  # windows over these are not scored
         self._queue_lock = threading.Lock()
         self._model_lock = threading.RLock()  # scoring vs. a model swap
         self._stop = threading.Event()
@@ -222,6 +225,7 @@ class OnlineDetector:
                 closed,
                 model=self._point,
                 confirmer=self._confirmer,
+                skip=self._trainings,
             )
         self._closed_ns = closed
         if doc:
@@ -319,6 +323,7 @@ class OnlineDetector:
             point = replace(point, target_fpr=target_fpr)
             options = replace(options or TrainOptions(), target_fpr=target_fpr)
         self.training = True
+        began = self.clock()
         cursor = self._store.cursor()
         self.model_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".train-", dir=self.model_dir.parent))
@@ -336,6 +341,9 @@ class OnlineDetector:
                 staging.rename(self.model_dir)
                 shutil.rmtree(old, ignore_errors=True)
                 self._load()
+                # an instance window over the training holds the training's CPU, which
+                # the services' normal does not: it is not scored
+                self._trainings = [*self._trainings[-9:], (began, self.clock())]
         finally:
             self.training = False
             cursor.close()

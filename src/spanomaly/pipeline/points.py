@@ -370,10 +370,12 @@ def detect_points(
     end_ns: int | None = None,
     model: _PointModel | None = None,
     confirmer: Confirmer | None = None,
+    skip: Iterable[tuple[int, int]] = (),
 ) -> dict[str, int] | None:
     """Score the instance windows of the period with the point model (model, else the one
     in model_dir), store a finding per anomalous window (time: the window's end); None
-    when there is no point model. With a confirmer, findings pass through it first."""
+    when there is no point model. With a confirmer, findings pass through it first;
+    windows that overlap a period of skip are not scored."""
     model = model or load_points(model_dir)
     if model is None:
         return None
@@ -404,7 +406,10 @@ def detect_points(
             w = windows[source]
             if w.n == 0:  # type: ignore[attr-defined]
                 continue
-            keep = w.column("time_ns") >= t  # type: ignore[attr-defined]
+            starts = w.column("time_ns")  # type: ignore[attr-defined]
+            keep = starts >= t
+            for began, ended in skip:
+                keep &= ~((starts + w_ns > began) & (starts < ended))
             found, n_scored, n_flagged = _point_findings(
                 source,
                 model.config["detector"],

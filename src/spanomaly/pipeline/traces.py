@@ -296,7 +296,6 @@ def _with_points(
     if confirmer.held:
         log.info("%d findings from traces had no partner within %.0f s: not stored",
                  confirmer.held, confirmer.within_s)  # fmt: skip
-    doc["unconfirmed"] = confirmer.held
     return doc
 
 
