@@ -9,21 +9,17 @@ instance (any detector) lie at other moments at least `gap_s` and at most `withi
 from it: a trace's finding needs two such moments, themselves `gap_s` apart (three in
 all, so that two chance blips do not confirm each other); a window's finding, which
 spans time itself, needs one. Findings from metrics and logs stand alone (a stall does
-not move them). The confirmed
-finding keeps its own time, so time to detect still counts from the first anomalous event.
+not move them). A confirmed finding keeps its own time, so time to detect still counts
+from the first anomalous event.
 """
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanomaly.schema import FINDINGS
-
-log = logging.getLogger(__name__)
 
 CONFIRM_GAP_S = 2.0  # longer than a stall of the host (about a second here)
 CONFIRM_WITHIN_S = 10.0  # at least: two instance windows, where they are longer
