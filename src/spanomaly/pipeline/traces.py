@@ -209,6 +209,7 @@ def detect(
     point = load_points(model_dir)
     window_s = float(point.config["window_s"]) if point else None  # type: ignore[arg-type]
     confirmer = Confirmer(gap_s=confirm_gap_s, within_s=confirm_within(window_s))
+    points = (store, model_dir, (start_ns, end_ns), confirmer, point)  # for _with_points
 
     if engine not in ("local", "dask"):
         raise InputError(f"--engine: {engine!r} is not one of local, dask")
@@ -223,15 +224,7 @@ def detect(
         if findings.num_rows:
             store.write(Chunk("findings", findings))  # type: ignore[arg-type]
         n_alarms = alarms(findings).num_rows if findings.num_rows else 0
-        return _with_points(
-            _detect_doc(scored, anomalous, n_alarms),
-            store,
-            model_dir,
-            start_ns,
-            end_ns,
-            confirmer,
-            point,
-        )
+        return _with_points(_detect_doc(scored, anomalous, n_alarms), *points)
     templates = load_templates(model_dir) if model.feature_config.logs else None
     lo, hi = span_range(store)
     if lo is None or hi is None:
@@ -262,35 +255,19 @@ def detect(
     if progress:
         progress(1, 1, "done")
     n_alarms = alarms(pa.concat_tables(found)).num_rows if found else 0
-    return _with_points(
-        _detect_doc(scored, anomalous, n_alarms),
-        store,
-        model_dir,
-        start_ns,
-        end_ns,
-        confirmer,
-        point,
-    )
+    return _with_points(_detect_doc(scored, anomalous, n_alarms), *points)
 
 
 def _with_points(
     doc: dict[str, object],
     store: Store,
     model_dir: str | Path,
-    start_ns: int | None,
-    end_ns: int | None,
+    period: tuple[int | None, int | None],
     confirmer: Confirmer,
     point: object,
 ) -> dict[str, object]:
     """The detect document with the instance windows' figures (issue 6) added."""
-    points = detect_points(
-        store,
-        model_dir,
-        start_ns,
-        end_ns,
-        model=point,
-        confirmer=confirmer,  # type: ignore[arg-type]
-    )
+    points = detect_points(store, model_dir, *period, model=point, confirmer=confirmer)  # type: ignore[arg-type]
     if points:
         doc.update(points)
     if confirmer.held:
