@@ -11,10 +11,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from spanomaly.errors import FormatError, InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
@@ -24,9 +22,6 @@ from spanomaly.ingest import metrics as csv_metrics
 from spanomaly.ingest.base import Chunk, DecodeOptions
 from spanomaly.ingest.files import FORMATS, expand, sniff
 from spanomaly.store.base import Store, WriteResult
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +274,8 @@ class _Touched:
             if chunk.table == "spans" and not self.whole:
                 if isinstance(chunk.data, pa.Table):
                     if chunk.data.num_rows:
+                        import pyarrow.compute as pc
+
                         self.parts.append(pc.unique(chunk.data.column("trace_id")))
                 elif chunk.data is not None:
                     self.whole = True
@@ -288,6 +285,8 @@ class _Touched:
         """The distinct trace ids seen, or None: check the whole store."""
         if self.whole:
             return None
+        import pyarrow.compute as pc
+
         return pc.unique(pa.chunked_array(self.parts, pa.string()).combine_chunks())
 
 

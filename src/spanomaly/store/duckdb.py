@@ -11,7 +11,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from spanomaly.errors import FormatError, StoreError, StoreLockedError
 from spanomaly.ingest.base import Chunk, Reject, SqlSource
@@ -98,6 +97,8 @@ def _unique(table: str, data: pa.Table) -> bool:
     column = _USUALLY_UNIQUE.get(table)
     if column is None or not data.num_rows:
         return False
+    import pyarrow.compute as pc  # Arrow writes only: a CSV import never loads it
+
     return bool(pc.count_distinct(data[column]).as_py() == data.num_rows)
 
 
@@ -320,6 +321,8 @@ class DuckDBStore:
             column = "start_ns"
         if column is None or not data.num_rows:
             return ""
+        import pyarrow.compute as pc
+
         bounds = pc.min_max(data[column])
         lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
         if lo is None:
