@@ -20,7 +20,7 @@ from spanomaly.ingest import faults as fault_labels
 from spanomaly.ingest import logs as log_lines
 from spanomaly.ingest import metrics as csv_metrics
 from spanomaly.ingest.base import Chunk, DecodeOptions
-from spanomaly.ingest.files import FORMATS, expand, sniff
+from spanomaly.ingest.files import FORMATS, expand, head, sniff
 from spanomaly.store.base import Store, WriteResult
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,12 @@ class _Unit:
 def _classify(path: Path, fmt: str, options: DecodeOptions, headers: dict[Path, list[str]]) -> str:
     """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans,
     csv-metrics, nezha-logs, csv-logs, jsonl-logs; a CSV file's columns go into headers."""
-    kind = sniff(path)
+    data = head(path)  # read once for the kind and a CSV header
+    kind = sniff(path, data)
     if kind == "jsonl-logs":
         return kind
     if kind == "csv":
-        columns = headers[path] = csv_spans.header(path)
+        columns = headers[path] = csv_spans.header(path, data)
         if "body" in options.column_map:
             return "csv-logs"
         if fmt in ("csv",) or options.column_map:
