@@ -615,12 +615,17 @@ class DuckDBStore:
         stored span's key (odds about orphans x spans / 2**64).
         """
         spans = "SELECT trace_id, span_id, parent_id, service FROM spans"
+        # the whole store is read twice rather than held in memory (DuckDB materialises a
+        # CTE read twice; 1.04 M spans: about a third of the check's time); a scoped check
+        # holds only its traces' spans and reads the store once
+        how = "NOT MATERIALIZED"
         if trace_ids is not None:
             self._con.register("_scope", pa.table({"trace_id": trace_ids}))
             spans += " WHERE trace_id IN (SELECT trace_id FROM _scope)"
+            how = "MATERIALIZED"
         try:
             return self._arrow(
-                f"WITH s AS ({spans}) SELECT trace_id, span_id, parent_id, service FROM s "
+                f"WITH s AS {how} ({spans}) SELECT trace_id, span_id, parent_id, service FROM s "
                 "WHERE parent_id IS NOT NULL AND hash(trace_id, parent_id) NOT IN "
                 "(SELECT hash(trace_id, span_id) FROM s)"
             )
