@@ -63,9 +63,12 @@ def parse_map(text: str) -> dict[str, str]:
     return out
 
 
-def header(path: Path) -> list[str]:
-    """Column names of a CSV file (first line)."""
-    first = first_line(path).decode("utf-8", "replace").strip("\r\n\ufeff")
+def header(path: Path, data: bytes | None = None) -> list[str]:
+    """Column names of a CSV file (first line); data: its first bytes where read already
+    (`head(path)`), used when they hold the whole first line."""
+    end = -1 if data is None else data.find(b"\n")
+    line = data[: end + 1] if data is not None and end >= 0 else first_line(path)
+    first = line.decode("utf-8", "replace").strip("\r\n\ufeff")
     return next(csv.reader(io.StringIO(first)))
 
 

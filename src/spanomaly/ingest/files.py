@@ -159,13 +159,14 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise FormatError(f"{path}: cannot decompress: {exc}") from exc
 
 
-def sniff(path: Path) -> str:
-    """The content kind of a file, decided by its first bytes, not its name.
+def sniff(path: Path, data: bytes | None = None) -> str:
+    """The content kind of a file, decided by its first bytes (`head(path)`, read here unless
+    given), not its name.
 
     Returns one of: 'otlp-json', 'otlp-jsonl', 'otlp-pb', 'jaeger', 'zipkin', 'nezha-labels',
     'jsonl-logs', 'csv'. Raises FormatError when nothing fits.
     """
-    data = head(path)
+    data = head(path) if data is None else data
     text = data.lstrip()
     if not text:
         raise FormatError(f"{path}: empty file")

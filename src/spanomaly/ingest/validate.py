@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from spanomaly.ingest.base import Reject
 from spanomaly.schema import SPANS
@@ -17,6 +16,8 @@ MAX_REJECT_MESSAGES = 20
 
 def _not_hex(column: pa.ChunkedArray, length: int, hex_text: bool = False) -> pa.ChunkedArray:
     # a length test and one search for a non-hex character: far cheaper than a full match
+    import pyarrow.compute as pc  # loaded by the Arrow decoders only, not by a CSV import
+
     wrong = pc.not_equal(pc.binary_length(column), length)
     if hex_text:  # hex by construction (ids decoded from bytes): the length is the test
         return wrong
@@ -29,6 +30,8 @@ def span_problems(table: pa.Table, hex_ids: bool = False) -> pa.Array:
     hex_ids: the id columns hold hex text of raw id bytes, so only their lengths can be
     wrong (binary formats); otherwise they are searched for non-hex characters too.
     """
+    import pyarrow.compute as pc
+
     trace, span, parent = table["trace_id"], table["span_id"], table["parent_id"]
     checks: list[tuple[pa.Array, str]] = [
         (pc.fill_null(_not_hex(trace, 32, hex_ids), True), "trace_id must be 32 hex characters"),
@@ -61,6 +64,8 @@ def split_valid(
     table = table.select(SPANS.names)
     if table.num_rows == 0:
         return table.cast(SPANS), []
+    import pyarrow.compute as pc
+
     problem = span_problems(table, hex_ids)
     bad = pc.is_valid(problem)
     if not pc.any(bad).as_py():

@@ -11,10 +11,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from spanomaly.errors import FormatError, InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
@@ -22,11 +20,8 @@ from spanomaly.ingest import faults as fault_labels
 from spanomaly.ingest import logs as log_lines
 from spanomaly.ingest import metrics as csv_metrics
 from spanomaly.ingest.base import Chunk, DecodeOptions
-from spanomaly.ingest.files import FORMATS, expand, sniff
+from spanomaly.ingest.files import FORMATS, expand, head, sniff
 from spanomaly.store.base import Store, WriteResult
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +107,12 @@ class _Unit:
 def _classify(path: Path, fmt: str, options: DecodeOptions, headers: dict[Path, list[str]]) -> str:
     """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans,
     csv-metrics, nezha-logs, csv-logs, jsonl-logs; a CSV file's columns go into headers."""
-    kind = sniff(path)
+    data = head(path)  # read once for the kind and a CSV header
+    kind = sniff(path, data)
     if kind == "jsonl-logs":
         return kind
     if kind == "csv":
-        columns = headers[path] = csv_spans.header(path)
+        columns = headers[path] = csv_spans.header(path, data)
         if "body" in options.column_map:
             return "csv-logs"
         if fmt in ("csv",) or options.column_map:
@@ -279,6 +275,8 @@ class _Touched:
             if chunk.table == "spans" and not self.whole:
                 if isinstance(chunk.data, pa.Table):
                     if chunk.data.num_rows:
+                        import pyarrow.compute as pc
+
                         self.parts.append(pc.unique(chunk.data.column("trace_id")))
                 elif chunk.data is not None:
                     self.whole = True
@@ -288,6 +286,8 @@ class _Touched:
         """The distinct trace ids seen, or None: check the whole store."""
         if self.whole:
             return None
+        import pyarrow.compute as pc
+
         return pc.unique(pa.chunked_array(self.parts, pa.string()).combine_chunks())
 
 
