@@ -60,6 +60,13 @@ def partnered(
     codes = np.unique(keys, return_inverse=True)[1].astype(np.int64)
     t = time_ns.astype(np.int64) - int(time_ns.min())
     stride = int(t.max()) + within_ns + 1  # keys' runs never come within reach of each other
+    if int(codes.max()) * stride >= 2**62:  # years of many keys: one key at a time
+        out = np.zeros(n, dtype=bool)
+        for code in np.unique(codes):
+            rows = codes == code
+            one = np.zeros(int(rows.sum()), dtype=np.int64)
+            out[rows] = partnered(time_ns[rows], one, gap_ns, within_ns, moments[rows])
+        return out
     key = codes * stride + t
     ranked = np.sort(key)
     last = n - 1

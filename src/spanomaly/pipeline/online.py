@@ -45,8 +45,9 @@ DEFAULT_GRACE_S = 15.0  # a window is scored this long after it ends (late spans
 # spans up to 5 s after they end (BatchSpanProcessor's schedule delay), so one service's
 # spans of a moment can follow another's by that much
 EXPORT_DELAY_S = 5.0
-# findings from traces wait this long for a partner (detect.confirm): windows come late
-CONFIRM_KEEP_S = CONFIRM_WITHIN_S + 90.0
+# findings from traces are kept as partners (detect.confirm) this long past their reach:
+# a window's finding comes its grace time and more after the window
+CONFIRM_LATE_S = 90.0
 
 
 class OnlineDetector:
@@ -78,7 +79,7 @@ class OnlineDetector:
         self._closed_ns: int | None = None  # instance windows before this are scored
         self._pending: list[pa.Array] = []
         # shared by traces and windows (detect.confirm; confirm_gap_s 0 stores every finding)
-        self._confirmer = Confirmer(gap_s=confirm_gap_s, keep_s=CONFIRM_KEEP_S)
+        self._confirmer = Confirmer(gap_s=confirm_gap_s, keep_s=CONFIRM_WITHIN_S + CONFIRM_LATE_S)
         self._trainings: list[tuple[int, int]] = []  # windows over these are not scored
         self._queue_lock = threading.Lock()
         self._model_lock = threading.RLock()  # scoring vs. a model swap
@@ -161,7 +162,7 @@ class OnlineDetector:
             self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
             within = confirm_within(self._window_ns / 1e9 if self._window_ns else None)
             self._confirmer.within_s = within
-            self._confirmer.keep_s = within + CONFIRM_KEEP_S - CONFIRM_WITHIN_S
+            self._confirmer.keep_s = within + CONFIRM_LATE_S
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
                 # from the first window that starts after the model is loaded: the one
                 # under way holds the training itself (it takes the collector's CPU)
