@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from spanomaly.detect.confirm import Confirmer, needs_confirmation, partnered
+from spanomaly.detect.confirm import Confirmer, confirm_link, needs_confirmation, partnered, runs
 from spanomaly.schema import FINDINGS
 
 S = 1_000_000_000
@@ -40,15 +40,43 @@ def test_partnered_needs_two_other_moments_of_the_same_key() -> None:
 
 def test_a_stall_of_one_moment_is_held_a_lasting_fault_passes() -> None:
     stall = [(0.0, "duration:robust", "books-1"), (0.3, "duration:robust", "books-1")]
-    fault = [(20.0 + s, "duration:robust", "movies-1") for s in range(0, 10, 3)]
+    fault = [(20.0 + s, "duration:robust", "movies-1") for s in np.arange(0, 10, 1.5)]
     window = [(5.0, "point:ecod:traces", "evaluation-1")]
     pair = [(40.0, "point:ecod:traces", "books-2"), (45.0, "point:ecod:traces", "books-2")]
     metric = [(7.0, "point:ecod:metrics", "frontend-2")]
-    got = Confirmer().push(_findings(stall + fault + window + metric + pair))
+    got = Confirmer(window_s=5.0).push(_findings(stall + fault + window + metric + pair))
     # two windows in a row confirm each other; two trace findings would not
     assert sorted(got.column("instance").to_pylist()) == (
-        ["books-2"] * 2 + ["frontend-2"] + ["movies-1"] * 4
+        ["books-2"] * 2 + ["frontend-2"] + ["movies-1"] * 7
     )
+
+
+def test_a_blip_before_an_unrelated_fault_is_not_confirmed_by_it() -> None:
+    # a lone slow call 3.6 s before a fault starts on its instance, and a window (5 s,
+    # timed at its end) of a host stall 5.8 s before one: quiet, then the fault
+    fault = [(10.0 + s, "duration:robust", "movies-1") for s in np.arange(0, 8, 0.5)]
+    blip = [(10.0 - 3.6, "duration:robust", "movies-1")]
+    stall = [(10.0 - 5.8, "point:ecod:traces", "movies-2")]
+    fault2 = [(10.0 + s, "duration:robust", "movies-2") for s in np.arange(0, 8, 0.5)]
+    got = Confirmer(window_s=5.0, within_s=10.0).push(_findings(blip + fault + stall + fault2))
+    times = sorted(set(got.column("time_ns").to_pylist()))
+    assert times[0] == T0 + 10 * S  # the faults' own findings, none of the blips
+    assert got.num_rows == len(fault) + len(fault2)
+    # without the quiet stretch (the blip 1 s before), it is the fault's start
+    early = [(9.0, "duration:robust", "movies-1")]
+    got = Confirmer(window_s=5.0, within_s=10.0).push(_findings(early + fault))
+    assert got.num_rows == len(fault) + 1
+
+
+def test_runs_chain_findings_of_a_key_over_short_gaps_and_windows() -> None:
+    t = (np.array([0, 2, 4, 9, 9, 20, 24]) * S).astype(np.int64)
+    keys = np.array(["a", "a", "a", "a", "b", "a", "a"])
+    span = np.array([0, 0, 0, 0, 0, 0, 5]) * S  # the last covers 19-24
+    got = runs(t, keys, span, int(confirm_link(2.0, 5.0) * S))
+    # a: 0-2-4 chained (2 s steps), 9 after 5 s quiet, 20 and the window 19-24 together
+    assert got[0] == got[1] == got[2] != got[3]
+    assert got[5] == got[6] != got[3]
+    assert len({got[3], got[4]}) == 2  # b's run is its own
 
 
 def test_streaming_pushes_give_the_batch_result() -> None:

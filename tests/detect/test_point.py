@@ -136,6 +136,24 @@ def test_ecod_grows_past_the_training_range() -> None:
     assert flat.score(x)[1] == pytest.approx(flat.score(x)[2])  # plain ECOD saturates
 
 
+def test_ecod_normal_tail_counts_one_extreme_z_as_the_normal_would() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 30))
+    linear = ECOD(target_fpr=0.01, random_state=0).fit(X)
+    normal = ECOD(target_fpr=0.01, random_state=0, normal_tail=True).fit(X)
+    inside = rng.normal(size=(200, 30)).clip(-2.5, 2.5)  # within the training range
+    assert normal.score(inside) == pytest.approx(linear.score(inside))
+    # one feature at z 14 (a memory leak at 2.5 times its usual size): P(Z > 14) ~ 1e-44,
+    # about 100 nats; the linear tail gives it a fraction of that
+    leak = np.zeros((1, 30))
+    leak[0, 0] = 14.0
+    gained = normal.score(leak)[0] - normal.score(np.zeros((1, 30)))[0]
+    assert gained > 90.0
+    assert normal.score(leak)[0] > 1.5 * linear.score(leak)[0]
+    assert normal.predict(leak)[0]
+    assert ECOD(normal_tail=True).get_params()["normal_tail"] is True
+
+
 def test_ecod_training_scores_match_pyod() -> None:
     pyod = pytest.importorskip("pyod.models.ecod", reason="PyOD is only a cross-check here")
     rng = np.random.default_rng(1)

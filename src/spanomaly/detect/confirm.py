@@ -11,6 +11,12 @@ all, so that two chance blips do not confirm each other); a window's finding, wh
 spans time itself, needs one. Findings from metrics and logs stand alone (a stall does
 not move them). A confirmed finding keeps its own time, so time to detect still counts
 from the first anomalous event.
+
+Partners must also belong to the same run of evidence: findings of the instance no further
+apart than `link_s` (a window's finding covers its window), with nothing longer than that
+between them. A fault shows on every few requests; a lone slow call, a quiet stretch and
+then the start of an unrelated fault are two events, and the fault must not confirm the
+blip before it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ def confirm_within(window_s: float | None) -> float:
     return max(CONFIRM_WITHIN_S, 2.0 * (window_s or 0.0))
 
 
+def confirm_link(gap_s: float, window_s: float | None) -> float:
+    """The longest quiet stretch inside one run of evidence: the gap, or half a window
+    (windows are the detectors' resolution; a lasting fault shows in every one)."""
+    return max(gap_s, 0.5 * (window_s or 0.0))
+
+
 STANDALONE_SOURCES = (":metrics", ":logs")  # detector suffixes of window findings
 
 
@@ -47,6 +59,33 @@ def moments_needed(findings: pa.Table) -> np.ndarray:
     """Other moments a finding needs: 2 for a trace, 1 for a window (it spans time itself)."""
     window = pc.fill_null(pc.equal(findings.column("entity"), "instance"), False)
     return np.where(window.to_numpy(zero_copy_only=False), 1, 2)
+
+
+def runs(time_ns: np.ndarray, keys: np.ndarray, span_ns: np.ndarray, link_ns: int) -> np.ndarray:
+    """A run number per row: rows of one key whose covered times [time - span, time] are
+    no more than link_ns apart, chained, share one; runs of different keys never do."""
+    n = len(time_ns)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    codes = np.unique(keys, return_inverse=True)[1].astype(np.int64)
+    end = time_ns.astype(np.int64)
+    start = end - span_ns.astype(np.int64)
+    order = np.lexsort((start, codes))
+    c, s, e = codes[order], start[order], end[order]
+    new = np.ones(n, dtype=bool)
+    for lo, hi in _key_bounds(c):  # per key: the latest end so far, against the next start
+        reach = np.maximum.accumulate(e[lo:hi])
+        new[lo + 1 : hi] = s[lo + 1 : hi] > reach[:-1] + link_ns
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.cumsum(new) - 1
+    return out
+
+
+def _key_bounds(sorted_codes: np.ndarray) -> list[tuple[int, int]]:
+    """(first, past-last) row of each key in codes sorted by key."""
+    edges = np.flatnonzero(np.diff(sorted_codes)) + 1
+    bounds = np.concatenate([[0], edges, [len(sorted_codes)]])
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
 
 def partnered(
@@ -96,10 +135,12 @@ class Confirmer:
         gap_s: float = CONFIRM_GAP_S,
         within_s: float = CONFIRM_WITHIN_S,
         keep_s: float | None = None,
+        window_s: float | None = None,
     ) -> None:
         self.gap_s = gap_s
         self.within_s = within_s
         self.keep_s = keep_s
+        self.window_s = window_s  # what an instance window's finding covers, before its time
         self._seen: pa.Table | None = None  # recent findings, passed or held
         self._passed = np.zeros(0, dtype=bool)
         self.dropped = 0  # held findings that no partner came for in time
@@ -118,12 +159,15 @@ class Confirmer:
         passed = np.concatenate([self._passed, np.zeros(findings.num_rows, dtype=bool)])
         time_ns = seen.column("time_ns").to_numpy(zero_copy_only=False)
         blamed = pc.coalesce(seen.column("instance"), seen.column("service"), pa.scalar(""))
-        ok = ~needs_confirmation(seen) | partnered(
+        moments = moments_needed(seen)
+        run = runs(
             time_ns,
             np.asarray(blamed.to_numpy(zero_copy_only=False)),
-            int(self.gap_s * 1e9),
-            int(self.within_s * 1e9),
-            moments_needed(seen),
+            np.where(moments == 1, int((self.window_s or 0.0) * 1e9), 0),
+            int(confirm_link(self.gap_s, self.window_s) * 1e9),
+        )
+        ok = ~needs_confirmation(seen) | partnered(
+            time_ns, run, int(self.gap_s * 1e9), int(self.within_s * 1e9), moments
         )
         out = seen.filter(pa.array(ok & ~passed))
         passed |= ok

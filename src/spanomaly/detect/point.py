@@ -319,6 +319,18 @@ class _RefitOnLoad(PointDetector):
 # -- ECOD -------------------------------------------------------------------------------------
 
 
+def _normal_excess(x: np.ndarray, last: float, base: float) -> np.ndarray:
+    """Where x lies past the largest training value `last`: base plus -log P(Z > x) +
+    log P(Z > last) for a standard normal Z (how much rarer x is than `last`); 0 elsewhere."""
+    from scipy.special import log_ndtr
+
+    past = x > last
+    out = np.zeros(len(x))
+    if past.any():
+        out[past] = base + log_ndtr(-last) - log_ndtr(-x[past])
+    return out
+
+
 @register
 class ECOD(PointDetector):
     """Empirical-CDF outlier detection: the sum over features of -log of the smaller tail
@@ -329,10 +341,23 @@ class ECOD(PointDetector):
     # standard normal lie about 0.4 beyond their start
     MIN_TAIL_SCALE = 0.25
 
-    def __init__(self, *, tail: bool = True, tail_fraction: float = 0.05, **kw: Any) -> None:
+    def __init__(
+        self,
+        *,
+        tail: bool = True,
+        tail_fraction: float = 0.05,
+        normal_tail: bool = False,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.tail = tail
         self.tail_fraction = tail_fraction
+        # the features are z-scores (standard normal in normal operation, as the point
+        # pipeline's normaliser makes them): past the training range the surprise grows as
+        # the normal's, about z^2 / 2, not linearly in z. The normaliser already turned a
+        # value's tail probability into its z; a linear tail would count a memory leak at
+        # 2.5 times its normal (z 14, p ~ 1e-43) as a few ordinary deviations.
+        self.normal_tail = normal_tail
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> None:
         self.sorted_ = np.sort(X, axis=0)
@@ -359,6 +384,10 @@ class ECOD(PointDetector):
             if self.tail:
                 u_r = u_r + np.maximum(X[:, j] - col[-1], 0.0) / self.right_scale_[j]
                 u_l = u_l + np.maximum(col[0] - X[:, j], 0.0) / self.left_scale_[j]
+            if self.normal_tail:  # past the edge: the edge's surprise, log(n + 1), and more
+                edge = math.log(n + 1.0)
+                u_r = np.maximum(u_r, _normal_excess(X[:, j], col[-1], edge))
+                u_l = np.maximum(u_l, _normal_excess(-X[:, j], -col[0], edge))
             out[:, j] = np.maximum(u_l, u_r)
         return out
 

@@ -160,8 +160,10 @@ class OnlineDetector:
             )
             point = self._point = load_points(self.model_dir)
             self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
-            within = confirm_within(self._window_ns / 1e9 if self._window_ns else None)
+            window_s = self._window_ns / 1e9 if self._window_ns else None
+            within = confirm_within(window_s)
             self._confirmer.within_s = within
+            self._confirmer.window_s = window_s
             self._confirmer.keep_s = within + CONFIRM_LATE_S
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
                 # from the first window that starts after the model is loaded: the one

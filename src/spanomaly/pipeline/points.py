@@ -211,10 +211,13 @@ def train_points(
         if w.n < 10 or not w.names:  # type: ignore[attr-defined]
             doc[source] = None
             continue
+        # ECOD on the normaliser's z-scores: their tail past the training range is the
+        # normal's (detect.point.ECOD normal_tail)
+        params = {"normal_tail": True} if options.detector == "ecod" else {}
         det = POINT_REGISTRY[options.detector](  # type: ignore[call-arg]
             target_fpr=options.target_fpr,
             random_state=options.random_state,
-            **options.params,
+            **{**params, **options.params},
         )
         # the threshold is set on the latest windows, which neither the normaliser nor the
         # detector saw: new normal data is judged as the held-out windows were

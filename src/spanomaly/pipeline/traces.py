@@ -208,7 +208,7 @@ def detect(
 
     point = load_points(model_dir)
     window_s = float(point.config["window_s"]) if point else None  # type: ignore[arg-type]
-    confirmer = Confirmer(gap_s=confirm_gap_s, within_s=confirm_within(window_s))
+    confirmer = Confirmer(gap_s=confirm_gap_s, within_s=confirm_within(window_s), window_s=window_s)
     points = (store, model_dir, (start_ns, end_ns), confirmer, point)  # for _with_points
 
     if engine not in ("local", "dask"):
