@@ -539,8 +539,9 @@ def detect(
     confirm_gap: Annotated[
         float,
         typer.Option(
-            help="seconds: a finding from traces is stored when its instance has findings at two other "
-            "moments this far apart (within 10 s or two instance windows); 0 stores every finding",
+            help="seconds: a finding from traces or metrics is stored when its instance has "
+            "findings at other moments this far apart, in one run of evidence (within 10 s or "
+            "two instance windows; README 'Confirmation'); 0 stores every finding",
             min=0.0,
         ),
     ] = 2.0,

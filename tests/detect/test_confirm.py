@@ -43,11 +43,14 @@ def test_a_stall_of_one_moment_is_held_a_lasting_fault_passes() -> None:
     fault = [(20.0 + s, "duration:robust", "movies-1") for s in np.arange(0, 10, 1.5)]
     window = [(5.0, "point:ecod:traces", "evaluation-1")]
     pair = [(40.0, "point:ecod:traces", "books-2"), (45.0, "point:ecod:traces", "books-2")]
-    metric = [(7.0, "point:ecod:metrics", "frontend-2")]
-    got = Confirmer(window_s=5.0).push(_findings(stall + fault + window + metric + pair))
+    metric = [(7.0, "point:ecod:metrics", "frontend-2")]  # one burst of disk reads
+    leak = [(60.0, "point:ecod:metrics", "frontend-1"), (65.0, "point:ecod:metrics", "frontend-1")]
+    log = [(80.0, "point:ecod:logs", "books-1")]  # an error logged stands alone
+    table = _findings(stall + fault + window + metric + pair + leak + log)
+    got = Confirmer(window_s=5.0).push(table)
     # two windows in a row confirm each other; two trace findings would not
     assert sorted(got.column("instance").to_pylist()) == (
-        ["books-2"] * 2 + ["frontend-2"] + ["movies-1"] * 7
+        ["books-1"] + ["books-2"] * 2 + ["frontend-1"] * 2 + ["movies-1"] * 7
     )
 
 
@@ -98,6 +101,6 @@ def test_streaming_pushes_give_the_batch_result() -> None:
 
 
 def test_gap_zero_passes_everything() -> None:
-    table = _findings([(0.0, "duration:robust", "books-1")])
-    assert Confirmer(gap_s=0).push(table).num_rows == 1
-    assert needs_confirmation(table).tolist() == [True]
+    table = _findings([(0.0, "duration:robust", "books-1"), (1.0, "point:ecod:logs", "books-1")])
+    assert Confirmer(gap_s=0).push(table).num_rows == 2
+    assert needs_confirmation(table).tolist() == [True, False]

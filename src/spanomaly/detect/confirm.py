@@ -1,5 +1,5 @@
-"""Confirmation of timing evidence: a finding from traces stands only when its instance has
-findings at two other moments nearby.
+"""Confirmation of evidence: a finding from traces or metrics stands only when its instance
+has findings at other moments nearby.
 
 Why: a fault lasts; a single slow call, or a stall of the whole host (a garbage collection,
 a checkpoint, a noisy neighbour) that slows every request in flight for a second, does not.
@@ -8,9 +8,10 @@ Both pass any per-trace threshold, and each would page someone. So a finding fro
 instance (any detector) lie at other moments at least `gap_s` and at most `within_s` away
 from it: a trace's finding needs two such moments, themselves `gap_s` apart (three in
 all, so that two chance blips do not confirm each other); a window's finding, which
-spans time itself, needs one. Findings from metrics and logs stand alone (a stall does
-not move them). A confirmed finding keeps its own time, so time to detect still counts
-from the first anomalous event.
+spans time itself, needs one. So does a window of metrics: one window of a burst of disk
+reads is no fault either (an alert rule's "for two intervals"). Findings from log windows
+stand alone (an error logged is evidence enough). A confirmed finding keeps its own time,
+so time to detect still counts from the first anomalous event.
 
 Partners must also belong to the same run of evidence: findings of the instance no further
 apart than `link_s` (a window's finding covers its window), with nothing longer than that
@@ -43,11 +44,11 @@ def confirm_link(gap_s: float, window_s: float | None) -> float:
     return max(gap_s, 0.5 * (window_s or 0.0))
 
 
-STANDALONE_SOURCES = (":metrics", ":logs")  # detector suffixes of window findings
+STANDALONE_SOURCES = (":logs",)  # detector suffixes of window findings that stand alone
 
 
 def needs_confirmation(findings: pa.Table) -> np.ndarray:
-    """Rows whose evidence comes from traces (not a metric or log window)."""
+    """Rows that need partners: all but log windows."""
     detector = findings.column("detector")
     alone = np.zeros(findings.num_rows, dtype=bool)
     for suffix in STANDALONE_SOURCES:
