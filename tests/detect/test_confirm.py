@@ -71,6 +71,16 @@ def test_a_blip_before_an_unrelated_fault_is_not_confirmed_by_it() -> None:
     assert got.num_rows == len(fault) + 1
 
 
+def test_a_metric_window_needs_the_next_window_not_a_slow_call() -> None:
+    # a stall of the host: the CPU window and a slow call 3 s later on the same instance
+    stall = [(10.0, "point:ecod:metrics", "movies-2"), (13.0, "duration:robust", "movies-2")]
+    assert Confirmer(window_s=5.0).push(_findings(stall)).num_rows == 0
+    # a leak: two metric windows in a row; a trace window confirms one as well
+    leak = [(10.0, "point:ecod:metrics", "frontend-2"), (15.0, "point:ecod:metrics", "frontend-2")]
+    mixed = [(10.0, "point:ecod:metrics", "books-2"), (15.0, "point:ecod:traces", "books-2")]
+    assert Confirmer(window_s=5.0).push(_findings(leak + mixed)).num_rows == 4
+
+
 def test_runs_chain_findings_of_a_key_over_short_gaps_and_windows() -> None:
     t = (np.array([0, 2, 4, 9, 9, 20, 24]) * S).astype(np.int64)
     keys = np.array(["a", "a", "a", "a", "b", "a", "a"])

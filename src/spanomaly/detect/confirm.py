@@ -9,7 +9,9 @@ instance (any detector) lie at other moments at least `gap_s` and at most `withi
 from it: a trace's finding needs two such moments, themselves `gap_s` apart (three in
 all, so that two chance blips do not confirm each other); a window's finding, which
 spans time itself, needs one. So does a window of metrics: one window of a burst of disk
-reads is no fault either (an alert rule's "for two intervals"). Findings from log windows
+reads is no fault either; its partner must be another window (an alert rule's "for two
+intervals"), since a stall of the host moves the metrics and slows a call in the same
+second. Findings from log windows
 stand alone (an error logged is evidence enough). A confirmed finding keeps its own time,
 so time to detect still counts from the first anomalous event.
 
@@ -54,6 +56,12 @@ def needs_confirmation(findings: pa.Table) -> np.ndarray:
     for suffix in STANDALONE_SOURCES:
         alone |= pc.fill_null(pc.ends_with(detector, suffix), False).to_numpy(zero_copy_only=False)
     return ~alone
+
+
+def from_metrics(findings: pa.Table) -> np.ndarray:
+    """Rows that are windows of metrics."""
+    detector = findings.column("detector")
+    return pc.fill_null(pc.ends_with(detector, ":metrics"), False).to_numpy(zero_copy_only=False)
 
 
 def moments_needed(findings: pa.Table) -> np.ndarray:
@@ -167,9 +175,16 @@ class Confirmer:
             np.where(moments == 1, int((self.window_s or 0.0) * 1e9), 0),
             int(confirm_link(self.gap_s, self.window_s) * 1e9),
         )
-        ok = ~needs_confirmation(seen) | partnered(
-            time_ns, run, int(self.gap_s * 1e9), int(self.within_s * 1e9), moments
+        gap_ns, within_ns = int(self.gap_s * 1e9), int(self.within_s * 1e9)
+        ok = partnered(time_ns, run, gap_ns, within_ns, moments)
+        # a metric window is confirmed by the next window (of any source), not by a slow call:
+        # a stall of the host shows in both, in the same second
+        window = moments == 1
+        by_windows = np.zeros(len(ok), dtype=bool)
+        by_windows[window] = partnered(
+            time_ns[window], run[window], gap_ns, within_ns, moments[window]
         )
+        ok = np.where(from_metrics(seen), by_windows, ok) | ~needs_confirmation(seen)
         out = seen.filter(pa.array(ok & ~passed))
         passed |= ok
         if self.keep_s is not None:
