@@ -51,11 +51,13 @@ class FakeOnline:
         point_window_s: float | None = None,
         point_sources: tuple[str, ...] | None = None,
         target_fpr: float | None = None,
+        point_target_fpr: float | None = None,
     ) -> dict[str, Any]:
         if start_ns == 1:
             raise InputError("--from must be before --to")
         self.retrained.append((start_ns, end_ns, point_window_s, point_sources))
         self.fpr = target_fpr
+        self.point_fpr = point_target_fpr
         return {"traces": 3}
 
     def feedback(self, finding_id: str) -> dict[str, Any]:
@@ -84,11 +86,13 @@ def test_online_detector_lifecycle_and_routes() -> None:
             assert (await c.get("/api/model")).json()["loaded"] is True
             ok = await c.post("/api/model/retrain", json={"from": 5, "to": 9, "point_window_s": 10,
                                                           "point_sources": ["metrics"],
-                                                          "target_fpr": 1e-4})  # fmt: skip
+                                                          "target_fpr": 1e-4,
+                                                          "point_target_fpr": 1e-3})  # fmt: skip
             assert ok.status_code == 200 and ok.json() == {"traces": 3}
             assert online.retrained == [(5, 9, 10, ("metrics",))] and online.fpr == 1e-4
+            assert online.point_fpr == 1e-3
             for bad in ({"from": "yesterday"}, {"point_window_s": "long"}, {"point_sources": "x"},
-                        {"target_fpr": 2}):  # fmt: skip
+                        {"target_fpr": 2}, {"point_target_fpr": 0}):  # fmt: skip
                 r = await c.post("/api/model/retrain", json=bad)
                 assert r.status_code == 400 and "retrain" in r.text
             r = await c.post("/api/model/retrain", json={"from": 1, "to": 2})

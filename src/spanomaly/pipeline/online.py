@@ -294,11 +294,13 @@ class OnlineDetector:
         point_window_s: float | None = None,
         point_sources: tuple[str, ...] | None = None,
         target_fpr: float | None = None,
+        point_target_fpr: float | None = None,
     ) -> dict[str, Any]:
         """Fit new models on the period, then swap them in for the loaded ones.
 
         The point model keeps the loaded one's window and sources unless given; target_fpr,
-        when given, sets the trace and point detectors' target false-positive rate.
+        when given, sets the trace and point detectors' target false-positive rate,
+        point_target_fpr the point detectors' alone.
         """
         if self._store is None:
             raise RuntimeError("attach a store before retrain")
@@ -325,6 +327,10 @@ class OnlineDetector:
                 raise InputError("target_fpr: must be in (0, 1)")
             point = replace(point, target_fpr=target_fpr)
             options = replace(options or TrainOptions(), target_fpr=target_fpr)
+        if point_target_fpr is not None:
+            if not 0 < point_target_fpr < 1:
+                raise InputError("point_target_fpr: must be in (0, 1)")
+            point = replace(point, target_fpr=point_target_fpr)
         self.training = True
         began = self.clock()
         cursor = self._store.cursor()

@@ -460,20 +460,22 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
     async def model_retrain(request: Request) -> Response:
         """Fit new models on stored data: {"from": ns, "to": ns} and optionally
         "exclude" ([[from, to], ...] ns: periods left out), "point_window_s" (seconds),
-        "point_sources" (["traces", "metrics"]) and "target_fpr" (of the trace and point
-        detectors, in (0, 1))."""
+        "point_sources" (["traces", "metrics"]), "target_fpr" (of the trace and point
+        detectors, in (0, 1)) and "point_target_fpr" (of the point detectors, if not that)."""
         try:
             body = await request.json()
             lo, hi, win = body.get("from"), body.get("to"), body.get("point_window_s")
             sources, fpr = body.get("point_sources"), body.get("target_fpr")
+            point_fpr = body.get("point_target_fpr")
             exclude = body.get("exclude") or []
             if not isinstance(exclude, list) or not all(
                 isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)
                 for p in exclude
             ):
                 raise ValueError("exclude must be a list of [from, to] pairs (ns)")
-            if fpr is not None and not (isinstance(fpr, int | float) and 0 < fpr < 1):
-                raise ValueError("target_fpr must be a number in (0, 1)")
+            for name, v in (("target_fpr", fpr), ("point_target_fpr", point_fpr)):
+                if v is not None and not (isinstance(v, int | float) and 0 < v < 1):
+                    raise ValueError(f"{name} must be a number in (0, 1)")
             if not all(v is None or isinstance(v, int) for v in (lo, hi)):
                 raise ValueError("from/to must be integers (ns since the epoch) or null")
             if win is not None and not isinstance(win, int | float):
@@ -495,6 +497,7 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
                 win,
                 None if sources is None else tuple(sources),
                 fpr,
+                point_fpr,
             )
         except SpanomalyError as exc:
             return collector.error(400, f"retrain: {exc}", None)

@@ -45,6 +45,7 @@ class Online(Protocol):
         point_window_s: float | None = None,
         point_sources: tuple[str, ...] | None = None,
         target_fpr: float | None = None,
+        point_target_fpr: float | None = None,
     ) -> dict[str, Any]:
         """Fit new models on the period and swap them in (blocks: call from a worker)."""
         ...
