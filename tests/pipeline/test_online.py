@@ -117,6 +117,39 @@ def test_windows_wait_for_data_the_store_does_not_hold_yet(
     assert auth.column("n")[0].as_py() >= 2  # the CPU fault's windows, scored with their data
 
 
+def test_windows_wait_for_spans_that_lag_behind_the_metrics(
+    scenario: tuple[DuckDBStore, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spanomaly.pipeline import online as online_module
+
+    store, model = scenario
+    cut = sc.CPU_FAULT[0] - 4 * sc.MIN  # the spans' writer is behind the metrics' by 3 min
+    late = {
+        "spans": store.sql("SELECT * FROM spans WHERE start_ns >= ?", [cut]),
+        "metrics": store.sql("SELECT * FROM metrics WHERE time_ns >= ?", [cut + 3 * sc.MIN]),
+    }
+    store._con.execute("DELETE FROM spans WHERE start_ns >= ?", [cut])
+    store._con.execute("DELETE FROM metrics WHERE time_ns >= ?", [cut + 3 * sc.MIN])
+    monkeypatch.setattr(online_module, "SOURCE_STOPPED_S", 600.0)  # 3 min is a lag here
+    online = OnlineDetector(model, interval_s=0.02, grace_s=0, clock=lambda: sc.TEST[1])
+    online.attach(store)
+    online.start()
+    try:
+        online._closed_ns = sc.TEST[0]
+        _wait(lambda: online.counts["instances_scored"] > 0)
+        time.sleep(0.3)
+        # the windows past the spans are not scored as windows without traffic
+        assert online._closed_ns is not None and online._closed_ns <= cut
+        # with spans stopped for good (over a minute behind the metrics, by default), the
+        # windows go on without them
+        monkeypatch.setattr(online_module, "SOURCE_STOPPED_S", 60.0)
+        _wait(lambda: online._closed_ns is not None and online._closed_ns > cut)
+    finally:
+        online.stop()
+        for table, rows in late.items():
+            store.write(Chunk(table, rows))  # type: ignore[arg-type]
+
+
 def test_normal_traces_raise_no_findings(scenario: tuple[DuckDBStore, Path]) -> None:
     store, model = scenario
     online = OnlineDetector(model, interval_s=0.02, clock=lambda: sc.TEST[0])

@@ -45,6 +45,7 @@ DEFAULT_GRACE_S = 15.0  # a window is scored this long after it ends (late spans
 # spans up to 5 s after they end (BatchSpanProcessor's schedule delay), so one service's
 # spans of a moment can follow another's by that much
 EXPORT_DELAY_S = 5.0
+SOURCE_STOPPED_S = 60.0  # spans or metrics this far behind the other have stopped coming
 # findings from traces are kept as partners (detect.confirm) this long past their reach:
 # a window's finding comes its grace time and more after the window
 CONFIRM_LATE_S = 90.0
@@ -77,6 +78,7 @@ class OnlineDetector:
         self._point: Any = None  # the loaded point model (pipeline.points.load_points)
         self._templates: Any = None  # log templates, for a model trained with logs
         self._closed_ns: int | None = None  # instance windows before this are scored
+        self._latest: dict[str, int] = {}  # latest span start and metric time seen stored
         self._pending: list[pa.Array] = []
         # shared by traces and windows (detect.confirm; confirm_gap_s 0 stores every finding)
         self._confirmer = Confirmer(gap_s=confirm_gap_s, keep_s=CONFIRM_WITHIN_S + CONFIRM_LATE_S)
@@ -236,15 +238,25 @@ class OnlineDetector:
             self.counts["anomalous_windows"] += doc["anomalous_windows"]
 
     def _stored_through(self) -> int | None:
-        """The latest span start or metric time stored past the scored windows (None: none
-        yet). The bound lets DuckDB skip every row group that ends before it."""
+        """How far the store holds data (None: none yet): the earlier of the latest span
+        start and the latest metric time, since either writer may lag (windows scored
+        before their spans arrived read as traffic gone on every instance); a source a
+        minute behind the other has stopped and is not waited for. Each source is read
+        from its own last mark on, so DuckDB skips every row group that ends before it."""
         assert self._cursor is not None and self._closed_ns is not None
+        start = {k: self._latest.get(k, 0) for k in ("spans", "metrics")}  # first: all
         row = self._cursor.sql(
-            "SELECT greatest((SELECT max(start_ns) FROM spans WHERE start_ns >= $1), "
-            "(SELECT max(time_ns) FROM metrics WHERE time_ns >= $1)) AS t",
-            [self._closed_ns],
+            "SELECT (SELECT max(start_ns) FROM spans WHERE start_ns >= $1) AS spans, "
+            "(SELECT max(time_ns) FROM metrics WHERE time_ns >= $2) AS metrics",
+            [start["spans"], start["metrics"]],
         ).to_pylist()[0]
-        return None if row["t"] is None else int(row["t"])
+        for source, t in row.items():
+            if t is not None:
+                self._latest[source] = max(int(t), self._latest.get(source, int(t)))
+        if not self._latest:
+            return None
+        ahead = max(self._latest.values())
+        return min(t for t in self._latest.values() if t >= ahead - int(SOURCE_STOPPED_S * 1e9))
 
     # -- the dashboard's side ----------------------------------------------------------------
 
