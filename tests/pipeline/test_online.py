@@ -84,18 +84,20 @@ def test_completed_traces_and_closed_windows_are_scored(
     assert status["point"]["window_s"] == 60.0
 
 
-def test_windows_wait_for_data_the_store_does_not_hold_yet(
-    scenario: tuple[DuckDBStore, Path],
-) -> None:
-    store, model = scenario
-    cut = sc.CPU_FAULT[0] - 2 * sc.MIN  # what came later is still on its way to the store
+def _hold_back(store: DuckDBStore, spans_from: int, metrics_from: int) -> dict[str, pa.Table]:
+    """Take the spans and metrics from these times out of the store: still on their way."""
     later = {
-        "spans": store.sql("SELECT * FROM spans WHERE start_ns >= ?", [cut]),
-        "metrics": store.sql("SELECT * FROM metrics WHERE time_ns >= ?", [cut]),
+        "spans": store.sql("SELECT * FROM spans WHERE start_ns >= ?", [spans_from]),
+        "metrics": store.sql("SELECT * FROM metrics WHERE time_ns >= ?", [metrics_from]),
     }
-    store._con.execute("DELETE FROM spans WHERE start_ns >= ?", [cut])
-    store._con.execute("DELETE FROM metrics WHERE time_ns >= ?", [cut])
-    # the clock is far ahead (a collector busy training, its writer behind)
+    store._con.execute("DELETE FROM spans WHERE start_ns >= ?", [spans_from])
+    store._con.execute("DELETE FROM metrics WHERE time_ns >= ?", [metrics_from])
+    return later
+
+
+def _started_ahead(store: DuckDBStore, model: Path) -> OnlineDetector:
+    """A detector whose clock is far ahead of the store (a collector busy training, its
+    writer behind), once it has scored what it could."""
     online = OnlineDetector(model, interval_s=0.02, grace_s=0, clock=lambda: sc.TEST[1])
     online.attach(store)
     online.start()
@@ -103,6 +105,20 @@ def test_windows_wait_for_data_the_store_does_not_hold_yet(
         online._closed_ns = sc.TEST[0]
         _wait(lambda: online.counts["instances_scored"] > 0)
         time.sleep(0.3)
+    except BaseException:
+        online.stop()
+        raise
+    return online
+
+
+def test_windows_wait_for_data_the_store_does_not_hold_yet(
+    scenario: tuple[DuckDBStore, Path],
+) -> None:
+    store, model = scenario
+    cut = sc.CPU_FAULT[0] - 2 * sc.MIN  # what came later is still on its way to the store
+    later = _hold_back(store, cut, cut)
+    online = _started_ahead(store, model)
+    try:
         assert online._closed_ns is not None and online._closed_ns <= cut
         for table, rows in later.items():  # it arrives: its windows are scored whole
             store.write(Chunk(table, rows))  # type: ignore[arg-type]
@@ -124,20 +140,10 @@ def test_windows_wait_for_spans_that_lag_behind_the_metrics(
 
     store, model = scenario
     cut = sc.CPU_FAULT[0] - 4 * sc.MIN  # the spans' writer is behind the metrics' by 3 min
-    late = {
-        "spans": store.sql("SELECT * FROM spans WHERE start_ns >= ?", [cut]),
-        "metrics": store.sql("SELECT * FROM metrics WHERE time_ns >= ?", [cut + 3 * sc.MIN]),
-    }
-    store._con.execute("DELETE FROM spans WHERE start_ns >= ?", [cut])
-    store._con.execute("DELETE FROM metrics WHERE time_ns >= ?", [cut + 3 * sc.MIN])
+    later = _hold_back(store, cut, cut + 3 * sc.MIN)
     monkeypatch.setattr(online_module, "SOURCE_STOPPED_S", 600.0)  # 3 min is a lag here
-    online = OnlineDetector(model, interval_s=0.02, grace_s=0, clock=lambda: sc.TEST[1])
-    online.attach(store)
-    online.start()
+    online = _started_ahead(store, model)
     try:
-        online._closed_ns = sc.TEST[0]
-        _wait(lambda: online.counts["instances_scored"] > 0)
-        time.sleep(0.3)
         # the windows past the spans are not scored as windows without traffic
         assert online._closed_ns is not None and online._closed_ns <= cut
         # with spans stopped for good (over a minute behind the metrics, by default), the
@@ -146,7 +152,7 @@ def test_windows_wait_for_spans_that_lag_behind_the_metrics(
         _wait(lambda: online._closed_ns is not None and online._closed_ns > cut)
     finally:
         online.stop()
-        for table, rows in late.items():
+        for table, rows in later.items():
             store.write(Chunk(table, rows))  # type: ignore[arg-type]
 
 
