@@ -11,9 +11,9 @@ all, so that two chance blips do not confirm each other); a window's finding, wh
 spans time itself, needs one. So does a window of metrics: one window of a burst of disk
 reads is no fault either; its partner must be another window (an alert rule's "for two
 intervals"), since a stall of the host moves the metrics and slows a call in the same
-second. Findings from log windows
-stand alone (an error logged is evidence enough). A confirmed finding keeps its own time,
-so time to detect still counts from the first anomalous event.
+second. Findings from log windows stand alone (an error logged is evidence enough). A
+confirmed finding keeps its own time, so time to detect still counts from the first
+anomalous event.
 
 Partners must also belong to the same run of evidence: findings of the instance no further
 apart than `link_s` (a window's finding covers its window), with nothing longer than that
