@@ -49,19 +49,23 @@ def confirm_link(gap_s: float, window_s: float | None) -> float:
 STANDALONE_SOURCES = (":logs",)  # detector suffixes of window findings that stand alone
 
 
+def _detector_ends(findings: pa.Table, suffixes: tuple[str, ...]) -> np.ndarray:
+    """Rows whose detector name ends with one of suffixes."""
+    detector = findings.column("detector")
+    out = np.zeros(findings.num_rows, dtype=bool)
+    for suffix in suffixes:
+        out |= pc.fill_null(pc.ends_with(detector, suffix), False).to_numpy(zero_copy_only=False)
+    return out
+
+
 def needs_confirmation(findings: pa.Table) -> np.ndarray:
     """Rows that need partners: all but log windows."""
-    detector = findings.column("detector")
-    alone = np.zeros(findings.num_rows, dtype=bool)
-    for suffix in STANDALONE_SOURCES:
-        alone |= pc.fill_null(pc.ends_with(detector, suffix), False).to_numpy(zero_copy_only=False)
-    return ~alone
+    return ~_detector_ends(findings, STANDALONE_SOURCES)
 
 
 def from_metrics(findings: pa.Table) -> np.ndarray:
     """Rows that are windows of metrics."""
-    detector = findings.column("detector")
-    return pc.fill_null(pc.ends_with(detector, ":metrics"), False).to_numpy(zero_copy_only=False)
+    return _detector_ends(findings, (":metrics",))
 
 
 def moments_needed(findings: pa.Table) -> np.ndarray:
@@ -142,17 +146,22 @@ class Confirmer:
     def __init__(
         self,
         gap_s: float = CONFIRM_GAP_S,
-        within_s: float = CONFIRM_WITHIN_S,
+        within_s: float | None = None,
         keep_s: float | None = None,
         window_s: float | None = None,
     ) -> None:
         self.gap_s = gap_s
-        self.within_s = within_s
         self.keep_s = keep_s
-        self.window_s = window_s  # what an instance window's finding covers, before its time
+        self.set_window(window_s, within_s)
         self._seen: pa.Table | None = None  # recent findings, passed or held
         self._passed = np.zeros(0, dtype=bool)
         self.dropped = 0  # held findings that no partner came for in time
+
+    def set_window(self, window_s: float | None, within_s: float | None = None) -> None:
+        """The instance windows' length (what a window's finding covers, before its time)
+        and the reach of partners: within_s, else `confirm_within` of the window."""
+        self.window_s = window_s
+        self.within_s = confirm_within(window_s) if within_s is None else within_s
 
     @property
     def enabled(self) -> bool:

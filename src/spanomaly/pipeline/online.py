@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spanomaly.detect.confirm import CONFIRM_GAP_S, CONFIRM_WITHIN_S, Confirmer, confirm_within
+from spanomaly.detect.confirm import CONFIRM_GAP_S, CONFIRM_WITHIN_S, Confirmer
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk
 from spanomaly.pipeline.events import load_templates, with_logs
@@ -162,11 +162,8 @@ class OnlineDetector:
             )
             point = self._point = load_points(self.model_dir)
             self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
-            window_s = self._window_ns / 1e9 if self._window_ns else None
-            within = confirm_within(window_s)
-            self._confirmer.within_s = within
-            self._confirmer.window_s = window_s
-            self._confirmer.keep_s = within + CONFIRM_LATE_S
+            self._confirmer.set_window(self._window_ns / 1e9 if self._window_ns else None)
+            self._confirmer.keep_s = self._confirmer.within_s + CONFIRM_LATE_S
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
                 # from the first window that starts after the model is loaded: the one
                 # under way holds the training itself (it takes the collector's CPU)
@@ -334,14 +331,13 @@ class OnlineDetector:
         if point_sources is not None:
             point = replace(point, sources=tuple(point_sources))
         options = self.train_options
+        for name, fpr in (("target_fpr", target_fpr), ("point_target_fpr", point_target_fpr)):
+            if fpr is not None and not 0 < fpr < 1:
+                raise InputError(f"{name}: must be in (0, 1)")
         if target_fpr is not None:
-            if not 0 < target_fpr < 1:
-                raise InputError("target_fpr: must be in (0, 1)")
             point = replace(point, target_fpr=target_fpr)
             options = replace(options or TrainOptions(), target_fpr=target_fpr)
         if point_target_fpr is not None:
-            if not 0 < point_target_fpr < 1:
-                raise InputError("point_target_fpr: must be in (0, 1)")
             point = replace(point, target_fpr=point_target_fpr)
         self.training = True
         began = self.clock()

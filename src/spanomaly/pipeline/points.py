@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from spanomaly.errors import InputError
@@ -69,17 +70,19 @@ def _metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> ob
 _FAR_PAST, _FAR_FUTURE = -(2**62), 2**62
 
 
-def _drop_windows(windows: object, exclude: list[tuple[int, int]], window_s: float) -> object:
-    import numpy as np
+def _overlapping(starts: np.ndarray, periods: Iterable[tuple[int, int]], w_ns: int) -> np.ndarray:
+    """Whether each window [start, start + w_ns) overlaps any [from, to) of periods."""
+    out = np.zeros(len(starts), dtype=bool)
+    for lo, hi in periods:
+        out |= (starts + w_ns > lo) & (starts < hi)
+    return out
 
+
+def _drop_windows(windows: object, exclude: list[tuple[int, int]], window_s: float) -> object:
     if not exclude or windows.n == 0:  # type: ignore[attr-defined]
         return windows
     t = windows.column("time_ns")  # type: ignore[attr-defined]
-    keep = np.ones(len(t), dtype=bool)
-    w = int(window_s * 1e9)
-    for lo, hi in exclude:
-        keep &= ~((t + w > lo) & (t < hi))
-    return windows.take(keep)  # type: ignore[attr-defined]
+    return windows.take(~_overlapping(t, exclude, int(window_s * 1e9)))  # type: ignore[attr-defined]
 
 
 def _log_coverage(red: object, counts: object) -> float:
@@ -418,9 +421,7 @@ def detect_points(
             if w.n == 0:  # type: ignore[attr-defined]
                 continue
             starts = w.column("time_ns")  # type: ignore[attr-defined]
-            keep = starts >= t
-            for began, ended in skip:
-                keep &= ~((starts + w_ns > began) & (starts < ended))
+            keep = (starts >= t) & ~_overlapping(starts, skip, w_ns)
             found, n_scored, n_flagged = _point_findings(
                 source,
                 model.config["detector"],

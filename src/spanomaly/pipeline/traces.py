@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from spanomaly.detect.confirm import CONFIRM_GAP_S, Confirmer, confirm_within
+from spanomaly.detect.confirm import CONFIRM_GAP_S, Confirmer
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk
 from spanomaly.store.base import Store
@@ -208,7 +208,7 @@ def detect(
 
     point = load_points(model_dir)
     window_s = float(point.config["window_s"]) if point else None  # type: ignore[arg-type]
-    confirmer = Confirmer(gap_s=confirm_gap_s, within_s=confirm_within(window_s), window_s=window_s)
+    confirmer = Confirmer(gap_s=confirm_gap_s, window_s=window_s)
     points = (store, model_dir, (start_ns, end_ns), confirmer, point)  # for _with_points
 
     if engine not in ("local", "dask"):
