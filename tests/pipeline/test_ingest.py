@@ -81,3 +81,26 @@ def test_a_parent_in_another_trace_does_not_count(store_path: str, tmp_path: Pat
     _import(store_path, tmp_path, "a", [_span("a", 1, None)])
     report = _import(store_path, tmp_path, "b", [_span("e", 2, 1)])
     assert report.orphans == 1
+
+
+def test_a_csv_import_never_loads_arrow_or_numpy(tmp_path: Path) -> None:
+    # DuckDB reads the CSV and checks it itself; loading Arrow would cost a CSV import 0.1 s
+    import subprocess
+    import sys
+
+    csv = tmp_path / "spans.csv"
+    csv.write_text(
+        "TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,Duration\n"
+        f"{'a' * 32},{'1' * 16},root,ts-order-service-6f6cfc45b-d9pnv,/op,{T0},{T0 + 5000},5\n"
+        f"{'a' * 32},{'2' * 16},{'9' * 16},ts-order-service-6f6cfc45b-d9pnv,/op,{T0},{T0 + 5},0\n"
+    )
+    code = (
+        "import sys\n"
+        "from spanomaly.pipeline.ingest import ingest, open_store\n"
+        f"store = open_store({str(tmp_path / 's.duckdb')!r})\n"
+        f"report = ingest([{str(csv)!r}], store)\n"
+        "store.close()\n"
+        "print(report.spans, report.orphans, [m for m in ('pyarrow', 'numpy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "1", "[]"]

@@ -90,8 +90,8 @@ def _hold_back(store: DuckDBStore, spans_from: int, metrics_from: int) -> dict[s
         "spans": store.sql("SELECT * FROM spans WHERE start_ns >= ?", [spans_from]),
         "metrics": store.sql("SELECT * FROM metrics WHERE time_ns >= ?", [metrics_from]),
     }
-    store._con.execute("DELETE FROM spans WHERE start_ns >= ?", [spans_from])
-    store._con.execute("DELETE FROM metrics WHERE time_ns >= ?", [metrics_from])
+    store.delete("spans", "start_ns >= ?", [spans_from])
+    store.delete("metrics", "time_ns >= ?", [metrics_from])
     return later
 
 

@@ -144,7 +144,12 @@ def test_stats_metrics_faults_and_orphans(store: Store) -> None:
     s = store.stats()
     assert (s.spans, s.traces, s.instances, s.metrics, s.faults) == (4, 2, 3, 2, 1)
     assert s.start_ns == T0 and s.end_ns == T0 + 60 * 10**9
-    assert store.orphans().column("span_id").to_pylist() == ["0000000000000001"]
+    orphans = store.orphans()
+    assert orphans.count == 1 and [r["span_id"] for r in orphans.sample] == ["0000000000000001"]
+    assert store.orphans(sample=0).count == 1 and not store.orphans(sample=0).sample
+    assert store.orphans(pa.array(["c" * 32, "d" * 32])).count == 1  # among some traces
+    assert store.orphans(pa.array([table["trace_id"][0].as_py()])).count == 0
+    assert not store.is_empty("spans") and store.is_empty("logs")
     assert store.metrics(TimeRange(T0 + 1)).column("value").to_pylist() == [2.0]
 
 

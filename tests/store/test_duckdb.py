@@ -8,7 +8,8 @@ import pyarrow as pa
 
 from spanomaly.ingest.base import Chunk, SqlSource
 from spanomaly.schema import SPANS
-from spanomaly.store.duckdb import DuckDBStore, key_hashes
+from spanomaly.store.duckdb import DuckDBStore
+from spanomaly.store.key_hashes import key_hashes
 
 from .test_contract import spans
 
@@ -110,3 +111,64 @@ def test_key_hashes_need_one_width_per_key_column() -> None:
     assert key_hashes(mixed, ("trace_id", "span_id")) is None
     with_null = table.set_column(1, "span_id", pa.array([None] * 10, pa.string()))
     assert key_hashes(with_null, ("trace_id", "span_id")) is None
+
+
+def _core_source(keys: range) -> SqlSource:
+    """Spans that fill only the core columns, as a plain CSV does."""
+    rows = (
+        "SELECT lpad(i::VARCHAR, 32, 'a') AS trace_id, lpad(i::VARCHAR, 16, 'b') AS span_id, "
+        "NULL::VARCHAR AS parent_id, 's' AS service, 's-1' AS instance, 'op' AS operation, "
+        f"i AS start_ns, 1 AS duration_ns, 'unset' AS status FROM range({keys.start}, {keys.stop}) t(i)"
+    )
+    return SqlSource(f"SELECT *, 'f.csv' AS _source FROM ({rows})", "NULL", fast=rows)
+
+
+def _count(store: DuckDBStore, table: str) -> int:
+    return store.sql(f"SELECT count(*) AS n FROM {table}")["n"][0].as_py()
+
+
+def test_spans_of_core_columns_only_go_to_their_own_table_behind_the_spans_view() -> None:
+    store = DuckDBStore()
+    store.write(Chunk("spans", _core_source(range(5))))
+    assert (_count(store, "spans_core"), _count(store, "spans_all")) == (5, 0)
+    # the view has the schema's columns and types, the columns left out are NULL
+    schema = store.spans().schema
+    assert [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in SPANS]
+    assert store.sql("SELECT count(*) AS n FROM spans WHERE kind IS NULL")["n"][0].as_py() == 5
+    # a span is stored once whichever table holds it, in either order of the two writes
+    arrow = spans(8).set_column(0, "trace_id", pa.array([str(i).rjust(32, "a") for i in range(8)]))
+    arrow = arrow.set_column(1, "span_id", pa.array([str(i).rjust(16, "b") for i in range(8)]))
+    result = store.write(Chunk("spans", arrow))
+    assert (result.inserted, result.duplicates) == (3, 5)
+    again = store.write(Chunk("spans", _core_source(range(10))))
+    assert (again.inserted, again.duplicates) == (2, 8)
+    assert (_count(store, "spans_core"), _count(store, "spans_all"), store.stats().spans) == (
+        7,
+        3,
+        10,
+    )
+    gone = [str(i).rjust(16, "b") for i in (4, 5)]  # one in each table
+    assert store.delete("spans", "span_id IN (SELECT unnest(?))", [gone]) == 2
+    assert store.stats().spans == 8
+
+
+def test_a_store_whose_spans_is_a_table_keeps_its_spans(tmp_path: Path) -> None:
+    import duckdb
+
+    from spanomaly.schema import TABLES
+    from spanomaly.store.duckdb import ddl
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))  # a store written before the two span tables
+    for name in TABLES:
+        con.execute(ddl(name))
+    con.register("b", spans(4))
+    con.execute("INSERT INTO spans SELECT * FROM b")
+    con.close()
+    with DuckDBStore(path, read_only=True) as old:  # read as it is
+        assert old.stats().spans == 4
+    with DuckDBStore(path) as store:
+        assert (_count(store, "spans_all"), store.stats().spans) == (4, 4)
+        assert store.write(Chunk("spans", spans(6))).inserted == 2
+    with DuckDBStore(path, read_only=True) as store:
+        assert store.stats().spans == 6

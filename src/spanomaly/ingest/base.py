@@ -16,9 +16,10 @@ raises (clean input, the common case, is then read only once and never staged).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 TableName = Literal["spans", "metrics", "logs", "faults", "fault_traces"]
 

@@ -20,7 +20,7 @@ from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
 from spanomaly.ingest.files import first_line
 from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_VALUE_REJECT_SQL
-from spanomaly.schema import KIND_VALUES, SPANS
+from spanomaly.schema import KIND_VALUES, names
 
 UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 # our field -> meaning; every other SPANS column may be mapped as well
@@ -30,7 +30,7 @@ TIME_FIELDS = ("start", "end", "duration")
 # log files (spanomaly.ingest.logs) map `time`, `body` and `severity` besides the ids
 LOG_ONLY_FIELDS = ("time", "body", "severity")
 MAPPABLE = (
-    tuple(n for n in SPANS.names if n not in ("start_ns", "duration_ns"))
+    tuple(n for n in names("spans") if n not in ("start_ns", "duration_ns"))
     + TIME_FIELDS
     + ("error",)
     + LOG_ONLY_FIELDS
@@ -89,15 +89,11 @@ def _id(expr: str) -> str:
     return f"lower(trim({expr}))"
 
 
-def _plain_id(expr: str, length: int, field: str) -> str:
+def _plain_id(column: str, length: int) -> str:
     # the optimistic read: an id already in its stored form (lower-case hex of the right
     # length, not all zeros) passes as it is, one regex and no copy; anything else stops the
     # statement and the checked read takes over (which trims, lowercases and names the row)
-    return (
-        f"CASE WHEN regexp_full_match({expr}, '[0-9a-f]{{{length}}}') "
-        f"AND {expr} <> '{'0' * length}' THEN {expr} "
-        f"ELSE error('{field} is not {length} lower-case hex characters') END"
-    )
+    return f"regexp_full_match({column}, '[0-9a-f]{{{length}}}') AND {column} <> '{'0' * length}'"
 
 
 def _int(expr: str, unit: str) -> str:
@@ -135,13 +131,9 @@ def span_select(
     markers = ", ".join(map(_lit, _ROOT_MARKERS))
     if "parent_id" not in m:
         parent = "NULL"
-    elif strict:  # a root marker as written, or a plain id; anything else: checked read
+    elif strict:  # a root marker as written, or a plain id (checked below)
         p = m["parent_id"]
-        parent = (
-            f"CASE WHEN {p} IS NULL OR {p} IN ({markers}) THEN NULL "
-            f"WHEN regexp_full_match({p}, '[0-9a-f]{{16}}') THEN {p} "
-            "ELSE error('parent_id is not 16 lower-case hex characters') END"
-        )
+        parent = f"CASE WHEN {p} IN ({markers}) THEN NULL ELSE {p} END"
     else:
         parent = (
             f"CASE WHEN lower(trim({m['parent_id']})) IN ({markers}) "
@@ -172,8 +164,8 @@ def span_select(
         else "NULL"
     )
     cols = {
-        "trace_id": _plain_id(m["trace_id"], 32, "trace_id") if strict else _id(m["trace_id"]),
-        "span_id": _plain_id(m["span_id"], 16, "span_id") if strict else _id(m["span_id"]),
+        "trace_id": m["trace_id"] if strict else _id(m["trace_id"]),
+        "span_id": m["span_id"] if strict else _id(m["span_id"]),
         "parent_id": parent,
         "service": service,
         "instance": m.get("instance", "NULL"),
@@ -213,10 +205,19 @@ def span_select(
     reader = (
         f"read_csv({file_list}, header = true, {layout}, delim = ',', quote = '\"', escape = '\"'"
     )
-    if strict:  # a malformed line raises; rows with a missing value too
+    if strict:  # a malformed line raises, and so does a row the checked read would touch
+        # one test per row (separate CASEs per column cost about 0.05 s more per 1 M rows)
+        ok = " AND ".join(
+            (
+                _plain_id("trace_id", 32),
+                _plain_id("span_id", 16),
+                "(parent_id IS NULL OR regexp_full_match(parent_id, '[0-9a-f]{16}'))",
+                f"({SPAN_VALUE_REJECT_SQL}) IS NULL",
+            )
+        )
         return (
-            f"SELECT * FROM (SELECT {', '.join(typed.values())} FROM {reader})) WHERE CASE "
-            f"WHEN ({SPAN_VALUE_REJECT_SQL}) IS NULL THEN true ELSE error('a value is missing') END"
+            f"SELECT * FROM (SELECT {', '.join(typed.values())} FROM {reader})) "
+            f"WHERE CASE WHEN {ok} THEN true ELSE error('not in stored form') END"
         )
     reader += ", filename = '_file', store_rejects = true)"
     return f"SELECT {', '.join(typed.values())}, _file AS _source FROM {reader}"

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pyarrow as pa
 
 from spanomaly.errors import FormatError
 from spanomaly.ingest.base import Chunk, Reject
 from spanomaly.ingest.csv import POD_SUFFIX
 from spanomaly.ingest.files import read_all
-from spanomaly.schema import FAULTS
+from spanomaly.schema import names
 
 _POD_SUFFIX = re.compile(POD_SUFFIX)
 
@@ -26,7 +25,7 @@ def decode_nezha_labels(path: Path, fault_duration_s: float) -> Iterator[Chunk]:
         raise FormatError(f"{path}: invalid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise FormatError(f"{path}: expected an object of hour -> fault list")
-    rows: dict[str, list[object]] = {n: [] for n in FAULTS.names}
+    rows: dict[str, list[object]] = {n: [] for n in names("faults")}
     rejects: list[Reject] = []
     span_ns = round(fault_duration_s * 1e9)
     records = 0
@@ -54,4 +53,8 @@ def decode_nezha_labels(path: Path, fault_duration_s: float) -> Iterator[Chunk]:
             rows["start_ns"].append(start)
             rows["end_ns"].append(start + span_ns)
             rows["params"].append(orjson.dumps(entry).decode())
+    import pyarrow as pa
+
+    from spanomaly.schema import FAULTS
+
     yield Chunk("faults", pa.table(rows, schema=FAULTS), rejects, records)

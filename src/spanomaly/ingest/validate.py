@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from spanomaly.ingest.base import Reject
-from spanomaly.schema import SPANS
+
+if TYPE_CHECKING:  # the SQL checks below serve CSV imports, which never load Arrow
+    import pyarrow as pa
 
 _ZERO32 = "0" * 32
 _ZERO16 = "0" * 16
@@ -30,6 +31,7 @@ def span_problems(table: pa.Table, hex_ids: bool = False) -> pa.Array:
     hex_ids: the id columns hold hex text of raw id bytes, so only their lengths can be
     wrong (binary formats); otherwise they are searched for non-hex characters too.
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     trace, span, parent = table["trace_id"], table["span_id"], table["parent_id"]
@@ -61,6 +63,10 @@ def split_valid(
 ) -> tuple[pa.Table, list[Reject]]:
     """The valid rows (in SPANS schema) and one Reject per invalid row (hex_ids: see
     span_problems)."""
+    import pyarrow as pa
+
+    from spanomaly.schema import SPANS
+
     table = table.select(SPANS.names)
     if table.num_rows == 0:
         return table.cast(SPANS), []

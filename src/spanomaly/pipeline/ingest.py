@@ -11,17 +11,19 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from spanomaly.errors import FormatError, InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
 from spanomaly.ingest import faults as fault_labels
 from spanomaly.ingest import logs as log_lines
 from spanomaly.ingest import metrics as csv_metrics
-from spanomaly.ingest.base import Chunk, DecodeOptions
+from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
 from spanomaly.ingest.files import FORMATS, expand, head, sniff
 from spanomaly.store.base import Store, WriteResult
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -273,19 +275,19 @@ class _Touched:
         """Pass chunks on, keeping the distinct trace ids of span chunks (decode thread)."""
         for chunk in chunks:
             if chunk.table == "spans" and not self.whole:
-                if isinstance(chunk.data, pa.Table):
-                    if chunk.data.num_rows:
-                        import pyarrow.compute as pc
-
-                        self.parts.append(pc.unique(chunk.data.column("trace_id")))
-                elif chunk.data is not None:
+                if isinstance(chunk.data, SqlSource):
                     self.whole = True
+                elif chunk.data is not None and chunk.data.num_rows:
+                    import pyarrow.compute as pc
+
+                    self.parts.append(pc.unique(chunk.data.column("trace_id")))
             yield chunk
 
     def trace_ids(self) -> pa.Array | None:
         """The distinct trace ids seen, or None: check the whole store."""
         if self.whole:
             return None
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         return pc.unique(pa.chunked_array(self.parts, pa.string()).combine_chunks())
@@ -305,8 +307,8 @@ _TRIM_BYTES = 64 * 2**20
 
 @functools.cache
 def _keep_freed_memory() -> bool:
-    """Tune glibc malloc for bulk imports and put Arrow on it (once per process); False
-    where the C library is not glibc (nothing changed then)."""
+    """Tune glibc malloc for bulk imports (once per process); False where the C library is
+    not glibc (nothing changed then)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -318,14 +320,21 @@ def _keep_freed_memory() -> bool:
         )
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
-    if tuned:
-        pa.set_memory_pool(pa.system_memory_pool())
     return tuned
 
 
+@functools.cache
+def _arrow_on_malloc() -> None:
+    """Put Arrow on the tuned malloc (once per process, before the first Arrow decoder: a
+    CSV import, which DuckDB reads, never loads Arrow)."""
+    if _keep_freed_memory():
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def _has_spans(store: Store) -> bool:
-    rows = store.sql("SELECT count(*) AS n FROM (SELECT 1 FROM spans LIMIT 1)")
-    return bool(rows.column("n")[0].as_py())
+    return not store.is_empty("spans")
 
 
 def _run(
@@ -338,6 +347,8 @@ def _run(
     """Store one unit (a file, or a group of CSV files) in one transaction."""
     part = IngestReport()
     touched = touched or _Touched(whole=True)
+    if not unit.csv_kind:
+        _arrow_on_malloc()
     try:
         with store.transaction():
             for chunk in _prefetch(touched.note(unit.decode())):
@@ -384,14 +395,12 @@ def ingest(
     if progress:
         progress(total, total, "checking parents")
     orphans = store.orphans(touched.trace_ids())
-    report.orphans = orphans.num_rows
-    if orphans.num_rows:
-        sample = orphans.slice(0, 5).to_pylist()
-        report.note(
-            f"trace {r['trace_id']} span {r['span_id']} ({r['service']}): parent {r['parent_id']} "
-            "never arrived (kept)"
-            for r in sample
-        )
+    report.orphans = orphans.count
+    report.note(
+        f"trace {r['trace_id']} span {r['span_id']} ({r['service']}): parent {r['parent_id']} "
+        "never arrived (kept)"
+        for r in orphans.sample
+    )
     return report
 
 

@@ -6,11 +6,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Protocol
 
 from spanomaly.ingest.base import Chunk, Reject
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass
@@ -29,6 +30,15 @@ class TimeRange:
 
     start_ns: int | None = None
     end_ns: int | None = None
+
+
+@dataclass
+class Orphans:
+    """Spans whose parent is not stored: how many, and the first few (their trace_id,
+    span_id, parent_id and service)."""
+
+    count: int
+    sample: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass
@@ -99,8 +109,13 @@ class Store(Protocol):
         """Counts over the whole store."""
         ...
 
-    def orphans(self, trace_ids: pa.Array | None = None) -> pa.Table:
-        """Spans whose parent is not stored (optionally among some traces only)."""
+    def orphans(self, trace_ids: pa.Array | None = None, sample: int = 5) -> Orphans:
+        """Spans whose parent is not stored (optionally among some traces only): how many,
+        and the first `sample` of them."""
+        ...
+
+    def is_empty(self, table: str) -> bool:
+        """Whether a table holds no rows."""
         ...
 
     def export_parquet(self, out_dir: Path) -> dict[str, int]:

@@ -7,15 +7,19 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import numpy as np
-import pyarrow as pa
 
 from spanomaly.errors import FormatError, StoreError, StoreLockedError
 from spanomaly.ingest.base import Chunk, Reject, SqlSource
-from spanomaly.schema import KEYS, TABLES
-from spanomaly.store.base import Stats, TimeRange, WriteResult
+from spanomaly.schema import COLUMNS, KEYS, arrow_schema, names
+from spanomaly.store.base import Orphans, Stats, TimeRange, WriteResult
+
+if TYPE_CHECKING:  # Arrow and numpy load with the first Arrow write or read, not before
+    import pyarrow as pa
+
+    from spanomaly.store.key_hashes import FreshKeys
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +39,51 @@ _KEY_TIMES = {"metrics": "time_ns"}
 # every row; 1 M OTLP spans: about 0.5 s less)
 _USUALLY_UNIQUE = {"spans": "span_id"}
 # Tables whose key is text only: a transaction that starts writing one while it is empty
-# remembers a hash of each key it writes instead of probing the stored keys (`_FreshKeys`)
+# remembers a hash of each key it writes instead of probing the stored keys (`key_hashes.FreshKeys`)
 _TEXT_KEYED = {"spans"}
 # Row groups an Arrow insert buffers before it compresses and writes them out. DuckDB's
 # default (5) writes 5 row groups at once after about 600,000 rows and leaves the rest to
 # the commit (1 M OTLP spans: a 1 s stall in one write and a 0.55 s commit); one at a time
 # spreads that work over the writes, which overlap with decoding, for the same CPU.
 _WRITE_BUFFER_ROW_GROUPS = 1
+# Spans live in two tables behind the view `spans`, which readers and users query: `spans_all`
+# holds every column, `spans_core` the columns a plain CSV of spans fills, and a write that
+# fills no other column goes there. DuckDB appends a column of NULLs at about the cost of a
+# column of values: the ten columns such a CSV leaves empty cost 0.15 s per million spans,
+# a tenth of the whole import (bench/RESULTS.md).
+SPAN_TABLES = ("spans_all", "spans_core")
+CORE_SPAN_COLUMNS = (
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "service",
+    "instance",
+    "operation",
+    "start_ns",
+    "duration_ns",
+    "status",
+)
 
 
-def _duck_type(typ: pa.DataType) -> str:
-    if pa.types.is_list(typ):
-        return _duck_type(typ.value_type) + "[]"
-    return {
-        pa.string(): "VARCHAR",
-        pa.int64(): "BIGINT",
-        pa.int32(): "INTEGER",
-        pa.float64(): "DOUBLE",
-        pa.bool_(): "BOOLEAN",
-    }[typ]
+_DUCK_TYPES = {
+    "string": "VARCHAR",
+    "int64": "BIGINT",
+    "int32": "INTEGER",
+    "float64": "DOUBLE",
+    "bool": "BOOLEAN",
+}
 
 
-def ddl(name: str, as_name: str | None = None) -> str:
-    """CREATE TABLE statement of a store table (optionally under another name), from its schema."""
+def _duck_type(typ: str) -> str:
+    """DuckDB's type for a schema Column type."""
+    if typ.startswith("list<"):
+        return _duck_type(typ[5:-1]) + "[]"
+    return _DUCK_TYPES[typ]
+
+
+def ddl(name: str, as_name: str | None = None, columns: tuple[str, ...] | None = None) -> str:
+    """CREATE TABLE statement of a store table (optionally under another name, optionally of
+    some of its columns only), from its schema."""
     # No NOT NULL: rows are validated by the decoders and the reject checks; a refused row
     # may sit in the table for a moment inside the transaction that deletes it.
     cols = ", ".join(
@@ -67,9 +93,45 @@ def ddl(name: str, as_name: str | None = None) -> str:
             if f.name in _ZSTD_COLUMNS or f.name in _ZSTD_BY_TABLE.get(name, ())
             else ""
         )
-        for f in TABLES[name]
+        for f in COLUMNS[name]
+        if columns is None or f.name in columns
     )
     return f"CREATE TABLE IF NOT EXISTS {as_name or name} ({cols})"
+
+
+def _spans_view() -> str:
+    """CREATE VIEW of `spans`: the rows of both span tables, the columns of SPANS."""
+    fields = COLUMNS["spans"]
+    core = ", ".join(
+        f'"{f.name}"'
+        if f.name in CORE_SPAN_COLUMNS
+        else f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'
+        for f in fields
+    )
+    every = ", ".join(f'"{f.name}"' for f in fields)
+    return (
+        f"CREATE VIEW IF NOT EXISTS spans AS SELECT {every} FROM spans_all "
+        f"UNION ALL SELECT {core} FROM spans_core"
+    )
+
+
+def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the store's tables where missing; a store whose `spans` is a table (written
+    before the two span tables) has it renamed to `spans_all`."""
+    kinds = dict(
+        con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables "
+            "WHERE table_schema = 'main' AND table_catalog = current_database()"
+        ).fetchall()
+    )
+    if kinds.get("spans") == "BASE TABLE":
+        con.execute("ALTER TABLE spans RENAME TO spans_all")
+    for name in COLUMNS:
+        if name != "spans":
+            con.execute(ddl(name))
+    con.execute(ddl("spans", "spans_all"))
+    con.execute(ddl("spans", "spans_core", CORE_SPAN_COLUMNS))
+    con.execute(_spans_view())
 
 
 def _open(
@@ -89,6 +151,13 @@ def _open(
         raise StoreError(f"{path}: cannot open the store: {text.splitlines()[0]}") from exc
     except duckdb.Error as exc:
         raise StoreError(f"{path}: cannot open the store: {str(exc).splitlines()[0]}") from exc
+
+
+def _physical(table: str, columns: list[str] | None) -> str:
+    """The table a write of these columns goes to (see SPAN_TABLES)."""
+    if table != "spans":
+        return table
+    return "spans_core" if columns and set(columns) <= set(CORE_SPAN_COLUMNS) else "spans_all"
 
 
 def _unique(table: str, data: pa.Table) -> bool:
@@ -112,85 +181,6 @@ def _key_match(table: str, key: str) -> str:
     if table == "spans":
         return f"t.{key} = b.{key}"
     return f"t.{key} IS NOT DISTINCT FROM b.{key}"
-
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _text_words(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray] | None:
-    """The bytes of a text column as (rows, words) uint64 arrays, one per chunk, where
-    every value is present and of one width; None otherwise."""
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    out: list[np.ndarray] = []
-    width = None
-    for chunk in chunks:
-        n = len(chunk)
-        if n == 0:
-            continue
-        if chunk.null_count or chunk.type != pa.string():
-            return None
-        offsets = np.frombuffer(chunk.buffers()[1], np.int32, n + 1, 4 * chunk.offset)
-        w = int(offsets[1] - offsets[0])
-        if width is None:
-            width = w
-        if w != width or int(offsets[-1] - offsets[0]) != n * w or (np.diff(offsets) != w).any():
-            return None
-        rows = np.zeros((n, -(-w // 8) * 8 + 8), np.uint8)  # whole words, then the width
-        if w:
-            raw = np.frombuffer(chunk.buffers()[2], np.uint8, n * w, int(offsets[0]))
-            rows[:, :w] = raw.reshape(n, w)
-        rows[:, -8:] = np.frombuffer(np.uint64(w).tobytes(), np.uint8)
-        out.append(rows.view("<u8"))
-    return out
-
-
-def key_hashes(data: pa.Table, keys: tuple[str, ...]) -> np.ndarray | None:
-    """A 64-bit hash of each row's key (text columns of one width each, never null), or
-    None where a key column is not like that. Equal keys hash alike."""
-    hashes = np.zeros(data.num_rows, np.uint64)
-    for key in keys:
-        words = _text_words(data.column(key))
-        if words is None:
-            return None
-        start = 0
-        for block in words:
-            h = hashes[start : start + len(block)]
-            for j in range(block.shape[1]):
-                h ^= block[:, j]
-                h *= _MIX
-                h ^= h >> np.uint64(29)
-            start += len(block)
-    return hashes
-
-
-class _FreshKeys:
-    """Hashes of the keys a transaction wrote into a table that was empty when it began.
-
-    A batch row whose key hash is not among them cannot have a stored twin, so it is
-    inserted without probing the stored keys (1 M OTLP spans: about 0.6 s less); rows whose
-    hash is there (a re-sent span, or a collision) are probed as before.
-    """
-
-    def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []  # sorted, each at most half the size of the one before
-
-    def check_and_add(self, hashes: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Per hash: whether it was added before; and whether the hashes are distinct among
-        themselves (then so are their keys). Then remember them."""
-        order = np.argsort(hashes)
-        needles = hashes[order]  # sorted needles: each search starts where the last ended
-        found = np.zeros(hashes.size, bool)
-        for run in self.runs:
-            at = np.minimum(np.searchsorted(run, needles), run.size - 1)
-            found[order] |= run[at] == needles
-        distinct = not (needles[1:] == needles[:-1]).any()
-        # runs of similar size are merged (a stable sort of two sorted runs is a linear
-        # merge), so a lookup reads O(log n) runs
-        self.runs.append(needles)
-        while len(self.runs) > 1 and self.runs[-2].size <= 2 * self.runs[-1].size:
-            last = self.runs.pop()
-            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
-        return found, distinct
 
 
 class DuckDBStore:
@@ -219,12 +209,11 @@ class DuckDBStore:
         self._con = _open(self.path, read_only, config)
         self._depth = 0  # nesting of transaction()
         self._clean = False  # inside a transaction that has written nothing yet
-        self._fresh: dict[str, _FreshKeys | None] = {}  # per table, in this transaction
+        self._fresh: dict[str, FreshKeys | None] = {}  # per table, in this transaction
         self._owner = True  # False for a cursor(): closing it leaves the database open
         self._con.execute("SET preserve_insertion_order = false")
         if not read_only:
-            for name in TABLES:
-                self._con.execute(ddl(name))
+            _create_tables(self._con)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -284,12 +273,12 @@ class DuckDBStore:
         """INSERT of the source's rows whose key is not stored yet (one per key where
         `distinct`: the source may repeat a key); columns left out stay NULL. probe=False:
         the caller knows no key of the source is stored."""
-        cols = ", ".join(f'"{c}"' for c in columns or TABLES[table].names)
-        into = f"{table} ({cols})"
+        cols = ", ".join(f'"{c}"' for c in columns or names(table))
+        into = f"{_physical(table, columns)} ({cols})"
         keys = KEYS[table]
         if keys and distinct:
             source = f"(SELECT DISTINCT ON ({', '.join(keys)}) {cols} FROM {source})"
-        if not keys or not probe or self._is_empty(table):
+        if not keys or not probe or self.is_empty(table):
             return f"INSERT INTO {into} SELECT {cols} FROM {source}"
         match = " AND ".join(_key_match(table, k) for k in keys) + within
         return (
@@ -332,22 +321,26 @@ class DuckDBStore:
             extra += f" AND t.{column} = b.{column}"
         return extra
 
-    def _is_empty(self, table: str) -> bool:
-        sql = f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)"
-        return bool(self._con.execute(sql).fetchall()[0][0])
+    def is_empty(self, table: str) -> bool:
+        """Whether a table holds no rows."""
+        return bool(self._rows(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)")[0][0])
 
-    def _fresh_keys(self, table: str) -> _FreshKeys | None:
+    def _fresh_keys(self, table: str) -> FreshKeys | None:
         """The key hashes this transaction wrote into table, if it was empty when the
         transaction first wrote to it and every write since was hashed; else None."""
         if table not in self._fresh:
-            fresh = table in _TEXT_KEYED and self._depth and self._is_empty(table)
-            self._fresh[table] = _FreshKeys() if fresh else None
+            fresh = table in _TEXT_KEYED and self._depth and self.is_empty(table)
+            from spanomaly.store.key_hashes import FreshKeys
+
+            self._fresh[table] = FreshKeys() if fresh else None
         return self._fresh[table]
 
     def _write_arrow(self, table: str, data: pa.Table, result: WriteResult) -> None:
-        data = data.select(TABLES[table].names).cast(TABLES[table])
+        data = data.select(names(table)).cast(arrow_schema(table))
         total = data.num_rows
         fresh = self._fresh_keys(table)
+        from spanomaly.store.key_hashes import key_hashes
+
         hashes = key_hashes(data, KEYS[table]) if fresh is not None else None
         if fresh is None or hashes is None:
             self._fresh[table] = None  # keys this write cannot hash: probe from now on
@@ -420,7 +413,7 @@ class DuckDBStore:
         con.execute("CREATE OR REPLACE TEMP SEQUENCE _rows_read START WITH 0 MINVALUE 0")
         con.execute("SELECT nextval('_rows_read')")
         described = con.execute(f"SELECT * FROM ({data.fast}) LIMIT 0").description
-        columns = [c for c in TABLES[table].names if c in {d[0] for d in described}]
+        columns = [c for c in names(table) if c in {d[0] for d in described}]
         cols = ", ".join(f'"{c}"' for c in columns)
         source = (
             f"(WITH _src AS MATERIALIZED (SELECT *, hash({keys}) AS _h FROM ({data.fast}) "
@@ -476,7 +469,7 @@ class DuckDBStore:
             if bad:
                 self._name_rejects(table, staged, result)
         described = con.execute(f"SELECT * FROM {staged} LIMIT 0").description
-        columns = [c for c in TABLES[table].names if c in {d[0] for d in described}]
+        columns = [c for c in names(table) if c in {d[0] for d in described}]
         good = f"(SELECT * FROM {staged} WHERE _reason IS NULL"
         if KEYS[table]:
             good += f" AND rowid NOT IN ({self._later_twins(table, staged)})"
@@ -490,7 +483,7 @@ class DuckDBStore:
 
     def _name_rejects(self, table: str, staged: str, result: WriteResult) -> None:
         """Messages for the first refused rows, naming their file and key."""
-        keys = KEYS[table] or TABLES[table].names[:2]
+        keys = KEYS[table] or names(table)[:2]
         label = " || ', ' || ".join(
             f"'{k}=' || coalesce(CAST({k} AS VARCHAR), 'null')" for k in keys
         )
@@ -527,6 +520,10 @@ class DuckDBStore:
 
     def _arrow(self, sql: str, params: list[object] | None = None) -> pa.Table:
         return self._con.sql(sql, params=params or None).to_arrow_table()
+
+    def _rows(self, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+        """A query's rows as tuples (no Arrow: what a CSV import reads back never loads it)."""
+        return self._con.execute(sql, params).fetchall()
 
     @staticmethod
     def _window(column: str, window: TimeRange | None, params: list[object]) -> str:
@@ -567,8 +564,8 @@ class DuckDBStore:
 
     def table(self, name: str) -> pa.Table:
         """A whole table by name (faults, fault_traces, findings, ...)."""
-        if name not in TABLES:
-            raise StoreError(f"no table {name!r}; tables: {', '.join(TABLES)}")
+        if name not in COLUMNS:
+            raise StoreError(f"no table {name!r}; tables: {', '.join(COLUMNS)}")
         return self._arrow(f"SELECT * FROM {name}")
 
     def services(self) -> list[str]:
@@ -604,8 +601,9 @@ class DuckDBStore:
             end_ns=max(highs) if highs else None,
         )
 
-    def orphans(self, trace_ids: pa.Array | None = None) -> pa.Table:
-        """Spans whose parent span is not stored (optionally among some traces only).
+    def orphans(self, trace_ids: pa.Array | None = None, sample: int = 5) -> Orphans:
+        """Spans whose parent span is not stored (optionally among some traces only): how
+        many, and the first `sample` of them.
 
         With trace_ids, only the spans of those traces are read on either side (a parent
         shares its child's trace), so the check costs the size of an import, not of the
@@ -620,18 +618,23 @@ class DuckDBStore:
         # holds only its traces' spans and reads the store once
         how = "NOT MATERIALIZED"
         if trace_ids is not None:
+            import pyarrow as pa
+
             self._con.register("_scope", pa.table({"trace_id": trace_ids}))
             spans += " WHERE trace_id IN (SELECT trace_id FROM _scope)"
             how = "MATERIALIZED"
+        columns = ("trace_id", "span_id", "parent_id", "service")
         try:
-            return self._arrow(
-                f"WITH s AS {how} ({spans}) SELECT trace_id, span_id, parent_id, service FROM s "
-                "WHERE parent_id IS NOT NULL AND hash(trace_id, parent_id) NOT IN "
-                "(SELECT hash(trace_id, span_id) FROM s)"
+            rows = self._rows(
+                f"WITH s AS {how} ({spans}) SELECT {', '.join(columns)}, count(*) OVER () "
+                "FROM s WHERE parent_id IS NOT NULL AND hash(trace_id, parent_id) NOT IN "
+                f"(SELECT hash(trace_id, span_id) FROM s) LIMIT {int(sample) or 1}"
             )
         finally:
             if trace_ids is not None:
                 self._con.unregister("_scope")
+        found = [dict(zip(columns, r[:-1], strict=True)) for r in rows[:sample]]
+        return Orphans(int(rows[0][-1]) if rows else 0, found)
 
     # -- export ----------------------------------------------------------------------------
 
@@ -666,6 +669,16 @@ class DuckDBStore:
             first = str(exc).splitlines()[0]
             raise StoreError(f"{self.path}: cannot store feedback: {first}") from exc
         return int(n)
+
+    def delete(self, table: str, where: str = "TRUE", params: list[object] | None = None) -> int:
+        """Delete the rows of a table that match a SQL condition (all by default); how many.
+        For spans, from both span tables (see SPAN_TABLES) in one transaction."""
+        tables = SPAN_TABLES if table == "spans" else (table,)
+        with self.transaction():
+            return sum(
+                int(self._con.execute(f"DELETE FROM {t} WHERE {where}", params).fetchone()[0])
+                for t in tables
+            )
 
     def cursor(self) -> DuckDBStore:
         """Another connection to the same database, for use from another thread.

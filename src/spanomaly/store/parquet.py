@@ -286,6 +286,10 @@ class ParquetStore(DuckDBStore):
         self._refresh()
         return super()._arrow(sql, params)
 
+    def _rows(self, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+        self._refresh()
+        return super()._rows(sql, params)
+
     def services(self) -> list[str]:
         """Names of the services that have spans, sorted."""
         self._refresh()
@@ -336,7 +340,7 @@ class ParquetStore(DuckDBStore):
             try:
                 written = self._flush(chunk.table, stage_con)
             finally:
-                stage_con.execute(f"DELETE FROM {chunk.table}")
+                self._stage.delete(chunk.table)
         result.duplicates += result.inserted - written
         result.inserted = written
         return result
