@@ -266,3 +266,12 @@ def test_clean_csv_is_read_once_and_unusual_ids_take_the_checked_path(
     report, store = ingest([write(tmp_path / "b" / "11_00_trace.csv", odd)])
     assert (report.spans, report.duplicates, report.rejected, calls) == (3, 0, 0, [1])
     assert store.spans().sort_by("span_id").equals(clean)
+
+
+def test_a_time_that_is_not_a_number_is_refused_by_row_not_by_file(tmp_path: Path) -> None:
+    # the optimistic read parses nanosecond times as it reads: a bad one stops it and the
+    # checked read names the row (also when the bad time is the file's only problem)
+    bad = f"{T1},5555555555555555,root,ts-a-service-5dc8d4f9fd-llznp,op,12:00,1,1\n"
+    report, _ = ingest([write(tmp_path / "t.csv", NEZHA_HEADER + "".join(GOOD) + bad)])
+    assert (report.spans, report.rejected) == (len(GOOD), 1)
+    assert "start time is missing or not a number" in report.errors[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
 from spanomaly.ingest.files import first_line
-from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_VALUE_REJECT_SQL
+from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_VALUE_OK_SQL
 from spanomaly.schema import KIND_VALUES, names
 
 UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -122,12 +122,29 @@ def span_select(
     m = {k: _q(v) for k, v in mapping.items()}
     if "duration" not in m and "end" not in m:
         raise InputError("--map: a span needs 'duration' or 'end' mapped")
-    start = _int(m["start"], options.time_unit)
-    duration = (
-        _int(m["duration"], options.duration_unit)
-        if "duration" in m
-        else f"({_int(m['end'], options.time_unit)} - {start})"
-    )
+    units = {
+        "start": options.time_unit,
+        "end": options.time_unit,
+        "duration": options.duration_unit,
+    }
+    # the optimistic read parses nanosecond columns as it reads them (the same parse as the
+    # checked read's TRY_CAST, without a text copy of each 19-digit time: 0.04 s per 1 M rows)
+    as_read = {
+        mapping[f]
+        for f, unit in units.items()
+        if strict
+        and f in mapping
+        and UNITS_NS[unit] == 1
+        and list(mapping.values()).count(mapping[f]) == 1
+        and columns
+        and len(set(columns)) == len(columns)
+    }
+
+    def number(field: str) -> str:
+        return m[field] if mapping[field] in as_read else _int(m[field], units[field])
+
+    start = number("start")
+    duration = number("duration") if "duration" in m else f"({number('end')} - {start})"
     markers = ", ".join(map(_lit, _ROOT_MARKERS))
     if "parent_id" not in m:
         parent = "NULL"
@@ -194,10 +211,11 @@ def span_select(
         if expr != "NULL" or name == "parent_id"
     }
     file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
-    # every column as text; naming them (a shared header) spares DuckDB sniffing every file
+    # every column as text (but as_read); naming them (a shared header) spares DuckDB sniffing
+    # every file
     layout = (
         "auto_detect = false, columns = {"
-        + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns)
+        + ", ".join(f"{_lit(c)}: '{'BIGINT' if c in as_read else 'VARCHAR'}'" for c in columns)
         + "}"
         if columns and len(set(columns)) == len(columns)
         else "all_varchar = true"
@@ -212,7 +230,7 @@ def span_select(
                 _plain_id("trace_id", 32),
                 _plain_id("span_id", 16),
                 "(parent_id IS NULL OR regexp_full_match(parent_id, '[0-9a-f]{16}'))",
-                f"({SPAN_VALUE_REJECT_SQL}) IS NULL",
+                SPAN_VALUE_OK_SQL,
             )
         )
         return (
