@@ -172,3 +172,20 @@ def test_a_store_whose_spans_is_a_table_keeps_its_spans(tmp_path: Path) -> None:
         assert store.write(Chunk("spans", spans(6))).inserted == 2
     with DuckDBStore(path, read_only=True) as store:
         assert store.stats().spans == 6
+
+
+def test_derived_columns_are_computed_after_the_duplicates_are_gone(
+    checked_writes: list[int],
+) -> None:
+    rows = (
+        "SELECT lpad((i % 3)::VARCHAR, 32, 'a') AS trace_id, lpad((i % 3)::VARCHAR, 16, 'b') "
+        "AS span_id, NULL::VARCHAR AS parent_id, 'pod-' || (i % 3) AS instance, 'op' AS operation, "
+        "i AS start_ns, 1 AS duration_ns FROM range(6) t(i)"
+    )
+    derived = {"service": "upper(instance)", "status": "'unset'"}
+    source = SqlSource(f"SELECT *, 'f.csv' AS _source FROM ({rows})", fast=rows, derived=derived)
+    store = DuckDBStore()
+    result = store.write(Chunk("spans", source))
+    assert (result.inserted, result.duplicates, checked_writes) == (3, 3, [])
+    got = store.sql("SELECT service, status FROM spans ORDER BY service").to_pylist()
+    assert got == [{"service": f"POD-{i}", "status": "unset"} for i in range(3)]

@@ -49,6 +49,10 @@ class SqlSource:
     reject: str = "NULL"  # SQL over the table's columns: why a row is refused, or NULL
     reader_rejects: bool = False  # CSV lines refused by DuckDB's reader sit in reject_errors
     fast: str | None = None  # the optimistic SELECT (see the module docstring), or None
+    # columns of the fast path computed only after its rows are deduplicated: SQL over the
+    # fast SELECT's columns (a service from the pod name, a constant status), so the rows
+    # held for deduplication stay narrow
+    derived: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

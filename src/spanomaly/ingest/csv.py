@@ -19,7 +19,7 @@ from pathlib import Path
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
 from spanomaly.ingest.files import first_line
-from spanomaly.ingest.validate import SPAN_REJECT_SQL, SPAN_VALUE_OK_SQL
+from spanomaly.ingest.validate import SPAN_REJECT_SQL, span_values_ok_sql
 from spanomaly.schema import KIND_VALUES, names
 
 UNITS_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -106,6 +106,17 @@ def _int(expr: str, unit: str) -> str:
         f"THEN CAST(round(TRY_CAST({expr} AS DOUBLE) * {factor}) AS BIGINT) "
         f"ELSE TRY_CAST({expr} AS BIGINT) * {factor} END"
     )
+
+
+def fast_derived(mapping: dict[str, str]) -> dict[str, str]:
+    """Columns the optimistic read leaves to the store to compute after deduplication, as SQL
+    over that read's columns: a service from the pod name, a constant status."""
+    out = {}
+    if "service" not in mapping and "instance" in mapping:
+        out["service"] = f"regexp_replace(instance, {_lit(POD_SUFFIX)}, '')"
+    if "status" not in mapping and "error" not in mapping:
+        out["status"] = "'unset'"
+    return out
 
 
 def span_select(
@@ -205,10 +216,11 @@ def span_select(
     }
     # unmapped columns are left out (the store fills them with NULL): they would only widen
     # the rows DuckDB stages and deduplicates; parent_id stays, the reject check reads it
+    derived = fast_derived(mapping) if strict else {}
     typed = {
         name: f"CAST({expr} AS {'BIGINT' if name.endswith('_ns') else 'INTEGER' if name == 'http_status_code' else 'VARCHAR'}) AS {name}"
         for name, expr in cols.items()
-        if expr != "NULL" or name == "parent_id"
+        if (expr != "NULL" or name == "parent_id") and name not in derived
     }
     file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
     # every column as text (but as_read); naming them (a shared header) spares DuckDB sniffing
@@ -230,10 +242,10 @@ def span_select(
                 _plain_id("trace_id", 32),
                 _plain_id("span_id", 16),
                 "(parent_id IS NULL OR regexp_full_match(parent_id, '[0-9a-f]{16}'))",
-                SPAN_VALUE_OK_SQL,
+                span_values_ok_sql("instance" if "service" in derived else "service"),
             )
         )
-        return (
+        return (  # without the columns of fast_derived
             f"SELECT * FROM (SELECT {', '.join(typed.values())} FROM {reader})) "
             f"WHERE CASE WHEN {ok} THEN true ELSE error('not in stored form') END"
         )
@@ -289,4 +301,7 @@ def decode_files(
             check_columns(f, list(columns), mapping)
         sql = span_select(group, mapping, opts, list(columns))
         fast = span_select(group, mapping, opts, list(columns), strict=True)
-        yield Chunk("spans", SqlSource(sql, SPAN_REJECT_SQL, reader_rejects=True, fast=fast))
+        source = SqlSource(
+            sql, SPAN_REJECT_SQL, reader_rejects=True, fast=fast, derived=fast_derived(mapping)
+        )
+        yield Chunk("spans", source)

