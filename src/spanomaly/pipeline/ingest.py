@@ -333,10 +333,6 @@ def _arrow_on_malloc() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
-def _has_spans(store: Store) -> bool:
-    return not store.is_empty("spans")
-
-
 def _run(
     unit: _Unit,
     store: Store,
@@ -386,7 +382,7 @@ def ingest(
     done = 0
     # parents are checked among the traces this import touched: a parent stored by an
     # earlier import counts, spans of traces the import never saw are not read again
-    touched = _Touched(whole=not _has_spans(store))
+    touched = _Touched(whole=store.is_empty("spans"))
     for unit in units:
         if progress:
             progress(done, total, unit.label)
