@@ -37,8 +37,7 @@ class Column(NamedTuple):
     nullable: bool = True
 
 
-def _f(name: str, typ: str, doc: str, unit: str = "", nullable: bool = True) -> Column:
-    return Column(name, typ, doc, unit, nullable)
+_f = Column  # short, for the column tables below
 
 
 _SPANS = (
