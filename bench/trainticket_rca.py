@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--append")
     ap.add_argument("--logs", action="store_true", help="with and without log lines")
     ap.add_argument("--keep", action="store_true", help="keep the stores, models and documents")
+    ap.add_argument(
+        "--dump", help="write the findings and the evaluate documents here (to compare runs)"
+    )
     args = ap.parse_args()
     if args.logs:
         main_logs(args)
@@ -103,6 +106,8 @@ def main() -> None:
             t0 = time.perf_counter()
             doc = pipeline.evaluate(store, None, FAULT_END, evidence, method, model)
             results.append((label, evidence, method, doc, round(time.perf_counter() - t0, 1)))
+        if args.dump:
+            _dump(store, Path(args.dump), {f"{e}-{m}": d for _, e, m, d, _ in results})
     print(json.dumps({"point": point, "detect": detected, **timings}))
     lines = [
         f"## Root cause on TrainTicket ({datetime.now(UTC):%Y-%m-%d})",
@@ -151,6 +156,18 @@ def main() -> None:
         with open(args.append, "a") as f:
             f.write("\n" + text)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dump(store: object, out: Path, docs: dict[str, dict]) -> None:
+    """Findings (sorted, every column but the wall-clock ones) and evaluate documents, as
+    JSON, so that two runs of different code can be compared with diff."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = store.sql("SELECT * FROM findings ORDER BY finding_id").to_pylist()  # type: ignore[attr-defined]
+    with open(out / "findings.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    for name, doc in docs.items():
+        (out / f"evaluate-{name}.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
 
 
 def _prepare(args: argparse.Namespace, tmp: Path, logs: bool) -> Path:
@@ -224,6 +241,9 @@ def main_logs(args: argparse.Namespace) -> None:
                 results.append((label, evidence, doc))
                 name = f"evaluate-{label.replace(' ', '-')}-{evidence}.json"
                 (tmp / name).write_text(json.dumps(doc, default=str))
+            if args.dump:
+                docs = {e: d for v, e, d in results if v == label}
+                _dump(store, Path(args.dump) / label.replace(" ", "-"), docs)
         print(json.dumps({"variant": label, "trained": trained, "detect": detected}, default=str))
     lines_md = [
         f"## Logs as trace events on TrainTicket ({datetime.now(UTC):%Y-%m-%d})",
