@@ -109,7 +109,7 @@ def score_local(dataset: Path, model: Path) -> dict:
 
 def score_dask(dataset: Path, model: Path, workers: int, memory: str) -> dict:
     """score_partitions on a LocalCluster of `workers` one-thread workers."""
-    from spanomaly.pipeline.events import trace_spans_query
+    from spanomaly.pipeline.reads import trace_spans_query
     from spanomaly.pipeline.scaled import span_partitions
     from spanomaly.scale import dask as scale
     from spanomaly.store.parquet import ParquetStore

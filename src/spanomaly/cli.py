@@ -438,27 +438,10 @@ def train(
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
     from spanomaly import pipeline
-    from spanomaly.features.traces import KEY_FIELDS
 
     with _errors():
-        windows = []
-        for item in exclude or []:
-            if "/" not in item:
-                raise InputError(f"--exclude: {item!r} is not FROM/TO")
-            lo, hi = item.split("/", 1)
-            lo_ns, hi_ns = parse_time(lo, "--exclude"), parse_time(hi, "--exclude")
-            assert lo_ns is not None and hi_ns is not None
-            if lo_ns >= hi_ns:
-                raise InputError(f"--exclude: {item!r} ends before it starts")
-            windows.append((lo_ns, hi_ns))
-        fields = None
-        if key_fields:
-            fields = tuple(f.strip() for f in key_fields.split(",") if f.strip())
-            bad = [f for f in fields if f not in KEY_FIELDS]
-            if bad or not fields:
-                raise InputError(
-                    f"--key-fields: {', '.join(bad) or 'none given'}; fields: {', '.join(KEY_FIELDS)}"
-                )
+        windows = _exclude_windows(exclude or [])
+        fields = _key_fields(key_fields)
         if order not in ("start", "tree"):
             raise InputError(f"--order: {order!r} is not one of start, tree")
         _check_engine(engine, scheduler)
@@ -484,6 +467,11 @@ def train(
             exclude_flagged=not include_flagged,
             logs=logs,
         )
+        points = pipeline.PointOptions(
+            detector=point, window_s=point_window, target_fpr=target_fpr, random_state=seed,
+            sources=tuple(x.strip() for x in point_sources.split(",") if x.strip()),
+            log_features=log_windows,
+        ) if _none(point) else None  # fmt: skip
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
             doc = pipeline.train_models(
@@ -494,38 +482,60 @@ def train(
                 windows,
                 parse_duration(window, "--window") if window else None,
                 options,
-                # issue 6: point detectors of instance windows, same period
-                pipeline.PointOptions(
-                    detector=point, window_s=point_window, target_fpr=target_fpr,
-                    random_state=seed,
-                    sources=tuple(x.strip() for x in point_sources.split(",") if x.strip()),
-                    log_features=log_windows,
-                ) if _none(point) else None,
+                points,
                 engine=engine,
                 scheduler=scheduler,
-            )  # fmt: skip
+            )
         finally:
             store.close()
+        _emit(doc, as_json, lambda: _trained(doc))
 
-        def human() -> None:
-            dets = doc["detectors"]
-            assert isinstance(dets, dict)
-            names = " + ".join(d["name"] for d in dets.values())
-            typer.echo(
-                f"trained {names} on {doc['traces']} traces, {doc['events']} events, "
-                f"{doc['keys']} event keys ({doc['from']} to {doc['to']}) into {doc['model']}"
-            )
-            for role, d in dets.items():
-                typer.echo(
-                    f"  {role:8} {d['name']:14} threshold {d['threshold']:.4g}, validation "
-                    f"FPR {100 * d['validation_fpr']:.2f} %, {d['fit_seconds']:.1f} s"
-                )
-            if isinstance(doc.get("logs"), dict):
-                typer.echo(
-                    f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates"
-                )  # type: ignore[index]
 
-        _emit(doc, as_json, human)
+def _exclude_windows(items: list[str]) -> list[tuple[int, int]]:
+    """The --exclude FROM/TO windows as nanosecond pairs."""
+    windows = []
+    for item in items:
+        if "/" not in item:
+            raise InputError(f"--exclude: {item!r} is not FROM/TO")
+        lo, hi = item.split("/", 1)
+        lo_ns, hi_ns = parse_time(lo, "--exclude"), parse_time(hi, "--exclude")
+        assert lo_ns is not None and hi_ns is not None
+        if lo_ns >= hi_ns:
+            raise InputError(f"--exclude: {item!r} ends before it starts")
+        windows.append((lo_ns, hi_ns))
+    return windows
+
+
+def _key_fields(text: str | None) -> tuple[str, ...] | None:
+    """The --key-fields list, checked against the known fields."""
+    from spanomaly.features.traces import KEY_FIELDS
+
+    if not text:
+        return None
+    fields = tuple(f.strip() for f in text.split(",") if f.strip())
+    bad = [f for f in fields if f not in KEY_FIELDS]
+    if bad or not fields:
+        raise InputError(
+            f"--key-fields: {', '.join(bad) or 'none given'}; fields: {', '.join(KEY_FIELDS)}"
+        )
+    return fields
+
+
+def _trained(doc: dict[str, Any]) -> None:
+    """The human lines of a training document."""
+    dets = doc["detectors"]
+    names = " + ".join(d["name"] for d in dets.values())
+    typer.echo(
+        f"trained {names} on {doc['traces']} traces, {doc['events']} events, "
+        f"{doc['keys']} event keys ({doc['from']} to {doc['to']}) into {doc['model']}"
+    )
+    for role, d in dets.items():
+        typer.echo(
+            f"  {role:8} {d['name']:14} threshold {d['threshold']:.4g}, validation "
+            f"FPR {100 * d['validation_fpr']:.2f} %, {d['fit_seconds']:.1f} s"
+        )
+    if isinstance(doc.get("logs"), dict):
+        typer.echo(f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates")
 
 
 @app.command()

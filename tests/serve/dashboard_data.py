@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import uvicorn
 
+from spanomaly import pipeline as trace_pipeline
 from spanomaly.ingest.base import Chunk
-from spanomaly.pipeline import traces as trace_pipeline
 from spanomaly.pipeline.online import OnlineDetector
-from spanomaly.pipeline.traces import TrainOptions
+from spanomaly.pipeline.training import TrainOptions
 from spanomaly.schema import FAULTS, FINDINGS, METRICS, SPANS
 from spanomaly.serve.app import ServeSettings, bind, create_app, url_of
 from spanomaly.store.duckdb import DuckDBStore

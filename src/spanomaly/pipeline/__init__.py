@@ -1,12 +1,18 @@
 """Wiring of the stages, the only place (with cli.py) that joins them.
 
 - `ingest`: files → decoders → store, one transaction per file;
-- `events`: trace events of a period, read from the store for the models;
-- `traces`: collective anomalies: train / detect / feedback;
-- `points`: instance windows, point detectors, root-cause ranking and evaluation.
+- `reads`: what is read from the store for a period (trace events, log lines, metrics);
+- `features`: the feature sets of a period, each built once (events, log events, windows);
+- `model_dir`: the model directory (trace model, templates, window model);
+- `training`: the normal period → features → trace model and window model;
+- `detection`: models → per chunk features → scores → confirmation → findings stored;
+- `feedback_update`: a false positive updates the trace model;
+- `rank` and `evaluation`: root-cause ranking, and its figures against fault labels;
+- `online`, `demo`, `report`, `scaled`: the collector's detector, the main job, the HTML
+  report, the Dask engine.
 
-The names of `events`, `traces` and `points` are imported on first use: an import only
-(`spanomaly ingest`, the collector) then loads neither the models' code nor what they import.
+The names of the model modules are imported on first use: an import only (`spanomaly
+ingest`, the collector) then loads neither the models' code nor what they import.
 """
 
 from __future__ import annotations
@@ -17,50 +23,48 @@ from typing import TYPE_CHECKING
 from spanomaly.pipeline.ingest import IngestReport, Progress, ingest, open_store
 
 if TYPE_CHECKING:
-    from spanomaly.pipeline.events import span_range, trace_events
-    from spanomaly.pipeline.points import (
-        POINT_DIR,
+    from spanomaly.pipeline.detection import DETECT_CHUNK_S, detect, detect_points
+    from spanomaly.pipeline.evaluation import evaluate
+    from spanomaly.pipeline.feedback_update import feedback
+    from spanomaly.pipeline.model_dir import POINT_DIR, load_points
+    from spanomaly.pipeline.rank import rca
+    from spanomaly.pipeline.reads import span_range, trace_events
+    from spanomaly.pipeline.training import (
         POINT_SOURCES,
         PointOptions,
-        detect_points,
-        evaluate,
-        load_points,
-        rca,
-        train_points,
-    )
-    from spanomaly.pipeline.traces import (
-        DETECT_CHUNK_S,
         TrainOptions,
-        detect,
-        feedback,
         train,
         train_models,
+        train_points,
     )
 
 # name -> submodule that defines it
 _LAZY = {
-    "span_range": "events",
-    "trace_events": "events",
-    "POINT_DIR": "points",
-    "POINT_SOURCES": "points",
-    "PointOptions": "points",
-    "detect_points": "points",
-    "evaluate": "points",
-    "load_points": "points",
-    "rca": "points",
-    "train_points": "points",
-    "DETECT_CHUNK_S": "traces",
-    "TrainOptions": "traces",
-    "detect": "traces",
-    "feedback": "traces",
-    "train": "traces",
-    "train_models": "traces",
+    "DETECT_CHUNK_S": "detection",
+    "detect": "detection",
+    "detect_points": "detection",
+    "evaluate": "evaluation",
+    "feedback": "feedback_update",
+    "POINT_DIR": "model_dir",
+    "load_points": "model_dir",
+    "rca": "rank",
+    "span_range": "reads",
+    "trace_events": "reads",
+    "POINT_SOURCES": "training",
+    "PointOptions": "training",
+    "TrainOptions": "training",
+    "train": "training",
+    "train_models": "training",
+    "train_points": "training",
 }
+_SUBMODULES = (
+    "detection", "evaluation", "feedback_update", "model_dir", "rank", "reads", "training",
+)  # fmt: skip
 
 
 def __getattr__(name: str) -> object:
-    """A name of events, traces or points, imported on first use (PEP 562)."""
-    if name in ("events", "points", "traces"):  # the submodules themselves
+    """A name of the model modules, imported on first use (PEP 562)."""
+    if name in _SUBMODULES or name in ("online", "demo", "report", "scaled", "features"):
         return importlib.import_module(f"{__name__}.{name}")
     module = _LAZY.get(name)
     if module is None:

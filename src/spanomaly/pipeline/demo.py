@@ -28,8 +28,8 @@ from typing import Any
 
 from spanomaly.errors import SpanomalyError
 from spanomaly.ingest.base import Chunk
+from spanomaly.pipeline.evaluation import evaluate
 from spanomaly.pipeline.ingest import open_store
-from spanomaly.pipeline.points import evaluate
 
 log = logging.getLogger(__name__)
 

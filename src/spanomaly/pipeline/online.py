@@ -22,20 +22,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
 from spanomaly.detect.confirm import CONFIRM_GAP_S, CONFIRM_WITHIN_S, Confirmer
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk
-from spanomaly.pipeline.events import load_templates, with_logs
-from spanomaly.pipeline.points import POINT_DIR, PointOptions, detect_points, load_points
-from spanomaly.pipeline.traces import TrainOptions, feedback, train_models
+from spanomaly.pipeline.detection import detect_points
+from spanomaly.pipeline.feedback_update import feedback
+from spanomaly.pipeline.model_dir import POINT_DIR, Models, load_models, load_points
+from spanomaly.pipeline.reads import with_logs
+from spanomaly.pipeline.training import PointOptions, TrainOptions, train_models
 from spanomaly.store.base import Store
-
-if TYPE_CHECKING:
-    from spanomaly.detect.model import TraceModel
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +71,9 @@ class OnlineDetector:
         self.point_options = point_options
         self._store: Store | None = None
         self._cursor: Store | None = None
-        self._model: TraceModel | None = None
+        self._models: Models | None = None  # the trace model, templates, window model
         self._window_ns: int | None = None
         self._point_info: dict[str, Any] | None = None
-        self._point: Any = None  # the loaded point model (pipeline.points.load_points)
-        self._templates: Any = None  # log templates, for a model trained with logs
         self._closed_ns: int | None = None  # instance windows before this are scored
         self._latest: dict[str, int] = {}  # latest span start and metric time seen stored
         self._pending: list[pa.Array] = []
@@ -149,19 +146,14 @@ class OnlineDetector:
     # -- scoring ---------------------------------------------------------------------------
 
     def _load(self) -> None:
-        from spanomaly.detect.model import TraceModel
-
         if not (self.model_dir / "config.json").exists():
             log.info("%s holds no model yet: online scoring waits for one", self.model_dir)
             return
         with self._model_lock:
-            self._model = TraceModel.load(self.model_dir)
+            models = self._models = load_models(self.model_dir)
             _one_compute_thread()
-            self._templates = (
-                load_templates(self.model_dir) if self._model.feature_config.logs else None
-            )
-            point = self._point = load_points(self.model_dir)
-            self._window_ns = int(float(point.config["window_s"]) * 1e9) if point else None
+            point = models.windows
+            self._window_ns = point.window_ns if point else None
             self._confirmer.set_window(self._window_ns / 1e9 if self._window_ns else None)
             self._confirmer.keep_s = self._confirmer.within_s + CONFIRM_LATE_S
             if self._window_ns and self._closed_ns is None and self._cursor is not None:
@@ -171,9 +163,9 @@ class OnlineDetector:
                 self._closed_ns = -(-self.clock() // w) * w
             self._point_info = (
                 {
-                    "detector": point.config.get("detector"),
-                    "window_s": point.config.get("window_s"),
-                    "sources": sorted(point.sources),
+                    "detector": point.detector,
+                    "window_s": point.window_s,
+                    "sources": sorted(point.sources_),
                 }
                 if point
                 else None
@@ -182,21 +174,22 @@ class OnlineDetector:
     def _score_traces(self) -> None:
         with self._queue_lock:
             pending, self._pending = self._pending, []
-        if not pending or self._cursor is None or self._model is None:
+        if not pending or self._cursor is None or self._models is None:
             return  # before a model is loaded, completed traces are not scored
         from spanomaly.features.traces import events as trace_events_of
 
         ids = pa.chunked_array(pending).unique().to_pylist()
         with self._model_lock:
-            model = self._model
-            assert model is not None
+            models = self._models
+            assert models is not None and models.traces is not None
             spans = self._cursor.traces(ids)
             if spans.num_rows == 0:
                 return
-            events = trace_events_of(spans, model.feature_config)
-            if self._templates is not None:  # the traces' log lines are events too
-                events = with_logs(self._cursor, events, ids, self._templates)
-            result = model.detect(events)
+            events = trace_events_of(spans, models.traces.feature_config)
+            templates = models.trace_templates()
+            if templates is not None:  # the traces' log lines are events too
+                events = with_logs(self._cursor, events, ids, templates)
+            result = models.traces.detect(events)
             confirmed = self._confirmer.push(result.findings)
             if confirmed.num_rows:
                 self._cursor.write(Chunk("findings", confirmed))  # type: ignore[arg-type]
@@ -225,7 +218,7 @@ class OnlineDetector:
                 self.model_dir,
                 self._closed_ns,
                 closed,
-                model=self._point,
+                model=self._models,
                 confirmer=self._confirmer,
                 skip=self._trainings,
             )
@@ -259,11 +252,11 @@ class OnlineDetector:
 
     def status(self) -> dict[str, Any]:
         """What is loaded (period, detectors, thresholds, vocabulary) and what was scored."""
-        from spanomaly.detect.model import iso
+        from spanomaly.detect.trace_findings import iso
         from spanomaly.features.traces import N_SPECIAL
 
         with self._model_lock:
-            model = self._model
+            model = self._models.traces if self._models is not None else None
             point = self._point_info
         doc: dict[str, Any] = {
             "model": str(self.model_dir),
@@ -317,11 +310,11 @@ class OnlineDetector:
         loaded = load_points(self.model_dir)
         if point is None and loaded is not None:
             point = PointOptions(
-                detector=str(loaded.config.get("detector", "ecod")),
-                window_s=float(loaded.config["window_s"]),  # type: ignore[arg-type]
+                detector=loaded.detector,
+                window_s=loaded.window_s,
                 # the sources the loaded model was fitted on; none (a period too short
                 # for a window) is no reason to try none again
-                sources=tuple(loaded.config["sources"]) or PointOptions().sources,  # type: ignore[arg-type]
+                sources=tuple(loaded.sources_) or PointOptions().sources,
             )
         point = point or PointOptions()
         if point_window_s is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spanomaly.pipeline.points import evaluate
+from spanomaly.pipeline.evaluation import evaluate
 from spanomaly.store.base import Store
 
 

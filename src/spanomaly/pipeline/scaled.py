@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from spanomaly.errors import InputError
-from spanomaly.pipeline.events import trace_spans_query
+from spanomaly.pipeline.reads import trace_spans_query
 from spanomaly.store.base import Store
 
 if TYPE_CHECKING:

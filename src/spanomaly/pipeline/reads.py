@@ -1,10 +1,10 @@
-"""Trace events read from the store for a period: shared by training, detection and RCA."""
+"""What the pipeline reads from the store for a period: trace events, log lines, metric
+points, findings and the time range of the data."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -14,8 +14,6 @@ from spanomaly.store.base import Store
 if TYPE_CHECKING:
     from spanomaly.features.logs import TemplateMiner
     from spanomaly.features.traces import FeatureConfig
-
-TEMPLATES_FILE = "templates.json"  # the log templates, in the trace model's directory
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +104,9 @@ def trace_logs(store: Store, ids_sql: str, params: list[object]) -> pa.Table:
         "SELECT l.time_ns, coalesce(l.service, s.service) AS service, "
         "coalesce(l.instance, s.instance) AS instance, l.trace_id, l.span_id, l.severity, "
         "l.body FROM logs l LEFT JOIN spans s ON s.trace_id = l.trace_id "
-        f"AND s.span_id = l.span_id WHERE l.trace_id IN ({ids_sql})",
+        f"AND s.span_id = l.span_id WHERE l.trace_id IN ({ids_sql}) "
+        # one order whatever the plan: templates are mined in the order lines come
+        "ORDER BY l.time_ns, l.trace_id, l.span_id, l.body",
         params,
     )
 
@@ -134,22 +134,43 @@ def log_bodies(
     return trace_logs(store, ids_sql, params)
 
 
-def load_templates(model_dir: str | Path) -> TemplateMiner:
-    """The log templates saved with a trace model."""
-    from spanomaly.errors import ModelError
-    from spanomaly.features.logs import TemplateMiner
-
-    path = Path(model_dir) / TEMPLATES_FILE
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ModelError(f"{path}: the model uses logs but its templates are missing") from exc
-    try:
-        return TemplateMiner.loads(text)
-    except ModelError as exc:
-        raise ModelError(f"{path}: {exc}") from exc
-
-
 def span_range(store: Store) -> tuple[int | None, int | None]:
+    """The first and the last span start in the store (None, None when it holds none)."""
     row = store.sql("SELECT min(start_ns) AS lo, max(start_ns) AS hi FROM spans").to_pylist()[0]
     return row["lo"], row["hi"]
+
+
+def data_range(store: Store) -> tuple[int | None, int | None]:
+    """The first and the last time of spans and instance metrics together."""
+    row = store.sql(
+        "SELECT least((SELECT min(start_ns) FROM spans), (SELECT min(time_ns) FROM metrics "
+        "WHERE instance IS NOT NULL)) AS lo, greatest((SELECT max(start_ns) FROM spans), "
+        "(SELECT max(time_ns) FROM metrics WHERE instance IS NOT NULL)) AS hi"
+    ).to_pylist()[0]
+    return row["lo"], row["hi"]
+
+
+def metric_points(store: Store, start_ns: int | None, end_ns: int | None) -> pa.Table:
+    """The instance metric points (time, service, instance, name, value, kind) of a period."""
+    where, params = period_conditions("time_ns", start_ns, end_ns)
+    where.append("instance IS NOT NULL")
+    return store.sql(
+        "SELECT time_ns, service, instance, name, value, kind FROM metrics WHERE "
+        + " AND ".join(where),
+        params,
+    )
+
+
+def flagged_traces(store: Store) -> pa.Array:
+    """Ids of the traces with findings not marked normal: not normal data to learn from."""
+    return store.sql(
+        "SELECT DISTINCT trace_id FROM findings WHERE entity = 'trace' "
+        "AND trace_id IS NOT NULL AND feedback IS DISTINCT FROM 'normal'"
+    ).column("trace_id")
+
+
+def findings_between(store: Store, start_ns: int | None, end_ns: int | None) -> pa.Table:
+    """The findings of [start, end] not marked normal, by time."""
+    where, params = period_conditions("time_ns", start_ns, end_ns, end_inclusive=True)
+    where.append("feedback IS DISTINCT FROM 'normal'")
+    return store.sql(f"SELECT * FROM findings WHERE {' AND '.join(where)} ORDER BY time_ns", params)

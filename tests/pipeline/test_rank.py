@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from spanomaly.pipeline.points import _between
+from spanomaly.pipeline.rank import between as _between
 
 S = 1_000_000_000
 

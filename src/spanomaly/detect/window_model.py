@@ -1,0 +1,240 @@
+"""The window model: instance windows judged by a point detector per source.
+
+Per source of instance windows (`traces`: RED features of the spans, and log shares where
+the trace model has templates; `metrics`: the instance's metrics), a `Normalizer` turns raw
+windows into z-scores against the service's normal and a point detector (`detect.point`,
+ECOD by default) scores them; its threshold is set on the latest training windows, which
+neither the normaliser nor the detector saw, so new normal data is judged as held-out
+windows were. The self-time profile of the span features is part of the model.
+
+Model directory (`<model>/point/`):
+
+    config.json                  format, detector, parameters, window, sources and their
+                                 features, host metrics left out, the period trained on
+    profile.json                 the self-time profile of every event key
+    <source>-normalizer.json     the source's normaliser
+    <source>-config.json         the source's detector (`detect.base` persistence)
+    <source>-weights.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pyarrow as pa
+
+from spanomaly.detect.point import POINT_REGISTRY as REGISTRY
+from spanomaly.detect.point import PointDetector as Detector
+from spanomaly.detect.window_findings import FlaggedWindows, window_findings
+from spanomaly.errors import ModelError
+from spanomaly.features.windows import InstanceWindows, Normalizer, SelfTimeProfile
+from spanomaly.schema import FINDINGS
+
+FORMAT = "spanomaly-point-model"
+SOURCES = ("traces", "metrics")
+MIN_WINDOWS = 10  # a source with fewer training windows gets no detector
+
+
+def matrix(X: np.ndarray) -> np.ndarray:
+    """The detectors' input: finite values only (a missing feature reads as normal, 0)."""
+    return np.nan_to_num(X, nan=0.0, posinf=1e12, neginf=-1e12)
+
+
+class WindowModel:
+    """A normaliser and a point detector per source of instance windows."""
+
+    def __init__(
+        self,
+        *,
+        detector: str = "ecod",
+        params: dict[str, Any] | None = None,
+        window_s: float = 60.0,
+        recent: int = 10,
+        target_fpr: float = 1e-3,
+        random_state: int = 0,
+    ) -> None:
+        self.detector = detector
+        self.params = params
+        self.window_s = window_s
+        self.recent = recent
+        self.target_fpr = target_fpr
+        self.random_state = random_state
+
+    @property
+    def window_ns(self) -> int:
+        """The window length in ns."""
+        return int(self.window_s * 1e9)
+
+    # -- fitting --------------------------------------------------------------------------
+
+    def _make(self) -> Detector:
+        cls = REGISTRY[self.detector]
+        # ECOD on the normaliser's z-scores: their tail past the training range is the
+        # normal's (detect.point.ECOD normal_tail)
+        wanted = {"normal_tail": True} if self.detector == "ecod" else {}
+        params = {**wanted, **(self.params or {})}
+        return cls(target_fpr=self.target_fpr, random_state=self.random_state, **params)
+
+    def fit(
+        self,
+        windows: dict[str, InstanceWindows],
+        profile: SelfTimeProfile,
+        host_metrics: list[str],
+        period: tuple[int | None, int | None],
+        logs: bool,
+    ) -> Self:
+        """Fit a normaliser and a detector per source on normal windows (host metrics left
+        out; a source with fewer than MIN_WINDOWS windows or no feature is left out too)."""
+        self.profile_ = profile
+        self.host_metrics_ = list(host_metrics)
+        self.period_ = period
+        self.logs_ = logs
+        self.sources_: dict[str, tuple[Normalizer, Detector]] = {}
+        self.trained_: dict[str, dict[str, Any] | None] = {}
+        for source, w in windows.items():
+            w = w.select([n for n in w.names if n not in self.host_metrics_])
+            if w.n < MIN_WINDOWS or not w.names:
+                self.trained_[source] = None
+                continue
+            norm, det = self._fit_source(w)
+            self.sources_[source] = (norm, det)
+            self.trained_[source] = {
+                "windows": w.n,
+                "features": len(norm.feature_names()),
+                "threshold": det.threshold_,
+                "validation_fpr": det.validation_fpr_,
+            }
+        return self
+
+    def _fit_source(self, w: InstanceWindows) -> tuple[Normalizer, Detector]:
+        det = self._make()
+        # the threshold is set on the latest windows, which neither the normaliser nor the
+        # detector saw: new normal data is judged as the held-out windows were
+        held: np.ndarray | None = w.latest(det.validation_fraction)
+        if held is not None and (held.all() or not held.any()):
+            held = None
+        fit_rows = w if held is None else w.take(~held)
+        norm = Normalizer(recent=self.recent).fit(fit_rows)
+        det.fit(matrix(norm.transform(w)), groups=w.groups(), validation=held)
+        return norm, det
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def detect(
+        self, source: str, w: InstanceWindows, keep: np.ndarray
+    ) -> tuple[pa.Table, int, int]:
+        """Score the windows of one source; findings of the anomalous ones among `keep`
+        (the others only give the recent past); (findings, scored, anomalous)."""
+        norm, det = self.sources_[source]
+        X = matrix(norm.transform(w))
+        groups = w.groups()
+        scores = det.score(X, groups=groups)
+        idx = np.flatnonzero(np.asarray(keep))
+        flagged = idx[scores[idx] > det.threshold_]
+        if not len(flagged):
+            return FINDINGS.empty_table(), len(idx), 0
+        found = FlaggedWindows(
+            source=source,
+            detector=self.detector,
+            windows=w,
+            features=norm.feature_names(),
+            X=X,
+            scores=scores,
+            threshold=float(det.threshold_),
+            rows=flagged,
+            surprise=self._surprise(norm, det, w, scores, flagged),
+            contributions=det.explain(X, groups=groups)[flagged],
+        )
+        return window_findings(found, self.window_ns), len(idx), len(flagged)
+
+    @staticmethod
+    def _surprise(
+        norm: Normalizer, det: Detector, w: InstanceWindows, scores: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray:
+        """What the ranking weighs: with per-feature tails (ECOD), the largest increase
+        against the instance's recent past; else the surprise of the score."""
+        if not hasattr(det, "tail_surprise"):
+            return det.surprise_of(scores[rows])
+        feats = norm.feature_names()
+        changed = [j for j, f in enumerate(feats) if f.startswith("d.")] or list(range(len(feats)))
+        # the flagged instances' windows only (their changes need their own recent past)
+        inst = w.column("instance")
+        theirs = np.isin(inst, inst[rows])
+        at = np.cumsum(theirs)[rows] - 1  # the flagged windows among theirs
+        weighed = matrix(norm.transform(w.take(theirs), predictive=True))[at]
+        return det.tail_surprise(weighed, changed)
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The model's config.json document."""
+        return {
+            "format": FORMAT,
+            "format_version": 1,
+            "detector": self.detector,
+            "params": self.params or {},
+            "window_s": self.window_s,
+            "target_fpr": self.target_fpr,
+            "sources": {s: {"features": n.feature_names()} for s, (n, _) in self.sources_.items()},
+            "period_from_ns": self.period_[0],
+            "period_to_ns": self.period_[1],
+            "logs": self.logs_,
+            "host_metrics": self.host_metrics_,
+        }
+
+    def save(self, directory: str | Path) -> None:
+        """Write the model into directory (config.json last)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(json.dumps(self.profile_.to_json()))
+        for source, (norm, det) in self.sources_.items():
+            det.save(out, prefix=f"{source}-")
+            (out / f"{source}-normalizer.json").write_text(json.dumps(norm.to_json()))
+        (out / "config.json").write_text(json.dumps(self.config(), indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> WindowModel | None:
+        """The model in directory, or None when there is none."""
+        path = Path(directory)
+        if not (path / "config.json").exists():
+            return None
+        try:
+            config = json.loads((path / "config.json").read_text())
+            model = cls(
+                detector=config["detector"],
+                params=config.get("params") or None,
+                window_s=float(config["window_s"]),
+                target_fpr=float(config.get("target_fpr", 1e-3)),
+            )
+            model.profile_ = SelfTimeProfile.from_json(
+                json.loads((path / "profile.json").read_text())
+            )
+            model.sources_ = {}
+            for source in config["sources"]:
+                norm = Normalizer.from_json(
+                    json.loads((path / f"{source}-normalizer.json").read_text())
+                )
+                model.sources_[source] = (norm, Detector.load(path, prefix=f"{source}-"))
+            model.recent = max((n.recent for n, _ in model.sources_.values()), default=0)
+            model.period_ = (config.get("period_from_ns"), config.get("period_to_ns"))
+            model.logs_ = bool(config.get("logs"))
+            model.host_metrics_ = list(config.get("host_metrics", []))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{path}: cannot read the point model: {exc}") from exc
+        return model
+
+    @property
+    def lookback_ns(self) -> int:
+        """How much past a window's score needs: its `recent` windows."""
+        return self.recent * self.window_ns
+
+
+def window_length_ns(directory: str | Path) -> int:
+    """The window length in ns of the model in directory (0 without one)."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        return 0
+    return int(float(json.loads(path.read_text())["window_s"]) * 1e9)
