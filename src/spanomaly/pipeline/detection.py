@@ -57,10 +57,16 @@ class Counts:
             self.stored.append(found)
 
     def doc(self) -> dict[str, object]:
-        """The detect document (DESIGN.md): what was scored and the alarms stored."""
+        """The detect document (docs/architecture.md): what was scored, and the alarms of
+        the trace findings stored (window findings repeat each minute an instance stays
+        anomalous, so evaluate, not detect, counts their incidents)."""
+        import pyarrow.compute as pc
+
         from spanomaly.evaluate.metrics import alarms
 
-        n_alarms = alarms(pa.concat_tables(self.stored)).num_rows if self.stored else 0
+        found = pa.concat_tables(self.stored) if self.stored else None
+        traces = found.filter(pc.equal(found.column("entity"), "trace")) if found else None
+        n_alarms = alarms(traces).num_rows if traces is not None and traces.num_rows else 0
         return {
             "traces_scored": self.traces_scored,
             "anomalous_traces": self.anomalous_traces,
