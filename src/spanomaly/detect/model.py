@@ -40,15 +40,8 @@ import pyarrow.compute as pc
 from spanomaly import __version__
 from spanomaly.detect import duration as _duration  # noqa: F401  (registers detectors)
 from spanomaly.detect import sequence as _sequence  # noqa: F401
-from spanomaly.detect.base import (
-    REASON_TEXT,
-    REGISTRY,
-    EventScores,
-    Reason,
-    TraceDetector,
-    segment_argmax,
-    split,
-)
+from spanomaly.detect.base import REGISTRY, split_rows
+from spanomaly.detect.trace import REASON_TEXT, EventScores, Reason, TraceDetector, segment_argmax
 from spanomaly.errors import InputError, ModelError
 from spanomaly.features.traces import FeatureConfig, Sequences, Vocabulary, sequences
 from spanomaly.schema import FINDINGS
@@ -161,14 +154,15 @@ class TraceModel:
         config = self.feature_config
         self.vocabulary_ = Vocabulary.fit(events.column("key"))
         data = sequences(events, self.vocabulary_, config)
-        train, validation = split(data, self.validation_fraction, self.random_state)
+        rows, held = split_rows(data.n_traces, self.validation_fraction, self.random_state)
+        train, validation = data.subset(rows), data.subset(held)
         self.detectors_: dict[str, TraceDetector] = {}
         seconds: dict[str, float] = {}
         for role, det in made.items():
             if det is None:
                 continue
             t0 = time.perf_counter()
-            self.detectors_[role] = det.fit(train, validation)
+            self.detectors_[role] = det.fit(train, validation=validation)
             seconds[role] = round(time.perf_counter() - t0, 3)
             log.info(
                 "%s %s: threshold %.4g, validation FPR %.4f (%.1f s)",

@@ -152,9 +152,10 @@ def train_points(
     normal period; write them to <model_dir>/point/."""
     import json
 
-    from spanomaly.detect.point import POINT_REGISTRY
-    from spanomaly.detect.semisupervised import FisherDBSCAN  # noqa: F401  (registers)
+    from spanomaly.detect.base import detectors
     from spanomaly.features import windows as win
+
+    POINT_REGISTRY = detectors("point")
 
     options = options or PointOptions()
     exclude = list(exclude)
