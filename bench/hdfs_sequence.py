@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--append", help="append the results section to this markdown file")
     args = parser.parse_args()
 
-    from spanomaly.detect.base import split
+    from spanomaly.detect.base import split_rows
     from spanomaly.detect.sequence import LSTMSequence, NGramSequence
     from spanomaly.features.traces import N_SPECIAL, Sequences
 
@@ -42,7 +42,8 @@ def main() -> None:
     n_keys = max(max(s) for s in normal + abnormal if s) + 1
     train_all = Sequences.from_lists(normal, n_keys)
     test_abnormal = Sequences.from_lists(abnormal, n_keys)
-    train, held = split(train_all, 0.2, random_state=0)
+    rows, held_rows = split_rows(train_all.n_traces, 0.2, random_state=0)
+    train, held = train_all.subset(rows), train_all.subset(held_rows)
 
     configs = [
         ("LSTM (2 x 64)", lambda f: LSTMSequence(target_fpr=f)),

@@ -416,8 +416,16 @@ def train(
         ),
     ] = None,
     point: Annotated[
-        str, typer.Option(help="instance-window detector: ecod|iforest|lof|dbscan|peer|none")
+        str,
+        typer.Option(help="instance-window detector, or none (`spanomaly detectors` lists them)"),
     ] = "ecod",
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels",
+            help="fit --point on the store's fault labels of the period (svm, fisher-dbscan)",
+        ),
+    ] = False,
     point_window: Annotated[float, typer.Option(help="instance window, seconds")] = 60.0,
     point_sources: Annotated[
         str, typer.Option(help="instance windows of: traces (RED features), metrics, or both")
@@ -470,7 +478,7 @@ def train(
         points = pipeline.PointOptions(
             detector=point, window_s=point_window, target_fpr=target_fpr, random_state=seed,
             sources=tuple(x.strip() for x in point_sources.split(",") if x.strip()),
-            log_features=log_windows,
+            log_features=log_windows, labels=labels,
         ) if _none(point) else None  # fmt: skip
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
@@ -536,6 +544,31 @@ def _trained(doc: dict[str, Any]) -> None:
         )
     if isinstance(doc.get("logs"), dict):
         typer.echo(f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates")
+
+
+@app.command("detectors")
+def list_detectors(as_json: JsonOpt = False) -> None:
+    """The registered detectors: name, kind, whether they need labels, what they do."""
+    from spanomaly.detect.base import detectors
+
+    rows = [
+        {
+            "name": name,
+            "kind": cls.kind,
+            "option": "--point" if cls.kind == "point" else f"--{cls.kind}",
+            "requires_labels": bool(cls.requires_labels),
+            "about": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        }
+        for name, cls in detectors().items()
+    ]
+
+    def human() -> None:
+        for r in rows:
+            labels = ", --labels" if r["requires_labels"] else ""
+            what = f"{r['option']} {r['name']}{labels}"
+            typer.echo(f"{what:32} {r['about']}")
+
+    _emit(rows, as_json, human)
 
 
 @app.command()

@@ -1,28 +1,20 @@
-"""Point detectors of instance windows: one contract over every registered detector, planted
-point anomalies above a quality floor, peer comparison, the semi-supervised method with 5 %
-of the windows labelled, and the SVM naming fault types."""
+"""Point detectors of instance windows beyond the contract (`test_contract.py`): planted point
+anomalies above a quality floor, peer comparison, ECOD's tails, the semi-supervised method
+with 5 % of the windows labelled, and the SVM naming fault types."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from spanomaly.detect.point import (
-    ECOD,
-    POINT_REGISTRY,
-    PeerDetector,
-    PointDetector,
-    group_median,
-    split_rows,
-)
+from spanomaly.detect.base import Detector, detectors
+from spanomaly.detect.point import ECOD, PeerDetector, group_median
 from spanomaly.detect.semisupervised import FisherDBSCAN, fisher_scores
 from spanomaly.detect.svm import FaultTypeSVM
-from spanomaly.errors import ModelError
 
-UNSUPERVISED = sorted(set(POINT_REGISTRY) - {"svm", "fisher-dbscan"})
+UNSUPERVISED = sorted(n for n, c in detectors("point").items() if not c.requires_labels)
 D = 8
 
 
@@ -59,28 +51,8 @@ def windows() -> dict[str, np.ndarray]:
     }
 
 
-def make(name: str) -> PointDetector:
-    return POINT_REGISTRY[name](target_fpr=0.01, random_state=0)
-
-
-@pytest.mark.parametrize("name", UNSUPERVISED)
-def test_contract(name: str, windows: dict[str, np.ndarray], tmp_path: Path) -> None:
-    det = make(name)
-    assert not any(k.endswith("_") for k in vars(det)), "__init__ must only store arguments"
-    assert set(det.get_params()) >= {"target_fpr", "validation_fraction", "random_state"}
-    with pytest.raises(ModelError, match="not fitted"):
-        det.score(windows["test"])
-    assert det.fit(windows["train"], groups=windows["groups"]) is det
-    assert det.n_features_ == D and np.isfinite(det.threshold_)
-    s = det.score(windows["test"], windows["test_groups"])
-    assert s.shape == (800,)
-    assert det.predict(windows["test"], windows["test_groups"]).mean() <= 0.05
-    det.save(tmp_path, prefix="x-")
-    back = PointDetector.load(tmp_path, prefix="x-")
-    assert type(back) is type(det) and back.get_params() == det.get_params()
-    np.testing.assert_allclose(back.score(windows["test"], windows["test_groups"]), s)
-    with pytest.raises(ModelError, match="features"):
-        det.score(windows["test"][:, :3])
+def make(name: str) -> Detector:
+    return detectors()[name](target_fpr=0.01, random_state=0)
 
 
 # Isolation Forest isolates one spiking feature of eight less surely than the others
@@ -115,12 +87,6 @@ def test_group_median_leaves_the_row_out() -> None:
     med, size = group_median(X, np.array([0, 0, 0, 0, 1]))
     np.testing.assert_allclose(med[:4, 0], [3.0, 3.0, 2.0, 2.0])
     assert np.isnan(med[4, 0]) and size.tolist() == [4, 4, 4, 4, 1]
-
-
-def test_split_keeps_groups_together() -> None:
-    g = np.repeat(np.arange(50), 3)
-    tr, val = split_rows(len(g), 0.2, 0, g)
-    assert not set(g[tr]) & set(g[val]) and len(tr) + len(val) == len(g)
 
 
 def test_ecod_grows_past_the_training_range() -> None:
@@ -163,17 +129,6 @@ def test_ecod_training_scores_match_pyod() -> None:
     theirs = pyod.ECOD().fit(X).decision_scores_
     # same statistic; ours smooths the ECDF with (k + 1) / (n + 1)
     assert np.corrcoef(ours._score(X, None), theirs)[0, 1] > 0.99
-
-
-def test_init_stores_only_arguments() -> None:
-    for cls in [*POINT_REGISTRY.values()]:
-        params = [
-            p.name
-            for p in inspect.signature(cls.__init__).parameters.values()
-            if p.kind == p.KEYWORD_ONLY
-        ]
-        det = cls()
-        assert set(vars(det)) == set(det.get_params()) >= set(params)
 
 
 # -- labelled windows: fault types -------------------------------------------------------------
@@ -219,14 +174,6 @@ def test_svm_names_fault_types(tmp_path: Path) -> None:
     assert (det.predict_class(X_new) == y_new).mean() >= 0.95
     assert det.predict(X_new)[y_new != "normal"].mean() >= 0.95
     det.save(tmp_path)
-    back = PointDetector.load(tmp_path)
-    assert (back.predict_class(X_new) == det.predict_class(X_new)).all()  # type: ignore[attr-defined]
-    assert back.cv_accuracy_ == pytest.approx(det.cv_accuracy_)  # type: ignore[attr-defined]
-
-
-def test_labels_are_required_where_they_are_used() -> None:
-    X, _ = typed_windows(50, 8)
-    with pytest.raises(ModelError, match="labels"):
-        FisherDBSCAN().fit(X)
-    with pytest.raises(ModelError, match="class"):
-        FaultTypeSVM().fit(X)
+    back = FaultTypeSVM.load(tmp_path)
+    assert (back.predict_class(X_new) == det.predict_class(X_new)).all()
+    assert back.cv_accuracy_ == pytest.approx(det.cv_accuracy_)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from spanomaly import pipeline
-from spanomaly.detect.base import split
+from spanomaly.detect.base import split_rows
 from spanomaly.detect.model import TraceModel
 from spanomaly.detect.sequence import LSTMSequence
 from spanomaly.evaluate import metrics
@@ -66,7 +66,9 @@ def _load(name: str) -> list[list[int]]:
 def test_hdfs_recall_and_false_positives() -> None:
     normal, abnormal = _load("hdfs_train"), _load("hdfs_test_abnormal")
     n_keys = max(max(s) for s in normal + abnormal if s) + 1
-    train, held = split(Sequences.from_lists(normal, n_keys), 0.2, random_state=0)
+    data = Sequences.from_lists(normal, n_keys)
+    rows, held_rows = split_rows(data.n_traces, 0.2, random_state=0)
+    train, held = data.subset(rows), data.subset(held_rows)
     det = LSTMSequence(target_fpr=0.01, epochs=20).fit(train)
     recall = det.predict(Sequences.from_lists(abnormal, n_keys)).mean()
     fpr = det.predict(held).mean()

@@ -1,151 +1,82 @@
-"""The detector contract for collective (trace) anomalies, and thresholding done once.
+"""The one detector contract: every detector (sequence, duration, point, semi-supervised,
+supervised) has this shape, the scikit-learn / PyOD one.
 
-A detector follows the scikit-learn / PyOD shape:
+    det = REGISTRY["ecod"](target_fpr=1e-3)   # __init__ only stores its keyword arguments
+    det.fit(X)                                 # -> det; learned state ends in `_`
+    det.fit(X, y)                              # detectors with requires_labels: labels per row
+    det.score(X)                               # per row, higher = more anomalous
+    det.predict(X)                             # score > threshold_
+    det.save(folder); Detector.load(folder)    # JSON + safetensors, never pickle
 
-    det = NGramSequence(n=3, target_fpr=1e-3)      # __init__ only stores its arguments
-    det.fit(train)                                  # -> det; learned state ends in `_`
-    det.score(test)                                 # per trace, higher = more anomalous
-    det.predict(test)                               # per trace, bool
-    det.score_events(test)                          # per event: score, reason, expectations
+A row is a trace (X: `Sequences`, kinds `sequence` and `duration`, `detect/trace.py`) or an
+instance window (X: a feature matrix, kind `point`, `detect/point.py`). `fit` holds out
+`validation_fraction` of the rows (whole `groups` together), or the rows the boolean mask
+`validation=` marks, or takes separate held-out data as `validation=`; it fits the model on
+the rest and sets `threshold_` on the held-out (normal) rows at `target_fpr` with
+`fit_threshold`. Labels and the data being scored never touch a threshold. Detectors that
+need labels (`requires_labels`) take them as `y` and fit and calibrate on all rows
+(`HOLD_OUT = False`): their threshold is their own (a decision value of 0, a distance of
+one eps), not a quantile of held-out rows.
 
-`fit` holds out `validation_fraction` of the traces (or takes `validation=`), fits the model
-on the rest with `_fit`, then fits the trace threshold on the held-out normal traces at the
-target false-positive rate (`fit_threshold`: the empirical quantile where the validation set
-is large enough for it, else a generalised Pareto tail fitted to its largest scores, the
-peaks-over-threshold method, which extrapolates to rates smaller than 1/n). Labels and the
-data being scored never touch a threshold.
+A detector says what it wants from its features: `cls.params_for(FeatureInfo(...))` gives
+the constructor arguments that suit them (ECOD: `normal_tail` where the features are
+z-scores), so no caller names a detector.
 
-A concrete detector writes `_fit(train, random_state)`, `_score_events(data)`,
-`_update(data)` (learn that some traces are normal: operator feedback) and `_state` /
-`_load_state` (JSON-able config and numpy arrays, saved as JSON and safetensors; no
-pickle). Every detector registers itself in `REGISTRY` by name; one contract test runs over
-all of them.
+Adding a detector: subclass the family's base (`TraceDetector`, `PointDetector`), set
+`name` (unique over all kinds), write its hooks, decorate it with `@register`; the contract
+test (`tests/detect/test_contract.py`) runs over every registered detector.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
-from dataclasses import dataclass, field
-from enum import IntEnum
+import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 
 from spanomaly.errors import ModelError
-from spanomaly.features.traces import Sequences
 
-# Version of the on-disk detector state; a different major version cannot be loaded.
+# Version of the on-disk detector state; a different version cannot be loaded.
 STATE_VERSION = 1
 
-
-class Reason(IntEnum):
-    """Why an event scores as it does (its dominant cause)."""
-
-    NONE = 0
-    UNEXPECTED = 1  # the key is unlikely (low probability, outside the top k) at this point
-    UNKNOWN = 2  # the key was never seen in training
-    IMPOSSIBLE = 3  # the transition from the previous key was never seen in training
-    SLOW = 4  # the duration is above the normal range for the key and context
-    SLOW_SELF = 5  # the self time is above the normal range
-    EARLY_END = 6  # the trace ends where more events were expected (a missing call)
+REGISTRY: dict[str, type[Detector]] = {}
 
 
-REASON_TEXT = {
-    Reason.NONE: "",
-    Reason.UNEXPECTED: "unexpected event",
-    Reason.UNKNOWN: "unknown event",
-    Reason.IMPOSSIBLE: "impossible transition",
-    Reason.SLOW: "slow span",
-    Reason.SLOW_SELF: "slow self time",
-    Reason.EARLY_END: "trace ended early",
-}
+D = TypeVar("D", bound="type[Detector]")
 
 
-def segment_max(values: np.ndarray, offsets: np.ndarray, empty: float = -np.inf) -> np.ndarray:
-    """The maximum of each segment values[offsets[i]:offsets[i+1]]; `empty` for empty ones."""
-    n = len(offsets) - 1
-    out = np.full(n, empty, dtype=np.float64)
-    lengths = np.diff(offsets)
-    full = lengths > 0
-    if values.size and full.any():
-        out[full] = np.maximum.reduceat(values.astype(np.float64), offsets[:-1][full])
-    return out
+def register(cls: D) -> D:
+    """Class decorator: make a detector known by its `name` (unique over all kinds)."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ModelError(f"two detectors are named {cls.name!r}")
+    REGISTRY[cls.name] = cls
+    return cls
 
 
-def segment_sum(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The sum of each segment values[offsets[i]:offsets[i+1]] (0 for empty ones)."""
-    csum = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
-    return csum[offsets[1:]] - csum[offsets[:-1]]
+def detectors(kind: str | None = None) -> dict[str, type[Detector]]:
+    """Every registered detector (of one kind), by name; imports the detect modules first,
+    so that a detector is known wherever its module lies in the package."""
+    package = importlib.import_module("spanomaly.detect")
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"spanomaly.detect.{info.name}")
+    return {n: c for n, c in sorted(REGISTRY.items()) if kind is None or c.kind == kind}
 
 
-def segment_argmax(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Index (into values) of the first maximum of each non-empty segment; -1 for empty ones."""
-    n = len(offsets) - 1
-    best = segment_max(values, offsets)
-    lengths = np.diff(offsets)
-    out = np.full(n, -1, dtype=np.int64)
-    if not values.size:
-        return out
-    seg = np.repeat(np.arange(n), lengths)
-    hit = values.astype(np.float64) == best[seg]
-    idx = np.flatnonzero(hit)
-    first = np.full(n, -1, dtype=np.int64)
-    # reversed assignment keeps the first index of each segment
-    first[seg[idx[::-1]]] = idx[::-1]
-    out[lengths > 0] = first[lengths > 0]
-    return out
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a caller knows of the features it gives a detector (see `params_for`)."""
+
+    # each feature is a z-score of a normaliser: standard normal in normal operation
+    z_scores: bool = False
 
 
-@dataclass
-class EventScores:
-    """Per-event output of a detector, aligned with the events of the scored Sequences.
-
-    `score` is the natural score (higher = more anomalous; -log p for sequence models, a
-    robust z for duration models); `rule` marks events anomalous by rule whatever the
-    threshold (unknown keys, impossible transitions). `end_score` / `end_rule` score the end
-    of each trace (sequence models: did the trace end where it should?). `extra` holds
-    per-event arrays for explanations (expected duration, probability, rank).
-    """
-
-    score: np.ndarray
-    reason: np.ndarray
-    rule: np.ndarray
-    end_score: np.ndarray
-    end_rule: np.ndarray
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-    aggregate: str = "max"  # how event scores make the trace score: max | sum
-
-    @classmethod
-    def zeros(cls, data: Sequences) -> EventScores:
-        """All-normal scores for the data."""
-        return cls(
-            score=np.zeros(data.n_events),
-            reason=np.zeros(data.n_events, dtype=np.int8),
-            rule=np.zeros(data.n_events, dtype=bool),
-            end_score=np.zeros(data.n_traces),
-            end_rule=np.zeros(data.n_traces, dtype=bool),
-        )
-
-    def trace_scores(self, offsets: np.ndarray) -> np.ndarray:
-        """Natural score of each trace: the largest of its events and its end (or their sum
-        plus the end, for detectors whose event scores add up, such as time lost)."""
-        if self.aggregate == "sum":
-            return segment_sum(self.score, offsets) + self.end_score
-        return np.maximum(segment_max(self.score, offsets), self.end_score)
-
-    def trace_rule(self, offsets: np.ndarray) -> np.ndarray:
-        """Whether a rule fired in each trace."""
-        lengths = np.diff(offsets)
-        fired = np.zeros(len(lengths), dtype=bool)
-        if self.rule.any():
-            seg = np.repeat(np.arange(len(lengths)), lengths)
-            fired[np.unique(seg[self.rule])] = True
-        return fired | self.end_rule
-
-
-# -- thresholds -------------------------------------------------------------------------------
+# -- helpers every family shares ---------------------------------------------------------------
 
 
 def _gpd_pwm(excess: np.ndarray) -> tuple[float, float]:
@@ -166,9 +97,9 @@ def _gpd_pwm(excess: np.ndarray) -> tuple[float, float]:
 def fit_threshold(
     scores: np.ndarray, target_fpr: float, tail: float = 0.05, min_tail: int = 20
 ) -> float:
-    """The score above which a share target_fpr of normal traces lies.
+    """The score above which a share target_fpr of normal rows lies.
 
-    The empirical quantile where at least ten validation traces lie above it; otherwise the
+    The empirical quantile where at least ten validation rows lie above it; otherwise the
     peaks-over-threshold estimate: a generalised Pareto distribution fitted to the scores
     above the (1 - tail) quantile, extrapolated to target_fpr; where that quantile leaves
     fewer than `min_tail` scores (a small validation set), an exponential tail fitted to the
@@ -207,15 +138,21 @@ def fit_threshold(
     return float(max(t, s[-1]))
 
 
-def split(data: Sequences, fraction: float, random_state: int) -> tuple[Sequences, Sequences]:
-    """A random split of the traces: (train, validation)."""
+def split_rows(
+    n: int, fraction: float, random_state: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random (train, validation) split of n rows, as sorted indices; whole groups stay
+    together; at least one row on each side where there are two."""
     rng = np.random.default_rng(random_state)
-    order = rng.permutation(data.n_traces)
-    n_val = round(data.n_traces * fraction)
-    n_val = min(max(n_val, 1), data.n_traces - 1) if data.n_traces >= 2 else 0
-    val = np.sort(order[:n_val])
-    train = np.sort(order[n_val:])
-    return data.subset(train), data.subset(val)
+    if groups is None:
+        order = rng.permutation(n)
+        n_val = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    ids = np.unique(groups)
+    order = rng.permutation(ids)
+    n_val = min(max(round(len(ids) * fraction), 1), len(ids) - 1) if len(ids) >= 2 else 0
+    val = np.isin(groups, order[:n_val])
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 def _finite(value: Any) -> Any:
@@ -227,13 +164,22 @@ def _finite(value: Any) -> Any:
 
 # -- the base ---------------------------------------------------------------------------------
 
-REGISTRY: dict[str, type[TraceDetector]] = {}
 
-
-class DetectorParams:
-    """Constructor arguments shared by every detector: stored as given, checked at fit."""
+class Detector:
+    """Base of every detector: parameters, the fit template, persistence."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # sequence | duration | point
+    # fit needs labels y (supervised, semi-supervised); False: y is ignored
+    requires_labels: ClassVar[bool] = False
+    # False: fit and calibrate on all rows (the labelled detectors, whose threshold is
+    # their own); True: calibrate on held-out rows
+    HOLD_OUT: ClassVar[bool] = True
+    ROWS: ClassVar[str] = "rows"  # what a row is, in messages
+    MIN_FIT_ROWS: ClassVar[int] = 1
+    # learned scalars and arrays every detector of a family saves (besides its _state)
+    _COMMON_STATE: ClassVar[tuple[str, ...]] = ()
+    _COMMON_ARRAYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, *, target_fpr: float = 1e-3, validation_fraction: float = 0.2, random_state: int = 0
@@ -242,6 +188,11 @@ class DetectorParams:
         self.validation_fraction = validation_fraction
         self.random_state = random_state
 
+    @classmethod
+    def params_for(cls, features: FeatureInfo) -> dict[str, Any]:
+        """Constructor arguments that suit these features (none by default)."""
+        return {}
+
     # -- parameters -----------------------------------------------------------------------
 
     @classmethod
@@ -249,7 +200,7 @@ class DetectorParams:
         names: list[str] = []
         for klass in cls.__mro__:
             init = klass.__dict__.get("__init__")
-            if init is None:
+            if init is None or klass is object:
                 continue
             for p in inspect.signature(init).parameters.values():
                 if p.kind == p.KEYWORD_ONLY and p.name not in names:
@@ -270,103 +221,83 @@ class DetectorParams:
         if not 0 < self.validation_fraction < 1:
             raise ModelError(f"{self.name}: validation_fraction must be in (0, 1)")
 
+    # -- fitting --------------------------------------------------------------------------
 
-def register(cls: type[TraceDetector]) -> type[TraceDetector]:
-    """Class decorator: make a detector known by its `name`."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-class TraceDetector(DetectorParams):
-    """Base of the collective-anomaly detectors: validation split, thresholds, persistence."""
-
-    name: ClassVar[str] = ""
-    kind: ClassVar[str] = ""  # sequence | duration
-    # a score at or below this is never anomalous, whatever the validation data say
-    THRESHOLD_FLOOR: ClassVar[float] = 0.0
-
-    # -- fitting and scoring --------------------------------------------------------------
-
-    def _check_data(self, data: Sequences) -> None:
-        if self.kind == "duration" and (data.log_duration is None or data.log_self is None):
-            raise ModelError(f"{self.name}: the sequences carry no durations (dataset B)")
-
-    def fit(self, data: Sequences, validation: Sequences | None = None) -> Self:
-        """Fit on normal traces; the threshold on validation (held out when not given)."""
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        groups: np.ndarray | None = None,
+        validation: Any = None,
+    ) -> Self:
+        """Fit on normal rows (labelled ones where `requires_labels`); the threshold on the
+        held-out rows: `validation` (a boolean mask over X's rows, or separate data of X's
+        kind), else a random share of the rows (of the groups, where given)."""
         self._check_params()
-        self._check_data(data)
-        if data.n_traces == 0:
-            raise ModelError(f"{self.name}: no traces to train on")
-        if validation is None:
-            data, validation = split(data, self.validation_fraction, self.random_state)
-        self.n_keys_ = data.n_keys
-        self._fit(data)
-        self.n_train_traces_ = data.n_traces
-        self.n_train_events_ = data.n_events
-        self._calibrate(validation)
+        X = self._check_input(X)
+        n = self._n_rows(X)
+        if n < self.MIN_FIT_ROWS:
+            raise ModelError(f"{self.name}: {n} {self.ROWS} to train on, "
+                             f"need at least {self.MIN_FIT_ROWS}")  # fmt: skip
+        labels = None if y is None else np.asarray(y)
+        if labels is None and self.requires_labels:
+            raise ModelError(f"{self.name}: needs labels (y), one per {self.ROWS[:-1]}")
+        if labels is not None and len(labels) != n:
+            raise ModelError(f"{self.name}: {len(labels)} labels for {n} {self.ROWS}")
+        g = None if groups is None else np.asarray(groups)
+        if not self.HOLD_OUT:
+            self._learn(X, labels, g)
+            self._calibrate(X, g)
+            return self
+        if validation is not None and not _is_mask(validation):
+            self._learn(X, labels, g)
+            self._calibrate(self._check_input(validation), None)
+            return self
+        tr, val = self._split(n, g, validation)
+        self._learn(
+            self._take(X, tr),
+            None if labels is None else labels[tr],
+            None if g is None else g[tr],
+        )
+        self._calibrate(self._take(X, val), None if g is None else g[val])
         return self
 
-    def _calibrate(self, validation: Sequences) -> None:
-        ev = self._score_events(validation)
-        scores = ev.trace_scores(validation.offsets)
-        self.threshold_ = max(fit_threshold(scores, self.target_fpr), self.THRESHOLD_FLOOR)
-        flagged = (scores > self.threshold_) | ev.trace_rule(validation.offsets)
-        self.n_validation_traces_ = validation.n_traces
-        self.validation_fpr_ = float(flagged.mean()) if len(flagged) else 0.0
+    def _split(
+        self, n: int, groups: np.ndarray | None, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if mask is None:
+            return split_rows(n, self.validation_fraction, self.random_state, groups)
+        held = np.asarray(mask, dtype=bool)
+        if held.shape != (n,) or held.all() or not held.any():
+            raise ModelError(f"{self.name}: validation must mark some but not all {self.ROWS}")
+        return np.flatnonzero(~held), np.flatnonzero(held)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
             raise ModelError(f"{self.name}: not fitted; call fit first")
 
-    def score_events(self, data: Sequences) -> EventScores:
-        """Per-event scores, reasons, rules and expectations."""
-        self._check_fitted()
-        self._check_data(data)
-        return self._score_events(data)
+    # -- written by a family (trace, point) ------------------------------------------------
 
-    def event_flags(self, ev: EventScores) -> np.ndarray:
-        """Which events are anomalous: by rule, or past the threshold (max-aggregated
-        detectors) or contributing to the trace score at all (sum-aggregated ones)."""
-        limit = self.threshold_ if ev.aggregate == "max" else 0.0
-        return ev.rule | (ev.score > limit)
-
-    def score(self, data: Sequences) -> np.ndarray:
-        """Per-trace score, higher = more anomalous; +inf where a rule fired."""
-        ev = self.score_events(data)
-        scores = ev.trace_scores(data.offsets)
-        scores[ev.trace_rule(data.offsets)] = np.inf
-        return scores
-
-    def predict(self, data: Sequences) -> np.ndarray:
-        """Whether each trace is anomalous."""
-        return self.score(data) > self.threshold_
-
-    UPDATE_ROUNDS: ClassVar[int] = 5
-
-    def update(self, data: Sequences) -> Self:
-        """Learn that these traces are normal (operator feedback on a false positive).
-
-        The model-specific update (DeepLog's online update: fine-tuning, more counts, wider
-        ranges) repeats a few times while the traces are still flagged.
-        """
-        self._check_fitted()
-        self._check_data(data)
-        for _ in range(self.UPDATE_ROUNDS if data.n_traces else 0):
-            self._update(data)
-            if not self.predict(data).any():
-                break
-        return self
-
-    # -- to be written by a detector ------------------------------------------------------
-
-    def _fit(self, train: Sequences) -> None:
+    def _check_input(self, X: Any) -> Any:
+        """X as the family holds it; ModelError on the wrong type, shape or NaN."""
         raise NotImplementedError
 
-    def _score_events(self, data: Sequences) -> EventScores:
+    def _n_rows(self, X: Any) -> int:
         raise NotImplementedError
 
-    def _update(self, data: Sequences) -> None:
+    def _take(self, X: Any, rows: np.ndarray) -> Any:
         raise NotImplementedError
+
+    def _learn(self, X: Any, y: np.ndarray | None, groups: np.ndarray | None) -> None:
+        """Fit the model on the training rows (the family's bookkeeping, then `_fit`)."""
+        raise NotImplementedError
+
+    def _calibrate(self, X: Any, groups: np.ndarray | None) -> None:
+        """Set threshold_ (and whatever else) from the held-out rows."""
+        raise NotImplementedError
+
+    # -- written by a detector ------------------------------------------------------------
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Learned state: JSON-able values and named arrays."""
@@ -377,21 +308,14 @@ class TraceDetector(DetectorParams):
 
     # -- persistence ----------------------------------------------------------------------
 
-    _COMMON_STATE = (
-        "threshold_",
-        "validation_fpr_",
-        "n_validation_traces_",
-        "n_keys_",
-        "n_train_traces_",
-        "n_train_events_",
-    )
-
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Everything needed to rebuild the fitted detector: (config, arrays)."""
         self._check_fitted()
         values, arrays = self._state()
+        arrays = dict(arrays, **{k: getattr(self, k) for k in self._COMMON_ARRAYS})
         config = {
             "detector": self.name,
+            "kind": self.kind,
             "state_version": STATE_VERSION,
             "params": self.get_params(),
             "fitted": {k: _finite(getattr(self, k)) for k in self._COMMON_STATE},
@@ -399,46 +323,56 @@ class TraceDetector(DetectorParams):
         }
         return config, arrays
 
-    @staticmethod
-    def from_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> TraceDetector:
-        """The detector that `state` described."""
+    @classmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        """The detector that `state` described; ModelError unless it is a `cls`."""
         name = config.get("detector")
-        if name not in REGISTRY:
-            raise ModelError(f"unknown detector {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        known = detectors()
+        if name not in known or not issubclass(known[name], cls):
+            fits = ", ".join(n for n, c in known.items() if issubclass(c, cls))
+            raise ModelError(f"unknown detector {name!r}; known: {fits}")
         if config.get("state_version") != STATE_VERSION:
             raise ModelError(
                 f"detector {name}: state version {config.get('state_version')} is not "
                 f"{STATE_VERSION}; retrain with this version of spanomaly"
             )
-        det = REGISTRY[name](**config["params"])
+        det = known[name](**config["params"])
         for k, v in config["fitted"].items():
             setattr(det, k, float("inf") if v is None and k == "threshold_" else v)
+        for k in det._COMMON_ARRAYS:
+            setattr(det, k, np.asarray(arrays[k], dtype=np.float64))
         det._load_state(config["state"], arrays)
-        return det
+        return det  # type: ignore[return-value]
 
-    def save(self, directory: str | Path) -> None:
-        """Write config.json and weights.safetensors into directory."""
+    def save(self, directory: str | Path, prefix: str = "") -> None:
+        """Write <prefix>config.json and <prefix>weights.safetensors into directory."""
         from safetensors.numpy import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config, arrays = self.state()
-        (directory / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False))
+        (directory / f"{prefix}config.json").write_text(
+            json.dumps(config, indent=2, allow_nan=False)
+        )
         save_file(
             {k: np.ascontiguousarray(v) for k, v in arrays.items()},
-            directory / "weights.safetensors",
+            directory / f"{prefix}weights.safetensors",
         )
 
-    @staticmethod
-    def load(directory: str | Path) -> TraceDetector:
+    @classmethod
+    def load(cls, directory: str | Path, prefix: str = "") -> Self:
         """A detector written by `save`."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         directory = Path(directory)
         try:
-            config = json.loads((directory / "config.json").read_text())
-            arrays = load_file(directory / "weights.safetensors")
+            config = json.loads((directory / f"{prefix}config.json").read_text())
+            arrays = load_file(directory / f"{prefix}weights.safetensors")
         except (OSError, ValueError, SafetensorError) as exc:
             raise ModelError(f"{directory}: cannot read the detector: {exc}") from exc
-        return TraceDetector.from_state(config, arrays)
+        return cls.from_state(config, arrays)
+
+
+def _is_mask(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype == bool

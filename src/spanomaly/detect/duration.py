@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from spanomaly.detect.base import EventScores, Reason, TraceDetector, register
+from spanomaly.detect.base import register
+from spanomaly.detect.trace import EventScores, Reason, TraceDetector
 from spanomaly.errors import ModelError
 from spanomaly.features.traces import Sequences
 

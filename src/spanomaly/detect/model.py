@@ -30,7 +30,8 @@ import pyarrow as pa
 from spanomaly import __version__
 from spanomaly.detect import duration as _duration  # noqa: F401  (registers detectors)
 from spanomaly.detect import sequence as _sequence  # noqa: F401
-from spanomaly.detect.base import REGISTRY, EventScores, TraceDetector, split
+from spanomaly.detect.base import REGISTRY, split_rows
+from spanomaly.detect.trace import EventScores, TraceDetector
 from spanomaly.detect.trace_findings import (
     TraceResult,
     finding_id,  # noqa: F401  (a finding's id: part of the model's interface)
@@ -109,14 +110,15 @@ class TraceModel:
         config = self.feature_config
         self.vocabulary_ = Vocabulary.fit(events.column("key"))
         data = sequences(events, self.vocabulary_, config)
-        train, validation = split(data, self.validation_fraction, self.random_state)
+        rows, held = split_rows(data.n_traces, self.validation_fraction, self.random_state)
+        train, validation = data.subset(rows), data.subset(held)
         self.detectors_: dict[str, TraceDetector] = {}
         seconds: dict[str, float] = {}
         for role, det in made.items():
             if det is None:
                 continue
             t0 = time.perf_counter()
-            self.detectors_[role] = det.fit(train, validation)
+            self.detectors_[role] = det.fit(train, validation=validation)
             seconds[role] = round(time.perf_counter() - t0, 3)
             log.info(
                 "%s %s: threshold %.4g, validation FPR %.4f (%.1f s)",

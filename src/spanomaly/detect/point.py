@@ -1,7 +1,6 @@
-"""Point anomalies: detectors of anomalous instance windows, one shared contract.
+"""Point anomalies: the instance-window family of the detector contract (`detect/base.py`).
 
-The contract is the trace detectors' (`detect/base.py`), for feature matrices instead of
-sequences: the scikit-learn / PyOD shape.
+A row is an instance window of a feature matrix.
 
     det = ECOD(target_fpr=1e-3)         # __init__ only stores its keyword arguments
     det.fit(X)                          # -> det; learned state ends in `_`
@@ -12,8 +11,8 @@ sequences: the scikit-learn / PyOD shape.
 
 `fit` holds out `validation_fraction` of the (normal) training windows (or the windows
 `validation=` marks: the pipeline holds out the latest ones, so the threshold also covers
-drift over time), fits `_fit` on the rest, then sets `threshold_` on the held-out windows at `target_fpr` with the trace
-detectors' `fit_threshold` (empirical quantile, else a Pareto tail). The held-out scores
+drift over time), fits `_fit` on the rest, then sets `threshold_` on the held-out windows at
+`target_fpr` with `fit_threshold` (empirical quantile, else a Pareto tail). The held-out scores
 also calibrate `surprise`: the empirical tail probability, extended past the largest
 held-out score by an exponential tail fitted to the top scores (peaks over threshold), so
 scores far beyond anything normal stay comparable instead of saturating. Labels of the
@@ -22,7 +21,7 @@ scored data never touch a threshold.
 Detectors that compare an instance with its peers take `groups` (one id per window: the
 same time and service, `InstanceWindows.groups()`); the others ignore it.
 
-Registered detectors (`POINT_REGISTRY`):
+Registered detectors (kind `point` in `detect.base.REGISTRY`; `detectors("point")`):
 
     ecod      ECOD (empirical cumulative distribution tails; Li et al. 2022), in numpy;
               with `tail=True` (default) a value beyond the training range keeps growing
@@ -40,111 +39,77 @@ scored data together (the scored batch shifts its own scores; a burst of anomali
 itself) and stores the result on the model; it also imports matplotlib. The numpy version
 here scores new windows against the training tails only.
 
-Persistence: config.json (parameters, threshold, calibration) and arrays in safetensors,
-no pickle. Detectors whose state is a scikit-learn estimator keep their training matrix
+Persistence is the contract's (config.json and safetensors, no pickle). Detectors whose state is a scikit-learn estimator keep their training matrix
 and refit it on load (deterministic under `random_state`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import numpy as np
 
-from spanomaly.detect.base import DetectorParams, fit_threshold
+from spanomaly.detect.base import Detector, FeatureInfo, fit_threshold, register
 from spanomaly.errors import ModelError
 
-STATE_VERSION = 1
-POINT_REGISTRY: dict[str, type[PointDetector]] = {}
 
-
-def register(cls: type[PointDetector]) -> type[PointDetector]:
-    """Class decorator: make a point detector known by its `name`."""
-    POINT_REGISTRY[cls.name] = cls
-    return cls
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def split_rows(
-    n: int, fraction: float, random_state: int, groups: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random (train, validation) split of n rows; whole groups stay together."""
-    rng = np.random.default_rng(random_state)
-    if groups is None:
-        order = rng.permutation(n)
-        n_val = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
-        return np.sort(order[n_val:]), np.sort(order[:n_val])
-    ids = np.unique(groups)
-    order = rng.permutation(ids)
-    n_val = min(max(round(len(ids) * fraction), 1), len(ids) - 1) if len(ids) >= 2 else 0
-    val = np.isin(groups, order[:n_val])
-    return np.flatnonzero(~val), np.flatnonzero(val)
-
-
-class PointDetector(DetectorParams):
+class PointDetector(Detector):
     """Base of the point detectors: validation split, threshold, calibration, persistence."""
 
-    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "point"
+    ROWS: ClassVar[str] = "windows"
+    MIN_FIT_ROWS: ClassVar[int] = 4
     # False: the threshold is the detector's own (e.g. DBSCAN's eps), not a quantile
     QUANTILE_THRESHOLD: ClassVar[bool] = True
     TAIL_FRACTION: ClassVar[float] = 0.05
+    _COMMON_STATE: ClassVar[tuple[str, ...]] = (
+        "threshold_",
+        "validation_fpr_",
+        "n_validation_",
+        "n_features_",
+        "n_train_",
+        "tail_start_",
+        "tail_scale_",
+    )
+    _COMMON_ARRAYS: ClassVar[tuple[str, ...]] = ("calibration_",)
 
-    # -- checks ---------------------------------------------------------------------------
+    # -- the family's part of the contract ------------------------------------------------
 
-    @staticmethod
-    def _matrix(X: Any) -> np.ndarray:
+    def _matrix(self, X: Any) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
-            raise ModelError(f"expected a 2-d feature matrix, got shape {X.shape}")
-        return np.nan_to_num(X, nan=0.0, posinf=1e12, neginf=-1e12)
+            raise ModelError(f"{self.name}: expected a 2-d feature matrix, got shape {X.shape}")
+        if np.isnan(X).any():
+            rows = np.flatnonzero(np.isnan(X).any(axis=1))
+            raise ModelError(f"{self.name}: NaN in {len(rows)} windows (first: row {rows[0]})")
+        return np.nan_to_num(X, posinf=1e12, neginf=-1e12)
+
+    def _check_input(self, X: Any) -> np.ndarray:
+        return self._matrix(X)
+
+    def _n_rows(self, X: np.ndarray) -> int:
+        return int(X.shape[0])
+
+    def _take(self, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return X[rows]
 
     def _check_fitted(self, X: np.ndarray | None = None) -> None:
-        if not hasattr(self, "threshold_"):
-            raise ModelError(f"{self.name}: not fitted; call fit first")
+        super()._check_fitted()
         if X is not None and X.shape[1] != self.n_features_:
             raise ModelError(
                 f"{self.name}: {X.shape[1]} features, but fitted on {self.n_features_}"
             )
 
-    # -- fitting and scoring --------------------------------------------------------------
-
-    def fit(
-        self,
-        X: Any,
-        y: Any = None,
-        groups: np.ndarray | None = None,
-        validation: np.ndarray | None = None,
-    ) -> Self:
-        """Fit on normal windows (y is ignored by unsupervised detectors); `validation`
-        (a boolean mask) names the held-out windows, else a random share of the groups."""
-        self._check_params()
-        X = self._matrix(X)
-        if X.shape[0] < 4:
-            raise ModelError(f"{self.name}: need at least 4 windows to train, got {X.shape[0]}")
+    def _learn(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> None:
         self.n_features_ = X.shape[1]
-        if validation is not None:
-            held = np.asarray(validation, dtype=bool)
-            if held.shape != (X.shape[0],) or held.all() or not held.any():
-                raise ModelError(f"{self.name}: validation must mark some but not all windows")
-            tr, val = np.flatnonzero(~held), np.flatnonzero(held)
-        else:
-            tr, val = split_rows(X.shape[0], self.validation_fraction, self.random_state, groups)
-        g_tr = None if groups is None else np.asarray(groups)[tr]
-        g_val = None if groups is None else np.asarray(groups)[val]
-        self._fit(X[tr], None if y is None else np.asarray(y)[tr], g_tr)
-        self.n_train_ = len(tr)
-        self._calibrate(self._score(X[val], g_val))
-        return self
+        self._fit(X, y, groups)
+        self.n_train_ = X.shape[0]
 
-    def _calibrate(self, scores: np.ndarray) -> None:
+    def _calibrate(self, X: np.ndarray, groups: np.ndarray | None) -> None:
+        self._calibrate_scores(self._score(X, groups))
+
+    def _calibrate_scores(self, scores: np.ndarray) -> None:
         s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
         if self.QUANTILE_THRESHOLD:
             self.threshold_ = fit_threshold(s, self.target_fpr)
@@ -215,87 +180,6 @@ class PointDetector(DetectorParams):
     def _score(self, X: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        raise NotImplementedError
-
-    def _load_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError
-
-    # -- persistence ----------------------------------------------------------------------
-
-    _COMMON_STATE = (
-        "threshold_",
-        "validation_fpr_",
-        "n_validation_",
-        "n_features_",
-        "n_train_",
-        "tail_start_",
-        "tail_scale_",
-    )
-
-    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Everything needed to rebuild the fitted detector: (config, arrays)."""
-        self._check_fitted()
-        values, arrays = self._state()
-        arrays = dict(arrays, calibration_=self.calibration_)
-        config = {
-            "detector": self.name,
-            "kind": "point",
-            "state_version": STATE_VERSION,
-            "params": self.get_params(),
-            "fitted": {k: _finite(getattr(self, k)) for k in self._COMMON_STATE},
-            "state": values,
-        }
-        return config, arrays
-
-    @staticmethod
-    def from_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> PointDetector:
-        """The detector that `state` described."""
-        name = config.get("detector")
-        if name not in POINT_REGISTRY:
-            known = ", ".join(sorted(POINT_REGISTRY))
-            raise ModelError(f"unknown point detector {name!r}; known: {known}")
-        if config.get("state_version") != STATE_VERSION:
-            raise ModelError(
-                f"point detector {name}: state version {config.get('state_version')} is not "
-                f"{STATE_VERSION}; retrain with this version of spanomaly"
-            )
-        det = POINT_REGISTRY[name](**config["params"])
-        for k, v in config["fitted"].items():
-            setattr(det, k, float("inf") if v is None and k == "threshold_" else v)
-        det.calibration_ = np.asarray(arrays["calibration_"], dtype=np.float64)
-        det._load_state(config["state"], arrays)
-        return det
-
-    def save(self, directory: str | Path, prefix: str = "") -> None:
-        """Write <prefix>config.json and <prefix>weights.safetensors into directory."""
-        from safetensors.numpy import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config, arrays = self.state()
-        (directory / f"{prefix}config.json").write_text(
-            json.dumps(config, indent=2, allow_nan=False)
-        )
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
-            directory / f"{prefix}weights.safetensors",
-        )
-
-    @staticmethod
-    def load(directory: str | Path, prefix: str = "") -> PointDetector:
-        """A detector written by `save`."""
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        directory = Path(directory)
-        try:
-            config = json.loads((directory / f"{prefix}config.json").read_text())
-            arrays = load_file(directory / f"{prefix}weights.safetensors")
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise ModelError(f"{directory}: cannot read the point detector: {exc}") from exc
-        return PointDetector.from_state(config, arrays)
-
 
 class _RefitOnLoad(PointDetector):
     """A detector whose state is a scikit-learn estimator: it keeps its training matrix and
@@ -358,6 +242,11 @@ class ECOD(PointDetector):
         # value's tail probability into its z; a linear tail would count a memory leak at
         # 2.5 times its normal (z 14, p ~ 1e-43) as a few ordinary deviations.
         self.normal_tail = normal_tail
+
+    @classmethod
+    def params_for(cls, features: FeatureInfo) -> dict[str, Any]:
+        """On z-scores the tail past the training range is the normal's (`normal_tail`)."""
+        return {"normal_tail": True} if features.z_scores else {}
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> None:
         self.sorted_ = np.sort(X, axis=0)

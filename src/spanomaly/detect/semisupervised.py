@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from spanomaly.detect.point import PointDetector, register
+from spanomaly.detect.base import register
+from spanomaly.detect.point import PointDetector
 from spanomaly.errors import ModelError
 
 
@@ -54,6 +55,8 @@ class FisherDBSCAN(PointDetector):
     """Fisher-score feature selection on labelled windows, then DBSCAN into n classes."""
 
     name = "fisher-dbscan"
+    requires_labels = True  # some: None or "" where a window is unlabelled
+    HOLD_OUT = False
     QUANTILE_THRESHOLD = False
 
     def __init__(
@@ -73,23 +76,16 @@ class FisherDBSCAN(PointDetector):
         self.normal_label = normal_label
         self.n_eps = n_eps
 
-    def fit(self, X: Any, y: Any = None, groups: np.ndarray | None = None) -> FisherDBSCAN:
+    def _fit(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> None:
         """Fit on all windows; y names the labelled ones (None or '' elsewhere)."""
         from sklearn.cluster import DBSCAN
         from sklearn.neighbors import NearestNeighbors
 
-        self._check_params()
-        X = self._matrix(X)
-        if y is None:
-            raise ModelError(f"{self.name}: needs labels for some windows (y)")
         y = _labels(y)
-        if len(y) != X.shape[0]:
-            raise ModelError(f"{self.name}: {len(y)} labels for {X.shape[0]} windows")
         known = y != ""
         classes = sorted(set(y[known].tolist()))
         if len(classes) < 2:
             raise ModelError(f"{self.name}: the labelled windows need at least two classes")
-        self.n_features_ = X.shape[1]
         self.classes_ = classes
         self.fisher_ = fisher_scores(X[known], y[known])
         k = min(self.n_features, X.shape[1])
@@ -132,10 +128,7 @@ class FisherDBSCAN(PointDetector):
             raise ModelError(f"{self.name}: DBSCAN found no core samples")
         self.cores_ = Z[core]
         self.core_names_ = np.array([names[int(labels[i])] for i in core], dtype=object)
-        self.n_train_ = X.shape[0]
         self._index()
-        self._calibrate(self._score(X, None))
-        return self
 
     def _index(self) -> None:
         from sklearn.neighbors import NearestNeighbors

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from spanomaly.detect.base import EventScores, Reason, TraceDetector, register
+from spanomaly.detect.base import register
+from spanomaly.detect.trace import EventScores, Reason, TraceDetector
 from spanomaly.errors import ModelError
 from spanomaly.features.traces import END, N_SPECIAL, START, UNK, Sequences
 
@@ -106,8 +107,8 @@ class SequenceDetector(TraceDetector):
         self._learn_rules(train, reset=True)
         self._fit_model(train)
 
-    def _calibrate(self, validation: Sequences) -> None:
-        super()._calibrate(validation)
+    def _calibrate(self, validation: Sequences, groups: np.ndarray | None = None) -> None:
+        super()._calibrate(validation, groups)
         # the held-out traces are normal too: their keys and transitions are known from now on
         self._learn_rules(validation, reset=False)
 

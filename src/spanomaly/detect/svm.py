@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from spanomaly.detect.point import PointDetector, register
+from spanomaly.detect.base import register
+from spanomaly.detect.point import PointDetector
 from spanomaly.errors import ModelError
 
 FAULT_TYPES = ("normal", "cpu", "memory", "network", "delay", "error")
@@ -30,6 +31,8 @@ class FaultTypeSVM(PointDetector):
     """Multi-class SVM over instance windows; names the fault type."""
 
     name = "svm"
+    requires_labels = True
+    HOLD_OUT = False
     QUANTILE_THRESHOLD = False
 
     def __init__(
@@ -63,21 +66,15 @@ class FaultTypeSVM(PointDetector):
             ),
         )
 
-    def fit(self, X: Any, y: Any = None, groups: np.ndarray | None = None) -> FaultTypeSVM:
+    def _fit(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> None:
         """Fit on labelled windows; cross-validated accuracy in cv_accuracy_."""
         from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-        self._check_params()
-        X = self._matrix(X)
-        if y is None:
-            raise ModelError(f"{self.name}: needs a class name for every window (y)")
+        assert y is not None  # requires_labels
         y = np.asarray([str(v) for v in y], dtype=object)
-        if len(y) != X.shape[0]:
-            raise ModelError(f"{self.name}: {len(y)} labels for {X.shape[0]} windows")
         classes, counts = np.unique(y, return_counts=True)
         if len(classes) < 2:
             raise ModelError(f"{self.name}: needs at least two classes")
-        self.n_features_ = X.shape[1]
         self.classes_ = [str(c) for c in classes]
         codes = np.searchsorted(classes, y)
         folds = int(min(self.cv_folds, counts.min()))
@@ -88,9 +85,6 @@ class FaultTypeSVM(PointDetector):
             self.cv_accuracy_ = float("nan")
         self.X_train_, self.y_train_ = X, codes.astype(np.int64)
         self.estimator_ = self._estimator().fit(X, codes)
-        self.n_train_ = X.shape[0]
-        self._calibrate(self._score(X, None))
-        return self
 
     def _own_threshold(self) -> float:
         return 0.0

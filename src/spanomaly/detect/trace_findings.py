@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanomaly.detect.base import REASON_TEXT, EventScores, Reason, TraceDetector, segment_argmax
+from spanomaly.detect.trace import REASON_TEXT, EventScores, Reason, TraceDetector, segment_argmax
 from spanomaly.features.traces import Sequences
 from spanomaly.schema import FINDINGS
 

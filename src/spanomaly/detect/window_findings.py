@@ -35,6 +35,7 @@ class FlaggedWindows:
     rows: np.ndarray  # the flagged windows
     surprise: np.ndarray  # per flagged window
     contributions: np.ndarray  # per flagged window and feature
+    fault_types: np.ndarray | None = None  # per flagged window, from a supervised detector
 
 
 def _top_features(f: FlaggedWindows, n: int, row: int) -> list[dict[str, Any]]:
@@ -82,6 +83,10 @@ def window_findings(f: FlaggedWindows, window_ns: int) -> pa.Table:
         top = _top_features(f, n, r)
         op = w.operation[r] if len(w.operation) == w.n else None
         reason = f"{inst[r]} ({f.source}): {_what(top)}"
+        doc: dict[str, Any] = {"source": f.source, "surprise": round(float(s), 4), "features": top}
+        if f.fault_types is not None:
+            doc["fault_type"] = str(f.fault_types[n])
+            reason = f"{doc['fault_type']} on {reason}"
         if op:
             reason += f"; most time lost in {op}"
         key = f"instance:{f.detector}:{f.source}:{inst[r]}:{int(t[r])}"
@@ -99,9 +104,7 @@ def window_findings(f: FlaggedWindows, window_ns: int) -> pa.Table:
                 "score": float(f.scores[r]),
                 "threshold": float(f.threshold),
                 "reason": reason,
-                "details": json.dumps(
-                    {"source": f.source, "surprise": round(float(s), 4), "features": top}
-                ),
+                "details": json.dumps(doc),
                 "feedback": None,
             }
         )

@@ -26,7 +26,7 @@ from typing import Any, Self
 import numpy as np
 import pyarrow as pa
 
-from spanomaly.detect.point import POINT_REGISTRY as REGISTRY
+from spanomaly.detect.base import FeatureInfo, detectors
 from spanomaly.detect.point import PointDetector as Detector
 from spanomaly.detect.window_findings import FlaggedWindows, window_findings
 from spanomaly.errors import ModelError
@@ -71,12 +71,13 @@ class WindowModel:
     # -- fitting --------------------------------------------------------------------------
 
     def _make(self) -> Detector:
-        cls = REGISTRY[self.detector]
-        # ECOD on the normaliser's z-scores: their tail past the training range is the
-        # normal's (detect.point.ECOD normal_tail)
-        wanted = {"normal_tail": True} if self.detector == "ecod" else {}
+        cls = detectors("point")[self.detector]
+        # the normaliser's features are z-scores: the detector says what suits them
+        wanted = cls.params_for(FeatureInfo(z_scores=True))
         params = {**wanted, **(self.params or {})}
-        return cls(target_fpr=self.target_fpr, random_state=self.random_state, **params)
+        det = cls(target_fpr=self.target_fpr, random_state=self.random_state, **params)
+        assert isinstance(det, Detector)
+        return det
 
     def fit(
         self,
@@ -85,9 +86,11 @@ class WindowModel:
         host_metrics: list[str],
         period: tuple[int | None, int | None],
         logs: bool,
+        labels: dict[str, np.ndarray] | None = None,
     ) -> Self:
         """Fit a normaliser and a detector per source on normal windows (host metrics left
-        out; a source with fewer than MIN_WINDOWS windows or no feature is left out too)."""
+        out; a source with fewer than MIN_WINDOWS windows or no feature is left out too);
+        a detector that requires labels gets them per window from labels."""
         self.profile_ = profile
         self.host_metrics_ = list(host_metrics)
         self.period_ = period
@@ -99,7 +102,7 @@ class WindowModel:
             if w.n < MIN_WINDOWS or not w.names:
                 self.trained_[source] = None
                 continue
-            norm, det = self._fit_source(w)
+            norm, det = self._fit_source(w, None if labels is None else labels[source])
             self.sources_[source] = (norm, det)
             self.trained_[source] = {
                 "windows": w.n,
@@ -109,8 +112,14 @@ class WindowModel:
             }
         return self
 
-    def _fit_source(self, w: InstanceWindows) -> tuple[Normalizer, Detector]:
+    def _fit_source(self, w: InstanceWindows, y: np.ndarray | None) -> tuple[Normalizer, Detector]:
         det = self._make()
+        if det.requires_labels:  # fitted and calibrated on every labelled window
+            # the normaliser describes normal behaviour: the windows labelled normal
+            normal = np.asarray(y) == getattr(det, "normal_label", "normal")
+            norm = Normalizer(recent=self.recent).fit(w.take(normal) if normal.any() else w)
+            det.fit(matrix(norm.transform(w)), y, groups=w.groups())
+            return norm, det
         # the threshold is set on the latest windows, which neither the normaliser nor the
         # detector saw: new normal data is judged as the held-out windows were
         held: np.ndarray | None = w.latest(det.validation_fraction)
@@ -147,6 +156,7 @@ class WindowModel:
             rows=flagged,
             surprise=self._surprise(norm, det, w, scores, flagged),
             contributions=det.explain(X, groups=groups)[flagged],
+            fault_types=det.predict_class(X[flagged]) if hasattr(det, "predict_class") else None,
         )
         return window_findings(found, self.window_ns), len(idx), len(flagged)
 

@@ -206,3 +206,15 @@ def without_log_features(windows: Windows) -> None:
 
     w = windows.sources["traces"]
     windows.sources["traces"] = w.select([n for n in w.names if n not in LOG_FEATURES])
+
+
+def window_labels(w: InstanceWindows, faults: pa.Table, w_ns: int) -> np.ndarray:
+    """Per window: the kind of a fault of its instance (or, for a fault that names no
+    instance, of its service) that overlaps it, else "normal"."""
+    labels = np.full(w.n, "normal", dtype=object)
+    start = w.column("time_ns")
+    inst, svc = w.column("instance"), w.column("service")
+    for f in faults.to_pylist():  # per fault (a few), never per window
+        on = inst == f["instance"] if f["instance"] else svc == f["service"]
+        labels[on & (start < f["end_ns"]) & (start + w_ns > f["start_ns"])] = f["kind"]
+    return labels

@@ -174,3 +174,20 @@ def findings_between(store: Store, start_ns: int | None, end_ns: int | None) -> 
     where, params = period_conditions("time_ns", start_ns, end_ns, end_inclusive=True)
     where.append("feedback IS DISTINCT FROM 'normal'")
     return store.sql(f"SELECT * FROM findings WHERE {' AND '.join(where)} ORDER BY time_ns", params)
+
+
+def fault_labels(store: Store, start_ns: int | None, end_ns: int | None) -> pa.Table:
+    """The fault labels (kind, service, instance, start_ns, end_ns) overlapping the period:
+    read only to train a detector that requires labels, and by evaluate."""
+    where, params = [], []
+    if start_ns is not None:
+        where.append("end_ns > ?")
+        params.append(start_ns)
+    if end_ns is not None:
+        where.append("start_ns < ?")
+        params.append(end_ns)
+    cond = f" WHERE {' AND '.join(where)}" if where else ""
+    return store.sql(
+        f"SELECT kind, service, instance, start_ns, end_ns FROM faults{cond} ORDER BY start_ns",
+        params,
+    )

@@ -25,6 +25,7 @@ from spanomaly.pipeline.features import (
     edges,
     instance_windows,
     read_period,
+    window_labels,
     without_log_features,
 )
 from spanomaly.pipeline.model_dir import (
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POINT_SOURCES = ("traces", "metrics")
-UNSUPERVISED_EXCLUDED = ("svm", "fisher-dbscan")  # need labels: not for a normal period
 
 
 @dataclass
@@ -84,14 +84,25 @@ class PointOptions:
     # model trained on logs): True, False, or None: where log lines cover the training
     # period (in LOG_COVERAGE of the windows where an instance that logs served requests)
     log_features: bool | None = None
+    # fit on the store's fault labels (a window overlapping a fault of its instance, or of
+    # its service, is labelled with the fault's kind, every other one normal): for the
+    # detectors that require labels, and only for them
+    labels: bool = False
 
     def check(self) -> None:
         """One-line errors for options no window model can be fitted with."""
-        from spanomaly.detect.point import POINT_REGISTRY
+        from spanomaly.detect.base import detectors
 
-        unsupervised = sorted(set(POINT_REGISTRY) - set(UNSUPERVISED_EXCLUDED))
-        if self.detector not in unsupervised:
-            raise InputError(f"--point: {self.detector!r} is not one of {', '.join(unsupervised)}, none")  # fmt: skip
+        known = detectors("point")
+        if self.detector not in known:
+            raise InputError(f"--point: {self.detector!r} is not one of {', '.join(known)}, none")
+        needs = known[self.detector].requires_labels
+        if needs and not self.labels:
+            raise InputError(f"--point {self.detector}: needs labels (--labels: the store's "
+                             "fault labels over the training period)")  # fmt: skip
+        if self.labels and not needs:
+            with_labels = [n for n, c in known.items() if c.requires_labels]
+            raise InputError(f"--labels: only for {', '.join(with_labels)}")
         if self.window_s <= 0:
             raise InputError("--point-window: must be positive")
         bad = [x for x in self.sources if x not in POINT_SOURCES]
@@ -310,7 +321,11 @@ def _fit_windows(
         random_state=options.random_state,
     )
     chosen = {s: windows.sources[s] for s in options.sources}
-    model.fit(chosen, profile, windows.host_metrics, period, logs=templates is not None)
+    labels = None
+    if options.labels:  # supervised: the fault labels are what it learns from
+        faults = reads.fault_labels(store, *period)
+        labels = {s: window_labels(w, faults, model.window_ns) for s, w in chosen.items()}
+    model.fit(chosen, profile, windows.host_metrics, period, templates is not None, labels)
     model.save(Path(model_dir) / POINT_DIR)
     doc: dict[str, object] = {"detector": options.detector, "window_s": options.window_s}
     doc["log_windows"] = templates is not None
