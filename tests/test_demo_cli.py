@@ -41,7 +41,7 @@ def test_a_short_demo_end_to_end(tmp_path: Path) -> None:
     assert ev["faults"] == 2 and ev["detected"] == 2
     assert {f["kind"] for f in ev["per_fault"]} == {"code_delay", "code_error"}
     delay = next(f for f in ev["per_fault"] if f["kind"] == "code_delay")
-    assert delay["rank"]["service"] == 1 and delay["time_to_detect_s"] < 15
+    assert delay["rank"]["service"] == 1
     assert ev["per_type"]["code_delay"]["trace"]["recall"] > 0.5  # per-request labels
     assert doc["training"]["traces"] > 150 and doc["training"]["loaded_ns"] > 0
     html = (out / "report" / "index.html").read_text()

@@ -13,7 +13,7 @@ import spanomaly
 PKG = Path(spanomaly.__file__).parent
 # stages from left to right; a package may import those before it (and itself)
 ORDER = ["ingest", "store", "features", "detect", "rca", "evaluate", "report", "serve", "scale"]
-BASE = {"schema", "config", "errors", ""}
+BASE = {"schema", "config", "errors", "timeparse", ""}
 WIRING = {"pipeline", "cli", "__main__"}
 OUTSIDE_FLOW = {"testbed"}  # the demo application: talks to spanomaly only over OTLP
 

@@ -16,6 +16,7 @@ import typer
 from spanomaly import __version__
 from spanomaly.config import DEFAULT_FAULT_DURATION_S, DEFAULT_MODEL_DIR, db_path
 from spanomaly.errors import InputError, SpanomalyError
+from spanomaly.timeparse import parse_time
 
 app = typer.Typer(
     help="Anomalies and their root causes in microservices, from traces, metrics and logs.",
@@ -316,25 +317,6 @@ FromOpt = Annotated[
 ]
 ToOpt = Annotated[str | None, typer.Option("--to", help="end, exclusive: ISO-8601 or unix seconds")]
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_time(text: str | None, option: str) -> int | None:
-    """ISO-8601 (UTC unless it says otherwise) or unix seconds, as ns since the epoch."""
-    if text is None:
-        return None
-    from datetime import UTC, datetime
-
-    try:
-        return round(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InputError(f"{option}: {text!r} is not ISO-8601 or unix seconds") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return round(when.timestamp() * 1e6) * 1000
 
 
 def parse_duration(text: str, option: str) -> float:

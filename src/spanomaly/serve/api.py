@@ -13,13 +13,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 
-from spanomaly.errors import SpanomalyError, StoreError
+from spanomaly import timeparse
+from spanomaly.errors import InputError, SpanomalyError, StoreError
 from spanomaly.serve import queries
 from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import Writer
@@ -34,20 +34,12 @@ ToQ = Annotated[str | None, Query(alias="to", description="end (exclusive): ISO-
 
 
 def parse_time(text: str | None, name: str) -> int | None:
-    """Nanoseconds of an ISO-8601 or unix-seconds parameter; HTTP 400 when malformed."""
-    if text is None or text == "":
-        return None
+    """Nanoseconds of an ISO-8601 or unix-seconds parameter (`timeparse`, as the CLI); HTTP
+    400 when malformed."""
     try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise HTTPException(400, f"{name}: {text!r} is neither ISO-8601 nor unix seconds") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1e9)
+        return timeparse.parse_time(text, name)
+    except InputError as exc:
+        raise HTTPException(400, str(exc)) from exc
 
 
 def router(writer: Writer, online: Online | None = None) -> APIRouter:
