@@ -95,6 +95,125 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _versions(schedule: list[Fault], instances: dict[str, str]) -> set[str]:
+    """The instances that run the v2 release for the whole run (`version` faults)."""
+    return {i for f in schedule if f.kind == "version" for i in f.targets(instances)}
+
+
+def _serve_argv(port: int, db: str, extra: list[str]) -> list[str]:
+    """The command line of the collector a run starts."""
+    return [sys.executable, "-m", "spanomaly", "serve", "--port", str(port), "--db", db,
+            "--trace-idle", "5", *extra]  # fmt: skip
+
+
+def _instance_argv(
+    name: str, svc: str, version: str, node: str, port: int, peers: dict[str, list[str]],
+    collector: str, run_dir: Path, control: Path,
+) -> list[str]:  # fmt: skip
+    """The command line of one service instance."""
+    return [
+        sys.executable, "-m", "spanomaly.testbed.services", "--service", svc, "--instance", name,
+        "--version", version, "--node", node, "--port", str(port), "--peers", json.dumps(peers),
+        "--collector", collector, "--data-dir", str(run_dir / "data"), "--control", str(control),
+        "--truth", str(run_dir / "truth" / f"{name}.jsonl"),
+    ]  # fmt: skip
+
+
+def _node(k: int) -> str:
+    """The simulated node of the k-th instance."""
+    return f"node-{k % 2 + 1}"
+
+
+@dataclass
+class _Started:
+    """What a run has started: the collector's URL, the frontends, the instances' pids."""
+
+    collector: str
+    frontends: list[str]
+    pids: dict[str, int]
+
+
+def _start(
+    cfg: RunConfig,
+    sup: Supervisor,
+    injector: Injector,
+    instances: dict[str, str],
+    v2: set[str],
+    run_dir: Path,
+) -> _Started:
+    """Start the collector (unless cfg names one), the proxy and the instances; wait for
+    every instance to listen."""
+    names = list(instances)
+    ports = free_ports(2 * len(names) + 1)
+    upstream = dict(zip(names, ports[: len(names)], strict=True))
+    listen = dict(zip(names, ports[len(names) : 2 * len(names)], strict=True))
+    collector = cfg.collector
+    if collector is None:
+        db = str(cfg.db or run_dir / "spanomaly.duckdb")
+        sup.spawn("collector", _serve_argv(ports[-1], db, cfg.collector_args))
+        collector = f"http://127.0.0.1:{ports[-1]}"
+        _wait_port(ports[-1], 60, lambda: sup.procs["collector"].poll() is None)
+    routes = {n: [listen[n], upstream[n]] for n in names}
+    injector.spawn = sup.spawn
+    injector._publish()
+    sup.spawn("proxy", [sys.executable, "-m", "spanomaly.testbed.proxy", "--routes",
+                        json.dumps(routes), "--control", str(injector.proxy_control)])  # fmt: skip
+    peers = {
+        svc: [f"http://127.0.0.1:{listen[n]}" for n, s in instances.items() if s == svc]
+        for svc in SERVICES
+    }
+    pids = {}
+    for k, (name, svc) in enumerate(instances.items()):
+        version = "v2" if name in v2 else "v1"
+        argv = _instance_argv(name, svc, version, _node(k), upstream[name], peers, collector,
+                              run_dir, injector.instance_control(name))  # fmt: skip
+        pids[name] = sup.spawn(name, argv)
+    injector.pids = pids
+    for name in names:
+        _wait_port(upstream[name], 90, lambda n=name: sup.procs[n].poll() is None)
+        _wait_port(listen[name], 30)
+    return _Started(collector, peers["frontend"], pids)
+
+
+def _start_agent(
+    cfg: RunConfig, sup: Supervisor, instances: dict[str, str], v2: set[str], started: _Started
+) -> dict[str, dict[str, Any]]:
+    """Start the monitoring agent; the instances as the summary names them."""
+    targets = {
+        n: {"pid": started.pids[n], "service": s, "version": "v2" if n in v2 else "v1",
+            "node": _node(k)}
+        for k, (n, s) in enumerate(instances.items())
+    }  # fmt: skip
+    sup.spawn("agent", [sys.executable, "-m", "spanomaly.testbed.agent", "--targets",
+                        json.dumps(targets), "--collector", started.collector, "--interval",
+                        str(cfg.agent_interval_s)])  # fmt: skip
+    return {
+        n: {"service": s, "version": targets[n]["version"], "node": targets[n]["node"],
+            "pid": started.pids[n]}
+        for n, s in instances.items()
+    }  # fmt: skip
+
+
+def _stop(
+    sup: Supervisor, injector: Injector | None, fault_log: list[Fault], instances: dict[str, str]
+) -> int:
+    """Switch every fault off and stop every process, the collector last (it commits what it
+    accepted); the time the run ended."""
+    t_end = time.time_ns()
+    if injector is not None:
+        injector.stop_all()
+    for fault in fault_log:
+        if fault.end_ns is None:
+            fault.end_ns = t_end
+    sup.stop([n for n in sup.procs if n in instances])  # instances flush their spans on SIGTERM
+    sup.stop(["agent"])
+    sup.stop([n for n in sup.procs if n not in ("collector",)])
+    time.sleep(0.5)
+    sup.stop(["collector"], timeout_s=30)
+    sup.stop_all()
+    return t_end
+
+
 def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
     """Run the testbed for cfg.minutes; every process is stopped before this returns."""
     run_id = uuid.uuid4().hex[:12]
@@ -103,14 +222,7 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     instances = instance_names(cfg.replicas)
     schedule = load_schedule(cfg.faults, instances, cfg.time_scale)
-    duration_s = cfg.minutes * 60
-    v2 = {f.instance for f in schedule if f.kind == "version" and f.instance}
-    v2 |= {
-        i
-        for f in schedule
-        if f.kind == "version" and f.instance is None
-        for i in f.targets(instances)
-    }
+    v2 = _versions(schedule, instances)
     sup = Supervisor(run_id, run_dir / "logs")
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Ctrl-C stops the run even where it was started with SIGINT ignored (a background job
@@ -121,122 +233,10 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
     summary: dict[str, Any] = {"run_id": run_id, "run_dir": str(run_dir), "crashed": []}
     t_start = time.time_ns()
     try:
-        names = list(instances)
-        ports = free_ports(2 * len(names) + 1)
-        upstream = dict(zip(names, ports[: len(names)], strict=True))
-        listen = dict(zip(names, ports[len(names) : 2 * len(names)], strict=True))
-        collector = cfg.collector
-        if collector is None:
-            cport = ports[-1]
-            db = str(cfg.db or run_dir / "spanomaly.duckdb")
-            sup.spawn(
-                "collector",
-                [
-                    sys.executable,
-                    "-m",
-                    "spanomaly",
-                    "serve",
-                    "--port",
-                    str(cport),
-                    "--db",
-                    db,
-                    "--trace-idle",
-                    "5",
-                    *cfg.collector_args,
-                ],
-            )
-            collector = f"http://127.0.0.1:{cport}"
-            _wait_port(cport, 60, lambda: sup.procs["collector"].poll() is None)
-        summary["collector"] = collector
-        routes = {n: [listen[n], upstream[n]] for n in names}
-        control = run_dir / "control"
-        injector = Injector(control, {}, instances)
-        injector.spawn = sup.spawn
-        injector._publish()
-        sup.spawn(
-            "proxy",
-            [
-                sys.executable,
-                "-m",
-                "spanomaly.testbed.proxy",
-                "--routes",
-                json.dumps(routes),
-                "--control",
-                str(injector.proxy_control),
-            ],
-        )
-        peers = {
-            svc: [f"http://127.0.0.1:{listen[n]}" for n, s in instances.items() if s == svc]
-            for svc in SERVICES
-        }
-        pids = {}
-        for k, (name, svc) in enumerate(instances.items()):
-            version = "v2" if name in v2 else "v1"
-            node = f"node-{k % 2 + 1}"
-            pids[name] = sup.spawn(
-                name,
-                [
-                    sys.executable,
-                    "-m",
-                    "spanomaly.testbed.services",
-                    "--service",
-                    svc,
-                    "--instance",
-                    name,
-                    "--version",
-                    version,
-                    "--node",
-                    node,
-                    "--port",
-                    str(upstream[name]),
-                    "--peers",
-                    json.dumps(peers),
-                    "--collector",
-                    collector,
-                    "--data-dir",
-                    str(run_dir / "data"),
-                    "--control",
-                    str(injector.instance_control(name)),
-                    "--truth",
-                    str(run_dir / "truth" / f"{name}.jsonl"),
-                ],
-            )
-        injector.pids = pids
-        for name in names:
-            _wait_port(upstream[name], 90, lambda n=name: sup.procs[n].poll() is None)
-            _wait_port(listen[name], 30)
-        targets = {
-            n: {
-                "pid": pids[n],
-                "service": s,
-                "version": "v2" if n in v2 else "v1",
-                "node": f"node-{k % 2 + 1}",
-            }
-            for k, (n, s) in enumerate(instances.items())
-        }
-        sup.spawn(
-            "agent",
-            [
-                sys.executable,
-                "-m",
-                "spanomaly.testbed.agent",
-                "--targets",
-                json.dumps(targets),
-                "--collector",
-                collector,
-                "--interval",
-                str(cfg.agent_interval_s),
-            ],
-        )
-        summary["instances"] = {
-            n: {
-                "service": s,
-                "version": targets[n]["version"],
-                "node": targets[n]["node"],
-                "pid": pids[n],
-            }
-            for n, s in instances.items()
-        }
+        injector = Injector(run_dir / "control", {}, instances)
+        started = _start(cfg, sup, injector, instances, v2, run_dir)
+        summary["collector"] = started.collector
+        summary["instances"] = _start_agent(cfg, sup, instances, v2, started)
         if on_start is not None:
             on_start(run_id, summary)
         t_start = time.time_ns()
@@ -244,25 +244,11 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
             if fault.kind == "version":
                 fault.start_ns, fault.end_ns = t_start, None
                 fault_log.append(fault)
-        frontends = peers["frontend"]
-        stats = asyncio.run(
-            _drive(cfg, duration_s, frontends, schedule, injector, sup, fault_log, summary)
-        )
+        stats = asyncio.run(_drive(cfg, cfg.minutes * 60, started.frontends, schedule, injector,
+                                   sup, fault_log, summary))  # fmt: skip
         summary["load"] = stats.summary(cfg.rate)
     finally:
-        t_end = time.time_ns()
-        if injector is not None:
-            injector.stop_all()
-        for fault in fault_log:
-            if fault.end_ns is None:
-                fault.end_ns = t_end
-        svc_names = [n for n in sup.procs if n in instances]
-        sup.stop(svc_names)  # instances flush their spans on SIGTERM
-        sup.stop(["agent"])
-        sup.stop([n for n in sup.procs if n not in ("collector",)])
-        time.sleep(0.5)
-        sup.stop(["collector"], timeout_s=30)  # commits what it accepted
-        sup.stop_all()
+        t_end = _stop(sup, injector, fault_log, instances)
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
     summary["duration_s"] = round((t_end - t_start) / 1e9, 1)

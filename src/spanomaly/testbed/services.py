@@ -178,46 +178,46 @@ def _whole_exchange_transport() -> type:
     return WholeExchange
 
 
-def create_app(
-    service: str,
-    instance: str,
-    version: str,
-    node: str,
-    peers: dict[str, list[str]],
-    collector: str | None,
-    data_dir: Path,
-    control: Path | None = None,
-    truth: Path | None = None,
+class _Telemetry:
+    """The instance's tracer and logger providers (None without a collector) and its logger."""
+
+    def __init__(
+        self, service: str, instance: str, version: str, node: str, collector: str | None
+    ) -> None:
+        from opentelemetry import trace
+
+        from spanomaly.testbed import instrumentation
+
+        self.provider = self.log_provider = None
+        if collector:
+            res = instrumentation.resource(service, instance, version, node)
+            self.provider = instrumentation.tracer_provider(res, collector)
+            trace.set_tracer_provider(self.provider)
+            self.log_provider = instrumentation.logger_provider(res, collector)
+        self.log = instrumentation.app_logger(
+            f"spanomaly.testbed.app.{instance}", self.log_provider
+        )
+
+    def shutdown(self) -> None:
+        """Flush and stop both providers."""
+        for p in (self.provider, self.log_provider):
+            if p is not None:
+                p.shutdown()
+
+
+def _lifespan(
+    telemetry: _Telemetry, faults: FaultState, peers: dict[str, list[str]], box: dict[str, Any]
 ) -> Any:
-    """The FastAPI app of one instance, instrumented with OpenTelemetry."""
+    """The app's lifespan: the instrumented HTTP client (in box['c']) and the fault poller."""
     import httpx
-    from fastapi import Depends, FastAPI, HTTPException, Request
-    from opentelemetry import trace
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-    from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
 
-    from spanomaly.testbed import instrumentation
-
-    provider = log_provider = None
-    if collector:
-        res = instrumentation.resource(service, instance, version, node)
-        provider = instrumentation.tracer_provider(res, collector)
-        trace.set_tracer_provider(provider)
-        log_provider = instrumentation.logger_provider(res, collector)
-    log = instrumentation.app_logger(f"spanomaly.testbed.app.{instance}", log_provider)
     port_service = {url.rsplit(":", 1)[1]: name for name, urls in peers.items() for url in urls}
 
     async def name_peer(span: Any, request: Any) -> None:
         target = port_service.get(str(request.url.port))
         if target and span.is_recording():
             span.set_attribute("peer.service", target)
-
-    SQLite3Instrumentor().instrument()
-    db_path = data_dir / f"{instance}.sqlite"
-    seed_db(db_path, service)
-    faults = FaultState(control, truth)
-    client_box: dict[str, httpx.AsyncClient] = {}
 
     async def background() -> None:
         last = time.monotonic()
@@ -229,22 +229,26 @@ def create_app(
             last = now
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client_box["c"] = httpx.AsyncClient(
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        box["c"] = httpx.AsyncClient(
             timeout=CALL_TIMEOUT_S,
             transport=_whole_exchange_transport()(limits=httpx.Limits(max_connections=64)),
         )
-        HTTPXClientInstrumentor.instrument_client(client_box["c"], request_hook=name_peer)
+        HTTPXClientInstrumentor.instrument_client(box["c"], request_hook=name_peer)
         task = asyncio.create_task(background())
         try:
             yield
         finally:
             task.cancel()
-            await client_box["c"].aclose()
-            if provider is not None:
-                provider.shutdown()
-            if log_provider is not None:
-                log_provider.shutdown()
+            await box["c"].aclose()
+            telemetry.shutdown()
+
+    return lifespan
+
+
+def _fault_dependency(faults: FaultState, service: str, version: str, log: Any) -> Any:
+    """The dependency every request runs first: in-code faults, and v2's extra time."""
+    from fastapi import HTTPException, Request
 
     async def inject_faults(request: Request) -> None:
         for fault in list(faults.active):
@@ -267,7 +271,11 @@ def create_app(
         if version == "v2":
             await asyncio.sleep(V2_EXTRA_S)
 
-    app = FastAPI(lifespan=lifespan, dependencies=[Depends(inject_faults)])
+    return inject_faults
+
+
+def _querier(db_path: Path) -> Any:
+    """A function running one SQL statement on the instance's database."""
 
     def query(sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         con = sqlite3.connect(db_path)
@@ -277,10 +285,18 @@ def create_app(
         finally:
             con.close()
 
+    return query
+
+
+def _caller(peers: dict[str, list[str]], box: dict[str, Any]) -> Any:
+    """A function calling a peer service (a random instance); errors become 502s."""
+    import httpx
+    from fastapi import HTTPException
+
     async def call(target: str, method: str, path: str, **kw: Any) -> Any:
         url = random.choice(peers[target]) + path
         try:
-            resp = await client_box["c"].request(method, url, **kw)
+            resp = await box["c"].request(method, url, **kw)
         except httpx.HTTPError as exc:
             raise HTTPException(status_code=502, detail=f"{target}: {type(exc).__name__}") from exc
         if resp.status_code >= 400:
@@ -290,159 +306,206 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(status_code=502, detail=f"{target}: bad answer") from exc
 
+    return call
+
+
+def _frontend_routes(app: Any, call: Any, log: Any) -> None:
+    """The user-facing pages."""
+
+    @app.get("/movie/{item}")
+    async def movie_page(item: int) -> dict[str, Any]:
+        movie = await call("movies", "GET", f"/movies/{item}")
+        reviews = await call("evaluation", "GET", f"/reviews/movie/{item}")
+        log.info("movie page %d served with %d reviews", item, len(reviews))
+        return {"movie": movie, "reviews": reviews}
+
+    @app.get("/book/{item}")
+    async def book_page(item: int) -> dict[str, Any]:
+        book = await call("books", "GET", f"/books/{item}")
+        reviews = await call("evaluation", "GET", f"/reviews/book/{item}")
+        log.info("book page %d served with %d reviews", item, len(reviews))
+        return {"book": book, "reviews": reviews}
+
+    @app.get("/search")
+    async def search(q: str) -> dict[str, Any]:
+        movies, books = await asyncio.gather(
+            call("movies", "GET", "/movies/search", params={"q": q}),
+            call("books", "GET", "/books/search", params={"q": q}),
+        )
+        if not movies and not books:  # nothing found: suggest what is popular
+            log.warning("search %r found nothing, falling back to popular movies", q)
+            movies = await call("movies", "GET", "/movies/popular")
+        else:
+            log.info("search %r: %d movies, %d books", q, len(movies), len(books))
+        return {"movies": movies, "books": books}
+
+    @app.get("/top")
+    async def top() -> dict[str, Any]:
+        best = await call("evaluation", "GET", "/top/movie")
+        items = await asyncio.gather(
+            *(call("movies", "GET", f"/movies/{row['item']}/summary") for row in best)
+        )
+        log.info("top list of %d movies served", len(items))
+        return {"top": items}
+
+    @app.post("/review")
+    async def post_review(review: dict[str, Any]) -> dict[str, Any]:
+        kind = "movie" if review.get("kind") == "movie" else "book"
+        target = "movies" if kind == "movie" else "books"
+        await call(target, "GET", f"/{target}/{int(review['item'])}/summary")
+        stored = await call("evaluation", "POST", "/reviews", json=review | {"kind": kind})
+        log.info("review of %s %d accepted", kind, int(review["item"]))
+        return stored
+
+
+def _catalogue_routes(
+    app: Any, service: str, version: str, faults: FaultState, query: Any, call: Any, log: Any
+) -> None:
+    """The movies and books catalogues."""
+    from fastapi import HTTPException
+
+    kind = service[:-1]
+
+    @app.get(f"/{service}/search")
+    async def search_items(q: str) -> list[dict[str, Any]]:
+        if faults.hits("wrong_result") is not None:
+            rows = []  # the bug: the query's rows are lost
+        else:
+            rows = query(
+                "SELECT id, title, year FROM items WHERE title LIKE ? LIMIT 10", (f"%{q}%",)
+            )
+        if rows:
+            log.info("search %r in %s: %d items", q, service, len(rows))
+        else:
+            log.warning("search %r in %s: empty result", q, service)
+        return [{"id": r[0], "title": r[1], "year": r[2]} for r in rows]
+
+    @app.get(f"/{service}/popular")
+    async def popular() -> list[dict[str, Any]]:
+        rows = query("SELECT id, title, year FROM items ORDER BY year DESC LIMIT 5")
+        log.info("popular %s list of %d items", service, len(rows))
+        return [{"id": r[0], "title": r[1], "year": r[2]} for r in rows]
+
+    @app.get(f"/{service}/{{item}}/summary")
+    async def summary(item: int) -> dict[str, Any]:
+        rows = query("SELECT id, title, year FROM items WHERE id = ?", (item,))
+        if not rows:
+            raise HTTPException(status_code=404, detail="no such item")
+        return {"id": rows[0][0], "title": rows[0][1], "year": rows[0][2]}
+
+    @app.get(f"/{service}/{{item}}")
+    async def detail(item: int) -> dict[str, Any]:
+        rows = query("SELECT id, title, author, year, blurb FROM items WHERE id = ?", (item,))
+        if not rows:
+            raise HTTPException(status_code=404, detail="no such item")
+        doc: dict[str, Any] = dict(
+            zip(("id", "title", "author", "year", "blurb"), rows[0], strict=True)
+        )
+        rating = await call("evaluation", "GET", f"/ratings/{kind}/{item}")
+        if not rating.get("count"):  # no ratings: ask for them to be recomputed
+            log.warning("%s %d came back without ratings, asking for a recompute", kind, item)
+            rating = await call("evaluation", "POST", f"/ratings/{kind}/{item}/recompute")
+        log.info("%s %d served with a rating of %s votes", kind, item, rating.get("count"))
+        doc["rating"] = rating
+        if version == "v2":  # the chattier release also fetches the reviews itself
+            doc["reviews"] = await call("evaluation", "GET", f"/reviews/{kind}/{item}")
+        return doc
+
+
+def _evaluation_routes(app: Any, faults: FaultState, query: Any, log: Any) -> None:
+    """Ratings and reviews."""
+
+    def rating_of(kind: str, item: int) -> dict[str, Any]:
+        rows = query(
+            "SELECT count(*), avg(stars) FROM ratings WHERE kind = ? AND item = ?", (kind, item)
+        )
+        return {"count": rows[0][0], "stars": rows[0][1]}
+
+    @app.get("/ratings/{kind}/{item}")
+    async def ratings(kind: str, item: int) -> dict[str, Any]:
+        hit = faults.hits("wrong_result") is not None
+        rating = {"count": 0, "stars": None} if hit else rating_of(kind, item)
+        if rating["count"]:
+            log.info("rating of %s %d from %d votes", kind, item, rating["count"])
+        else:
+            log.warning("ratings of %s %d: empty result", kind, item)
+        return rating
+
+    @app.post("/ratings/{kind}/{item}/recompute")
+    async def recompute(kind: str, item: int) -> dict[str, Any]:
+        query("ANALYZE ratings")
+        log.info("ratings of %s %d recomputed", kind, item)
+        return rating_of(kind, item)
+
+    @app.get("/reviews/{kind}/{item}")
+    async def reviews(kind: str, item: int) -> list[dict[str, Any]]:
+        rows = query(
+            "SELECT stars, text FROM reviews WHERE kind = ? AND item = ? "
+            "ORDER BY time DESC LIMIT 5",
+            (kind, item),
+        )
+        log.info("%d reviews of %s %d", len(rows), kind, item)
+        return [{"stars": r[0], "text": r[1]} for r in rows]
+
+    @app.post("/reviews")
+    async def add_review(review: dict[str, Any]) -> dict[str, Any]:
+        kind, item = str(review["kind"]), int(review["item"])
+        stars = max(1, min(5, int(review.get("stars", 3))))
+        query(
+            "INSERT INTO reviews VALUES (?, ?, ?, ?, ?)",
+            (kind, item, stars, str(review.get("text", ""))[:500], time.time()),
+        )
+        query("INSERT INTO ratings VALUES (?, ?, ?)", (kind, item, stars))
+        log.info("review of %s %d with %d stars stored", kind, item, stars)
+        return {"stored": True}
+
+    @app.get("/top/{kind}")
+    async def top_items(kind: str) -> list[dict[str, Any]]:
+        rows = query(
+            "SELECT item, avg(stars) AS s FROM ratings WHERE kind = ? GROUP BY item "
+            "ORDER BY s DESC, item LIMIT 3",
+            (kind,),
+        )
+        log.info("top %s list of %d items computed", kind, len(rows))
+        return [{"item": r[0], "stars": r[1]} for r in rows]
+
+
+def create_app(
+    service: str,
+    instance: str,
+    version: str,
+    node: str,
+    peers: dict[str, list[str]],
+    collector: str | None,
+    data_dir: Path,
+    control: Path | None = None,
+    truth: Path | None = None,
+) -> Any:
+    """The FastAPI app of one instance, instrumented with OpenTelemetry."""
+    from fastapi import Depends, FastAPI
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
+
+    telemetry = _Telemetry(service, instance, version, node, collector)
+    log = telemetry.log
+    SQLite3Instrumentor().instrument()
+    db_path = data_dir / f"{instance}.sqlite"
+    seed_db(db_path, service)
+    faults = FaultState(control, truth)
+    box: dict[str, Any] = {}
+    app = FastAPI(
+        lifespan=_lifespan(telemetry, faults, peers, box),
+        dependencies=[Depends(_fault_dependency(faults, service, version, log))],
+    )
+    query, call = _querier(db_path), _caller(peers, box)
     if service == "frontend":
-
-        @app.get("/movie/{item}")
-        async def movie_page(item: int) -> dict[str, Any]:
-            movie = await call("movies", "GET", f"/movies/{item}")
-            reviews = await call("evaluation", "GET", f"/reviews/movie/{item}")
-            log.info("movie page %d served with %d reviews", item, len(reviews))
-            return {"movie": movie, "reviews": reviews}
-
-        @app.get("/book/{item}")
-        async def book_page(item: int) -> dict[str, Any]:
-            book = await call("books", "GET", f"/books/{item}")
-            reviews = await call("evaluation", "GET", f"/reviews/book/{item}")
-            log.info("book page %d served with %d reviews", item, len(reviews))
-            return {"book": book, "reviews": reviews}
-
-        @app.get("/search")
-        async def search(q: str) -> dict[str, Any]:
-            movies, books = await asyncio.gather(
-                call("movies", "GET", "/movies/search", params={"q": q}),
-                call("books", "GET", "/books/search", params={"q": q}),
-            )
-            if not movies and not books:  # nothing found: suggest what is popular
-                log.warning("search %r found nothing, falling back to popular movies", q)
-                movies = await call("movies", "GET", "/movies/popular")
-            else:
-                log.info("search %r: %d movies, %d books", q, len(movies), len(books))
-            return {"movies": movies, "books": books}
-
-        @app.get("/top")
-        async def top() -> dict[str, Any]:
-            best = await call("evaluation", "GET", "/top/movie")
-            items = await asyncio.gather(
-                *(call("movies", "GET", f"/movies/{row['item']}/summary") for row in best)
-            )
-            log.info("top list of %d movies served", len(items))
-            return {"top": items}
-
-        @app.post("/review")
-        async def post_review(review: dict[str, Any]) -> dict[str, Any]:
-            kind = "movie" if review.get("kind") == "movie" else "book"
-            target = "movies" if kind == "movie" else "books"
-            await call(target, "GET", f"/{target}/{int(review['item'])}/summary")
-            stored = await call("evaluation", "POST", "/reviews", json=review | {"kind": kind})
-            log.info("review of %s %d accepted", kind, int(review["item"]))
-            return stored
-
+        _frontend_routes(app, call, log)
     elif service in ("movies", "books"):
-        kind = service[:-1]
-
-        @app.get(f"/{service}/search")
-        async def search_items(q: str) -> list[dict[str, Any]]:
-            if faults.hits("wrong_result") is not None:
-                rows = []  # the bug: the query's rows are lost
-            else:
-                rows = query(
-                    "SELECT id, title, year FROM items WHERE title LIKE ? LIMIT 10", (f"%{q}%",)
-                )
-            if rows:
-                log.info("search %r in %s: %d items", q, service, len(rows))
-            else:
-                log.warning("search %r in %s: empty result", q, service)
-            return [{"id": r[0], "title": r[1], "year": r[2]} for r in rows]
-
-        @app.get(f"/{service}/popular")
-        async def popular() -> list[dict[str, Any]]:
-            rows = query("SELECT id, title, year FROM items ORDER BY year DESC LIMIT 5")
-            log.info("popular %s list of %d items", service, len(rows))
-            return [{"id": r[0], "title": r[1], "year": r[2]} for r in rows]
-
-        @app.get(f"/{service}/{{item}}/summary")
-        async def summary(item: int) -> dict[str, Any]:
-            rows = query("SELECT id, title, year FROM items WHERE id = ?", (item,))
-            if not rows:
-                raise HTTPException(status_code=404, detail="no such item")
-            return {"id": rows[0][0], "title": rows[0][1], "year": rows[0][2]}
-
-        @app.get(f"/{service}/{{item}}")
-        async def detail(item: int) -> dict[str, Any]:
-            rows = query("SELECT id, title, author, year, blurb FROM items WHERE id = ?", (item,))
-            if not rows:
-                raise HTTPException(status_code=404, detail="no such item")
-            doc: dict[str, Any] = dict(
-                zip(("id", "title", "author", "year", "blurb"), rows[0], strict=True)
-            )
-            rating = await call("evaluation", "GET", f"/ratings/{kind}/{item}")
-            if not rating.get("count"):  # no ratings: ask for them to be recomputed
-                log.warning("%s %d came back without ratings, asking for a recompute", kind, item)
-                rating = await call("evaluation", "POST", f"/ratings/{kind}/{item}/recompute")
-            log.info("%s %d served with a rating of %s votes", kind, item, rating.get("count"))
-            doc["rating"] = rating
-            if version == "v2":  # the chattier release also fetches the reviews itself
-                doc["reviews"] = await call("evaluation", "GET", f"/reviews/{kind}/{item}")
-            return doc
-
+        _catalogue_routes(app, service, version, faults, query, call, log)
     elif service == "evaluation":
-
-        def rating_of(kind: str, item: int) -> dict[str, Any]:
-            rows = query(
-                "SELECT count(*), avg(stars) FROM ratings WHERE kind = ? AND item = ?", (kind, item)
-            )
-            return {"count": rows[0][0], "stars": rows[0][1]}
-
-        @app.get("/ratings/{kind}/{item}")
-        async def ratings(kind: str, item: int) -> dict[str, Any]:
-            hit = faults.hits("wrong_result") is not None
-            rating = {"count": 0, "stars": None} if hit else rating_of(kind, item)
-            if rating["count"]:
-                log.info("rating of %s %d from %d votes", kind, item, rating["count"])
-            else:
-                log.warning("ratings of %s %d: empty result", kind, item)
-            return rating
-
-        @app.post("/ratings/{kind}/{item}/recompute")
-        async def recompute(kind: str, item: int) -> dict[str, Any]:
-            query("ANALYZE ratings")
-            log.info("ratings of %s %d recomputed", kind, item)
-            return rating_of(kind, item)
-
-        @app.get("/reviews/{kind}/{item}")
-        async def reviews(kind: str, item: int) -> list[dict[str, Any]]:
-            rows = query(
-                "SELECT stars, text FROM reviews WHERE kind = ? AND item = ? "
-                "ORDER BY time DESC LIMIT 5",
-                (kind, item),
-            )
-            log.info("%d reviews of %s %d", len(rows), kind, item)
-            return [{"stars": r[0], "text": r[1]} for r in rows]
-
-        @app.post("/reviews")
-        async def add_review(review: dict[str, Any]) -> dict[str, Any]:
-            kind, item = str(review["kind"]), int(review["item"])
-            stars = max(1, min(5, int(review.get("stars", 3))))
-            query(
-                "INSERT INTO reviews VALUES (?, ?, ?, ?, ?)",
-                (kind, item, stars, str(review.get("text", ""))[:500], time.time()),
-            )
-            query("INSERT INTO ratings VALUES (?, ?, ?)", (kind, item, stars))
-            log.info("review of %s %d with %d stars stored", kind, item, stars)
-            return {"stored": True}
-
-        @app.get("/top/{kind}")
-        async def top_items(kind: str) -> list[dict[str, Any]]:
-            rows = query(
-                "SELECT item, avg(stars) AS s FROM ratings WHERE kind = ? GROUP BY item "
-                "ORDER BY s DESC, item LIMIT 3",
-                (kind,),
-            )
-            log.info("top %s list of %d items computed", kind, len(rows))
-            return [{"item": r[0], "stars": r[1]} for r in rows]
-
+        _evaluation_routes(app, faults, query, log)
     FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, exclude_spans=["receive", "send"]
+        app, tracer_provider=telemetry.provider, exclude_spans=["receive", "send"]
     )
     return app
 
