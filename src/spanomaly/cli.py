@@ -352,78 +352,98 @@ def _none(name: str) -> str | None:
     return None if name.lower() == "none" else name
 
 
+# -- the options of `train` -------------------------------------------------------------------
+
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="FROM/TO window to leave out (repeatable)"),
+]
+WindowOpt = Annotated[
+    str | None,
+    typer.Option(help="train on the last DURATION before --to (or the last span): 6h, 1d"),
+]
+SequenceOpt = Annotated[str, typer.Option(help="sequence detector: lstm|ngram|none")]
+DurationOpt = Annotated[str, typer.Option(help="duration detector: robust|lstm-duration|none")]
+OrderOpt = Annotated[str, typer.Option(help="event order in a trace: start|tree")]
+KeyFieldsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="event key fields, comma-separated (default: "
+        "parent_service,service,operation,callee,status_class)"
+    ),
+]
+TargetFprOpt = Annotated[
+    float, typer.Option(help="false-positive rate the thresholds aim at (validation)")
+]
+EpochsOpt = Annotated[int | None, typer.Option(help="training epochs of the LSTMs")]
+TopKOpt = Annotated[
+    int | None,
+    typer.Option(help="also flag an event whose key is outside the k likeliest (DeepLog's g)"),
+]
+SeedOpt = Annotated[int, typer.Option(help="random state of splits and training")]
+IncludeFlaggedOpt = Annotated[
+    bool, typer.Option(help="also train on traces with findings not marked normal")
+]
+LogsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--logs/--no-logs",
+        help="log lines as trace events (default: when the period's traces have any)",
+    ),
+]
+PointOpt = Annotated[
+    str,
+    typer.Option(help="instance-window detector, or none (`spanomaly detectors` lists them)"),
+]
+LabelsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--labels",
+        help="fit --point on the store's fault labels of the period (svm, fisher-dbscan)",
+    ),
+]
+PointWindowOpt = Annotated[float, typer.Option(help="instance window, seconds")]
+PointSourcesOpt = Annotated[
+    str, typer.Option(help="instance windows of: traces (RED features), metrics, or both")
+]
+EngineOpt = Annotated[
+    str, typer.Option(help="local|dask: where the training sequences are prepared")
+]
+LogWindowsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--log-windows/--no-log-windows",
+        help="warning, error and unseen-template shares of log lines as window features "
+        "(default: where log lines cover 90 % of the training windows)",
+    ),
+]
+
+
 @app.command()
 def train(
     db: DbOpt = None,
     model: ModelOpt = DEFAULT_MODEL_DIR,
     from_: FromOpt = None,
     to: ToOpt = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option("--exclude", help="FROM/TO window to leave out (repeatable)"),
-    ] = None,
-    window: Annotated[
-        str | None,
-        typer.Option(help="train on the last DURATION before --to (or the last span): 6h, 1d"),
-    ] = None,
-    sequence: Annotated[str, typer.Option(help="sequence detector: lstm|ngram|none")] = "lstm",
-    duration: Annotated[
-        str, typer.Option(help="duration detector: robust|lstm-duration|none")
-    ] = "robust",
-    order: Annotated[str, typer.Option(help="event order in a trace: start|tree")] = "start",
-    key_fields: Annotated[
-        str | None,
-        typer.Option(
-            help="event key fields, comma-separated (default: "
-            "parent_service,service,operation,callee,status_class)"
-        ),
-    ] = None,
-    target_fpr: Annotated[
-        float, typer.Option(help="false-positive rate the thresholds aim at (validation)")
-    ] = 1e-3,
-    epochs: Annotated[int | None, typer.Option(help="training epochs of the LSTMs")] = None,
-    top_k: Annotated[
-        int | None,
-        typer.Option(help="also flag an event whose key is outside the k likeliest (DeepLog's g)"),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="random state of splits and training")] = 0,
-    include_flagged: Annotated[
-        bool, typer.Option(help="also train on traces with findings not marked normal")
-    ] = False,
-    logs: Annotated[
-        bool | None,
-        typer.Option(
-            "--logs/--no-logs",
-            help="log lines as trace events (default: when the period's traces have any)",
-        ),
-    ] = None,
-    point: Annotated[
-        str,
-        typer.Option(help="instance-window detector, or none (`spanomaly detectors` lists them)"),
-    ] = "ecod",
-    labels: Annotated[
-        bool,
-        typer.Option(
-            "--labels",
-            help="fit --point on the store's fault labels of the period (svm, fisher-dbscan)",
-        ),
-    ] = False,
-    point_window: Annotated[float, typer.Option(help="instance window, seconds")] = 60.0,
-    point_sources: Annotated[
-        str, typer.Option(help="instance windows of: traces (RED features), metrics, or both")
-    ] = "traces,metrics",
-    engine: Annotated[
-        str, typer.Option(help="local|dask: where the training sequences are prepared")
-    ] = "local",
+    exclude: ExcludeOpt = None,
+    window: WindowOpt = None,
+    sequence: SequenceOpt = "lstm",
+    duration: DurationOpt = "robust",
+    order: OrderOpt = "start",
+    key_fields: KeyFieldsOpt = None,
+    target_fpr: TargetFprOpt = 1e-3,
+    epochs: EpochsOpt = None,
+    top_k: TopKOpt = None,
+    seed: SeedOpt = 0,
+    include_flagged: IncludeFlaggedOpt = False,
+    logs: LogsOpt = None,
+    point: PointOpt = "ecod",
+    labels: LabelsOpt = False,
+    point_window: PointWindowOpt = 60.0,
+    point_sources: PointSourcesOpt = "traces,metrics",
+    engine: EngineOpt = "local",
     scheduler: SchedulerOpt = None,
-    log_windows: Annotated[
-        bool | None,
-        typer.Option(
-            "--log-windows/--no-log-windows",
-            help="warning, error and unseen-template shares of log lines as window features "
-            "(default: where log lines cover 90 % of the training windows)",
-        ),
-    ] = None,
+    log_windows: LogWindowsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit the trace models on a normal period (minus --exclude windows) into --model."""
