@@ -39,7 +39,7 @@ def _score(db: Path, out: Path, training: dict, logs: bool) -> dict:
     shutil.rmtree(model, ignore_errors=True)
     store = pipeline.open_store(str(copy))
     try:
-        pipeline.train_models(
+        pipeline.train(
             store, model, training["from_ns"], training["to_ns"],
             options=pipeline.TrainOptions(logs=logs),
             point=pipeline.PointOptions(window_s=5.0),

@@ -484,7 +484,7 @@ def train(
         ) if _none(point) else None  # fmt: skip
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
-            doc = pipeline.train_models(
+            doc = pipeline.train(
                 store,
                 Path(model),
                 parse_time(from_, "--from"),

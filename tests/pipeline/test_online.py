@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from spanomaly.ingest.base import Chunk
-from spanomaly.pipeline import PointOptions, TrainOptions, train_models
+from spanomaly.pipeline import PointOptions, TrainOptions, train
 from spanomaly.pipeline.online import OnlineDetector
 from spanomaly.store.duckdb import DuckDBStore
 from tests.rca import scenario as sc
@@ -30,7 +30,7 @@ def scenario(tmp_path: Path) -> tuple[DuckDBStore, Path]:
     sc.build(str(tmp_path / "s.duckdb"))
     store = DuckDBStore(tmp_path / "s.duckdb")
     model = tmp_path / "model"
-    train_models(store, model, *sc.TRAIN, options=TrainOptions(sequence="ngram"),
+    train(store, model, *sc.TRAIN, options=TrainOptions(sequence="ngram"),
                  point=PointOptions(window_s=60.0))  # fmt: skip
     yield store, model
     store.close()

@@ -33,7 +33,7 @@ def detected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("report")
     sc.build(str(tmp / "s.duckdb"))
     with DuckDBStore(tmp / "s.duckdb") as store:
-        pipeline.train_models(store, tmp / "model", *sc.TRAIN, options=TrainOptions(sequence="ngram"),
+        pipeline.train(store, tmp / "model", *sc.TRAIN, options=TrainOptions(sequence="ngram"),
                               point=pipeline.PointOptions())  # fmt: skip
         pipeline.detect(store, tmp / "model", *sc.TEST)
         evil = {c: None for c in FINDINGS.names} | {

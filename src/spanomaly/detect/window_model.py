@@ -20,6 +20,7 @@ Model directory (`<model>/point/`):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -43,25 +44,17 @@ def matrix(X: np.ndarray) -> np.ndarray:
     return np.nan_to_num(X, nan=0.0, posinf=1e12, neginf=-1e12)
 
 
+@dataclass(kw_only=True)
 class WindowModel:
-    """A normaliser and a point detector per source of instance windows."""
+    """A normaliser and a point detector per source of instance windows (the fields are
+    its parameters; learned state, set by `fit` or `load`, ends in `_`)."""
 
-    def __init__(
-        self,
-        *,
-        detector: str = "ecod",
-        params: dict[str, Any] | None = None,
-        window_s: float = 60.0,
-        recent: int = 10,
-        target_fpr: float = 1e-3,
-        random_state: int = 0,
-    ) -> None:
-        self.detector = detector
-        self.params = params
-        self.window_s = window_s
-        self.recent = recent
-        self.target_fpr = target_fpr
-        self.random_state = random_state
+    detector: str = "ecod"
+    params: dict[str, Any] | None = None
+    window_s: float = 60.0
+    recent: int = 10
+    target_fpr: float = 1e-3
+    random_state: int = 0
 
     @property
     def window_ns(self) -> int:

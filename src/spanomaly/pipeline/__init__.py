@@ -34,7 +34,6 @@ if TYPE_CHECKING:
         PointOptions,
         TrainOptions,
         train,
-        train_models,
         train_points,
     )
 
@@ -54,7 +53,6 @@ _LAZY = {
     "PointOptions": "training",
     "TrainOptions": "training",
     "train": "training",
-    "train_models": "training",
     "train_points": "training",
 }
 _SUBMODULES = (
@@ -93,6 +91,5 @@ __all__ = [
     "span_range",
     "trace_events",
     "train",
-    "train_models",
     "train_points",
 ]

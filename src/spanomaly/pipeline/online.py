@@ -33,7 +33,7 @@ from spanomaly.pipeline.detection import detect_points
 from spanomaly.pipeline.feedback_update import feedback
 from spanomaly.pipeline.model_dir import POINT_DIR, Models, load_models, load_points
 from spanomaly.pipeline.reads import with_logs
-from spanomaly.pipeline.training import PointOptions, TrainOptions, train_models
+from spanomaly.pipeline.training import PointOptions, TrainOptions, train
 from spanomaly.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -339,9 +339,7 @@ class OnlineDetector:
         staging = Path(tempfile.mkdtemp(prefix=".train-", dir=self.model_dir.parent))
         try:
             doc = _in_background(
-                lambda: train_models(
-                    cursor, staging, start_ns, end_ns, exclude, None, options, point
-                )
+                lambda: train(cursor, staging, start_ns, end_ns, exclude, None, options, point)
             )
             with self._model_lock:
                 old = self.model_dir.with_name(self.model_dir.name + ".old")

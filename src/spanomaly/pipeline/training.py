@@ -2,8 +2,8 @@
 log lines), mine log templates, fit the trace model, build the instance windows, fit the
 window model, write the model directory.
 
-`train` fits the trace model, `train_points` the window model (from the trace model's
-directory: its event keys and templates), `train_models` both on the same features.
+`train` fits the trace model and the window model on the same features, `train_points` the
+window model alone (from the trace model's directory: its event keys and templates).
 """
 
 from __future__ import annotations
@@ -248,29 +248,6 @@ def _train_traces(
     return _trace_doc(model, model_dir, used), data
 
 
-def train(
-    store: Store,
-    model_dir: str | Path,
-    start_ns: int | None = None,
-    end_ns: int | None = None,
-    exclude: Iterable[tuple[int, int]] = (),
-    window_s: float | None = None,
-    options: TrainOptions | None = None,
-    engine: str = "local",
-    scheduler: str | None = None,
-) -> dict[str, object]:
-    """Fit the trace model on the normal period and write it to model_dir.
-
-    With window_s the period is the last window_s seconds before end_ns (default: the last
-    span): retraining on a sliding window of recent normal data. With engine "dask" the
-    training sequences are prepared per partition on the cluster; the fit runs here.
-    """
-    period = training_period(store, start_ns, end_ns, window_s)
-    opts = options or TrainOptions()
-    doc, _ = _train_traces(store, model_dir, period, list(exclude), window_s, opts, engine, scheduler)  # fmt: skip
-    return doc
-
-
 # -- the window model -------------------------------------------------------------------------
 
 
@@ -352,7 +329,7 @@ def train_points(
     return _fit_windows(store, model_dir, data, (start_ns, end_ns), exclude, options)
 
 
-def train_models(
+def train(
     store: Store,
     model_dir: str | Path,
     start_ns: int | None = None,
@@ -364,8 +341,13 @@ def train_models(
     engine: str = "local",
     scheduler: str | None = None,
 ) -> dict[str, object]:
-    """Fit the trace model and (with point options) the window model on one period: the
-    window model on the span of the traces the trace model learnt from."""
+    """Fit the trace model and (with point options) the window model on one period (the
+    window model on the span of the traces the trace model learnt from); write them.
+
+    With window_s the period is the last window_s seconds before end_ns (default: the last
+    span): retraining on a sliding window of recent normal data. With engine "dask" the
+    training sequences are prepared per partition on the cluster; the fit runs here.
+    """
     exclude = list(exclude)
     if point is not None and point.detector:
         point.check()
