@@ -26,6 +26,11 @@ STATUS_VALUES = ("unset", "ok", "error")
 KIND_VALUES = ("unspecified", "internal", "server", "client", "producer", "consumer")
 
 
+# The columns that say which span it is and where it ran: the first of SPANS, of the events
+# of a trace (features.traces) and of the spans a plain CSV fills (the store's spans_core).
+SPAN_IDENTITY = ("trace_id", "span_id", "parent_id", "service", "instance", "operation")
+
+
 class Column(NamedTuple):
     """One column: name, Arrow type (string, int32, int64, float64, bool or list<...>),
     meaning, unit, and whether it may be null."""

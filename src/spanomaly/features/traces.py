@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanomaly.errors import InputError
+from spanomaly.schema import SPAN_IDENTITY
 
 KEY_FIELDS = (
     "parent_service",
@@ -59,40 +60,14 @@ N_SPECIAL = len(SPECIAL_TOKENS)
 
 # Columns of the events table (one row per span, ordered by trace then event order).
 EVENT_COLUMNS = (
-    "trace_id",
-    "span_id",
-    "parent_id",
-    "service",
-    "instance",
-    "operation",
-    "parent_service",
-    "callee",
-    "status_class",
-    "blame_service",
-    "blame_instance",
-    "key",
-    "start_ns",
-    "duration_ns",
-    "self_ns",
-)
+    *SPAN_IDENTITY, "parent_service", "callee", "status_class", "blame_service",
+    "blame_instance", "key", "start_ns", "duration_ns", "self_ns",
+)  # fmt: skip
 # Columns of SPANS that `events` reads; others are ignored, missing optional ones are null.
 SPAN_COLUMNS = (
-    "trace_id",
-    "span_id",
-    "parent_id",
-    "service",
-    "instance",
-    "operation",
-    "kind",
-    "start_ns",
-    "duration_ns",
-    "status",
-    "http_method",
-    "http_route",
-    "http_status_code",
-    "http_url",
-    "peer_service",
-)
+    *SPAN_IDENTITY, "kind", "start_ns", "duration_ns", "status", "http_method", "http_route",
+    "http_status_code", "http_url", "peer_service",
+)  # fmt: skip
 _REQUIRED = ("trace_id", "span_id", "service", "operation", "start_ns", "duration_ns")
 _HTTP_VERBS = "GET|POST|PUT|DELETE|PATCH|HEAD|OPTIONS"
 

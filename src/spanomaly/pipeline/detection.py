@@ -37,14 +37,14 @@ if TYPE_CHECKING:
     from spanomaly.detect.window_model import WindowModel
 
 
+COUNTED = ("traces_scored", "anomalous_traces", "instances_scored", "anomalous_windows")
+
+
 @dataclass
 class Counts:
-    """What one detection scored, found and stored."""
+    """What one detection scored, found and stored (`n`: the COUNTED figures)."""
 
-    traces_scored: int = 0
-    anomalous_traces: int = 0
-    instances_scored: int = 0
-    anomalous_windows: int = 0
+    n: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
     stored: list[pa.Table] = field(default_factory=list)
 
     def store(self, store: Store, confirmer: Confirmer | None, found: pa.Table) -> None:
@@ -67,13 +67,7 @@ class Counts:
         found = pa.concat_tables(self.stored) if self.stored else None
         traces = found.filter(pc.equal(found.column("entity"), "trace")) if found else None
         n_alarms = alarms(traces).num_rows if traces is not None and traces.num_rows else 0
-        return {
-            "traces_scored": self.traces_scored,
-            "anomalous_traces": self.anomalous_traces,
-            "instances_scored": self.instances_scored,
-            "anomalous_windows": self.anomalous_windows,
-            "alarms": n_alarms,
-        }
+        return {**self.n, "alarms": n_alarms}
 
 
 @dataclass(frozen=True)
@@ -113,8 +107,8 @@ def _score_traces(models: Models, data: PeriodData, span: Span, counts: Counts) 
         return _no_findings()
     assert models.traces is not None  # detect loads it
     result = models.traces.detect(events)
-    counts.traces_scored += len(result.trace_ids)
-    counts.anomalous_traces += int(result.anomalous.sum())
+    counts.n["traces_scored"] += len(result.trace_ids)
+    counts.n["anomalous_traces"] += int(result.anomalous.sum())
     return result.findings
 
 
@@ -149,8 +143,8 @@ def _score_windows(
         starts = w.column("time_ns")
         keep = (starts >= span.start) & ~overlapping(starts, skip, windows.window_ns)
         found, scored, flagged = windows.detect(source, w, keep)
-        counts.instances_scored += scored
-        counts.anomalous_windows += flagged
+        counts.n["instances_scored"] += scored
+        counts.n["anomalous_windows"] += flagged
         yield found
 
 
@@ -228,7 +222,7 @@ def _detect_on_cluster(
     if models.traces is not None and models.traces.feature_config.logs:
         raise InputError("--engine dask: a model trained with logs scores on the local engine")
     scored, anomalous, findings = scaled.detect_traces(store, model_dir, start_ns, end_ns, scheduler)  # fmt: skip
-    counts.traces_scored, counts.anomalous_traces = scored, anomalous
+    counts.n["traces_scored"], counts.n["anomalous_traces"] = scored, anomalous
     counts.store(store, confirmer, findings)
     if models.windows is not None:
         _windows_only(store, models, start_ns, end_ns, confirmer, counts)
@@ -274,4 +268,4 @@ def detect_points(
         return None
     counts = Counts()
     _windows_only(store, models, start_ns, end_ns, confirmer, counts, skip)
-    return {"instances_scored": counts.instances_scored, "anomalous_windows": counts.anomalous_windows}  # fmt: skip
+    return {k: counts.n[k] for k in ("instances_scored", "anomalous_windows")}

@@ -13,7 +13,7 @@ import duckdb
 
 from spanomaly.errors import FormatError, StoreError, StoreLockedError
 from spanomaly.ingest.base import Chunk, Reject, SqlSource
-from spanomaly.schema import COLUMNS, KEYS, arrow_schema, names
+from spanomaly.schema import COLUMNS, KEYS, SPAN_IDENTITY, arrow_schema, names
 from spanomaly.store.base import Orphans, Stats, TimeRange, WriteResult
 
 if TYPE_CHECKING:  # Arrow and numpy load with the first Arrow write or read, not before
@@ -52,17 +52,7 @@ _WRITE_BUFFER_ROW_GROUPS = 1
 # column of values: the ten columns such a CSV leaves empty cost 0.15 s per million spans,
 # a tenth of the whole import (bench/RESULTS.md).
 SPAN_TABLES = ("spans_all", "spans_core")
-CORE_SPAN_COLUMNS = (
-    "trace_id",
-    "span_id",
-    "parent_id",
-    "service",
-    "instance",
-    "operation",
-    "start_ns",
-    "duration_ns",
-    "status",
-)
+CORE_SPAN_COLUMNS = (*SPAN_IDENTITY, "start_ns", "duration_ns", "status")
 
 
 _DUCK_TYPES = {
