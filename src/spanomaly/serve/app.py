@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import socket
 import time
@@ -40,7 +39,6 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from spanomaly import __version__
 from spanomaly.config import DEFAULT_DB
@@ -338,42 +336,6 @@ def _content_length(request: Request) -> int | None:
     return length
 
 
-class TokenAuth:
-    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <token>`` (else 401)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.token = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass authorised requests on; answer 401 to the others."""
-        if scope["type"] == "http" and not self._authorised(scope):
-            headers = dict(scope["headers"])
-            ctype = headers.get(b"content-type", b"").decode("latin-1")
-            media = receiver.PROTOBUF if ctype.startswith(receiver.PROTOBUF) else None
-            body, content_type = receiver.status_body(
-                401, "missing or wrong bearer token (Authorization: Bearer <token>)", media
-            )
-            response = Response(
-                body,
-                status_code=401,
-                media_type=content_type,
-                headers={"WWW-Authenticate": 'Bearer realm="spanomaly"'},
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _authorised(self, scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, credentials = value.strip().partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    credentials.strip(), self.token
-                )
-        return False
-
-
 def create_app(
     settings: ServeSettings,
     store: Store | None = None,
@@ -442,7 +404,7 @@ def create_app(
 
     if online is not None:
         _model_routes(app, collector, online)
-    from spanomaly.serve import dashboard  # it builds on TokenAuth, defined here
+    from spanomaly.serve import dashboard
 
     dashboard.install(app, collector.writer, settings.token, online)  # and its guard
     return app

@@ -27,7 +27,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spanomaly.serve.api import router
-from spanomaly.serve.app import TokenAuth
+from spanomaly.serve.auth import TokenAuth
 from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import Writer
 

@@ -14,7 +14,9 @@ import duckdb
 from spanomaly.errors import FormatError, StoreError, StoreLockedError
 from spanomaly.ingest.base import Chunk, Reject, SqlSource
 from spanomaly.schema import COLUMNS, KEYS, SPAN_IDENTITY, arrow_schema, names
-from spanomaly.store.base import Orphans, Stats, TimeRange, WriteResult
+from spanomaly.store.base import WriteResult
+from spanomaly.store.layout import ddl, duck_type
+from spanomaly.store.sql_reads import SqlReads
 
 if TYPE_CHECKING:  # Arrow and numpy load with the first Arrow write or read, not before
     import pyarrow as pa
@@ -24,13 +26,6 @@ if TYPE_CHECKING:  # Arrow and numpy load with the first Arrow write or read, no
 log = logging.getLogger(__name__)
 
 MAX_REJECT_MESSAGES = 50
-# Long free text (JSON attributes, messages): zstd writes it faster and smaller than the
-# dictionary/FSST analysis DuckDB runs by default (1 M OTLP spans: 4.8 s vs 6.5 s, 126 vs 210 MB)
-_ZSTD_COLUMNS = {"attributes", "details", "params", "body", "status_message"}
-# Span and parent ids are unique per row: the dictionary/FSST analysis finds nothing to share
-# and costs more than zstd (1.04 M TrainTicket spans: about 0.6 CPU s less per import, file
-# 49 MB instead of 45 MB, reads of the ids as fast); trace ids repeat and keep the default.
-_ZSTD_BY_TABLE = {"spans": {"span_id", "parent_id"}}
 # Time columns that are part of a table's key: a stored twin of a row lies in its batch's
 # time range.
 _KEY_TIMES = {"metrics": "time_ns"}
@@ -55,47 +50,13 @@ SPAN_TABLES = ("spans_all", "spans_core")
 CORE_SPAN_COLUMNS = (*SPAN_IDENTITY, "start_ns", "duration_ns", "status")
 
 
-_DUCK_TYPES = {
-    "string": "VARCHAR",
-    "int64": "BIGINT",
-    "int32": "INTEGER",
-    "float64": "DOUBLE",
-    "bool": "BOOLEAN",
-}
-
-
-def _duck_type(typ: str) -> str:
-    """DuckDB's type for a schema Column type."""
-    if typ.startswith("list<"):
-        return _duck_type(typ[5:-1]) + "[]"
-    return _DUCK_TYPES[typ]
-
-
-def ddl(name: str, as_name: str | None = None, columns: tuple[str, ...] | None = None) -> str:
-    """CREATE TABLE statement of a store table (optionally under another name, optionally of
-    some of its columns only), from its schema."""
-    # No NOT NULL: rows are validated by the decoders and the reject checks; a refused row
-    # may sit in the table for a moment inside the transaction that deletes it.
-    cols = ", ".join(
-        f'"{f.name}" {_duck_type(f.type)}'
-        + (
-            " USING COMPRESSION zstd"
-            if f.name in _ZSTD_COLUMNS or f.name in _ZSTD_BY_TABLE.get(name, ())
-            else ""
-        )
-        for f in COLUMNS[name]
-        if columns is None or f.name in columns
-    )
-    return f"CREATE TABLE IF NOT EXISTS {as_name or name} ({cols})"
-
-
 def _spans_view() -> str:
     """CREATE VIEW of `spans`: the rows of both span tables, the columns of SPANS."""
     fields = COLUMNS["spans"]
     core = ", ".join(
         f'"{f.name}"'
         if f.name in CORE_SPAN_COLUMNS
-        else f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"'
+        else f'CAST(NULL AS {duck_type(f.type)}) AS "{f.name}"'
         for f in fields
     )
     every = ", ".join(f'"{f.name}"' for f in fields)
@@ -173,7 +134,7 @@ def _key_match(table: str, key: str) -> str:
     return f"t.{key} IS NOT DISTINCT FROM b.{key}"
 
 
-class DuckDBStore:
+class DuckDBStore(SqlReads):
     """Spans, metrics, logs, labels and findings in a DuckDB file (or in memory)."""
 
     def __init__(
@@ -310,10 +271,6 @@ class DuckDBStore:
         if column not in KEYS[table]:
             extra += f" AND t.{column} = b.{column}"
         return extra
-
-    def is_empty(self, table: str) -> bool:
-        """Whether a table holds no rows."""
-        return bool(self._rows(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table} LIMIT 1)")[0][0])
 
     def _fresh_keys(self, table: str) -> FreshKeys | None:
         """The key hashes this transaction wrote into table, if it was empty when the
@@ -510,140 +467,15 @@ class DuckDBStore:
         self._con.execute("DROP TABLE IF EXISTS reject_scans")
         return len(lines)
 
-    # -- reading ---------------------------------------------------------------------------
-
-    def _arrow(self, sql: str, params: list[object] | None = None) -> pa.Table:
-        return self._con.sql(sql, params=params or None).to_arrow_table()
-
-    def _rows(self, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
-        """A query's rows as tuples (no Arrow: what a CSV import reads back never loads it)."""
-        return self._con.execute(sql, params).fetchall()
-
-    @staticmethod
-    def _window(column: str, window: TimeRange | None, params: list[object]) -> str:
-        where = []
-        window = window or TimeRange()
-        if window.start_ns is not None:
-            where.append(f"{column} >= ?")
-            params.append(window.start_ns)
-        if window.end_ns is not None:
-            where.append(f"{column} < ?")
-            params.append(window.end_ns)
-        return " AND ".join(where) or "TRUE"
-
-    def spans(self, window: TimeRange | None = None, services: list[str] | None = None) -> pa.Table:
-        """Spans that start in the window, optionally of some services only."""
-        params: list[object] = []
-        where = self._window("start_ns", window, params)
-        if services:
-            where += " AND service IN (SELECT unnest(?))"
-            params.append(services)
-        return self._arrow(f"SELECT * FROM spans WHERE {where} ORDER BY start_ns", params)
-
-    def traces(self, trace_ids: list[str]) -> pa.Table:
-        """All spans of the given traces, ordered by trace and start time."""
-        return self._arrow(
-            "SELECT * FROM spans WHERE trace_id IN (SELECT unnest(?)) ORDER BY trace_id, start_ns",
-            [trace_ids],
-        )
-
-    def metrics(self, window: TimeRange | None = None, names: list[str] | None = None) -> pa.Table:
-        """Metric points in the window, optionally of some metric names only."""
-        params: list[object] = []
-        where = self._window("time_ns", window, params)
-        if names:
-            where += " AND name IN (SELECT unnest(?))"
-            params.append(names)
-        return self._arrow(f"SELECT * FROM metrics WHERE {where} ORDER BY time_ns", params)
-
-    def table(self, name: str) -> pa.Table:
-        """A whole table by name (faults, fault_traces, findings, ...)."""
-        if name not in COLUMNS:
-            raise StoreError(f"no table {name!r}; tables: {', '.join(COLUMNS)}")
-        return self._arrow(f"SELECT * FROM {name}")
-
-    def services(self) -> list[str]:
-        """Names of the services that have spans, sorted."""
-        return [
-            r[0]
-            for r in self._con.execute("SELECT DISTINCT service FROM spans ORDER BY 1").fetchall()
-        ]
-
-    def stats(self) -> Stats:
-        """Counts over the whole store."""
-        con = self._con
-        spans, traces, instances, lo, hi = con.execute(
-            "SELECT count(*), count(DISTINCT trace_id), count(DISTINCT instance), min(start_ns), "
-            "max(start_ns + duration_ns) FROM spans"
-        ).fetchone()
-        mlo, mhi, metrics = con.execute(
-            "SELECT min(time_ns), max(time_ns), count(*) FROM metrics"
-        ).fetchone()
-        logs = con.execute("SELECT count(*) FROM logs").fetchone()[0]
-        faults = con.execute("SELECT count(*) FROM faults").fetchone()[0]
-        lows = [v for v in (lo, mlo) if v is not None]
-        highs = [v for v in (hi, mhi) if v is not None]
-        return Stats(
-            spans=spans,
-            traces=traces,
-            services=self.services(),
-            instances=instances,
-            metrics=metrics,
-            logs=logs,
-            faults=faults,
-            start_ns=min(lows) if lows else None,
-            end_ns=max(highs) if highs else None,
-        )
-
-    def orphans(self, trace_ids: pa.Array | None = None, sample: int = 5) -> Orphans:
-        """Spans whose parent span is not stored (optionally among some traces only): how
-        many, and the first `sample` of them.
-
-        With trace_ids, only the spans of those traces are read on either side (a parent
-        shares its child's trace), so the check costs the size of an import, not of the
-        store. Parent keys are matched by a 64-bit hash of (trace_id, span_id): the
-        anti-join on one integer is 2-4x cheaper than on the two id strings. Every span
-        reported is an orphan; one could be missed only if its parent's key collided with a
-        stored span's key (odds about orphans x spans / 2**64).
-        """
-        spans = "SELECT trace_id, span_id, parent_id, service FROM spans"
-        # the whole store is read twice rather than held in memory (DuckDB materialises a
-        # CTE read twice; 1.04 M spans: about a third of the check's time); a scoped check
-        # holds only its traces' spans and reads the store once
-        how = "NOT MATERIALIZED"
-        if trace_ids is not None:
-            import pyarrow as pa
-
-            self._con.register("_scope", pa.table({"trace_id": trace_ids}))
-            spans += " WHERE trace_id IN (SELECT trace_id FROM _scope)"
-            how = "MATERIALIZED"
-        columns = ("trace_id", "span_id", "parent_id", "service")
-        found = (
-            f"WITH s AS {how} ({spans}) SELECT {', '.join(columns)} FROM s "
-            "WHERE parent_id IS NOT NULL AND hash(trace_id, parent_id) NOT IN "
-            "(SELECT hash(trace_id, span_id) FROM s)"
-        )
-        try:  # a count, then the sample where there is one (a window count costs 1.5x)
-            count = int(self._rows(f"SELECT count(*) FROM ({found})")[0][0])
-            rows = self._rows(f"{found} LIMIT {int(sample)}") if count and sample > 0 else []
-        finally:
-            if trace_ids is not None:
-                self._con.unregister("_scope")
-        return Orphans(count, [dict(zip(columns, r, strict=True)) for r in rows])
-
     # -- export ----------------------------------------------------------------------------
 
     def export_parquet(self, out_dir: Path) -> dict[str, int]:
         """Every table as Parquet under out_dir/<table>/, in the layout of the Parquet store:
         spans by hour of their trace's first span and trace-id bucket, metrics and logs by
         hour (`spanomaly.store.parquet`); the folder opens as `--store parquet:DIR`."""
-        from spanomaly.store.parquet import export_tables
+        from spanomaly.store.layout import export_tables
 
         return export_tables(self._con, Path(out_dir))
-
-    def sql(self, query: str, params: list[object] | None = None) -> pa.Table:
-        """Run a read query against the store's tables (for stages that need aggregates)."""
-        return self._arrow(query, params)
 
     def set_feedback(self, finding_ids: list[str], feedback: str | None) -> int:
         """Record operator feedback ('normal' or None) on findings; how many were found."""

@@ -45,101 +45,30 @@ from spanomaly.errors import InputError, StoreError, StoreLockedError
 from spanomaly.ingest.base import Chunk
 from spanomaly.schema import KEYS, TABLES
 from spanomaly.store.base import Stats, WriteResult
-from spanomaly.store.duckdb import DuckDBStore, ddl
+from spanomaly.store.duckdb import DuckDBStore
+from spanomaly.store.layout import (
+    DEFAULT_BUCKETS,
+    HOUR_NS,
+    META_FILE,
+    PARTITIONS,
+    copy_sql,
+    ddl,
+    export_tables,
+    hour_of,
+    partitioned_sql,
+    quote,
+    write_meta,
+)
+from spanomaly.store.sql_reads import SqlReads
 
 log = logging.getLogger(__name__)
 
-FORMAT = "spanomaly-parquet"
-DEFAULT_BUCKETS = 16
 LOOKBACK_H = 1  # hours around new spans searched for the stored partition of their trace
-META_FILE = "_spanomaly.json"
-HOUR_NS = 3_600_000_000_000
-# partition columns of each table (hour of the trace's first span, for spans)
-PARTITIONS: dict[str, tuple[str, ...]] = {
-    "spans": ("hour", "bucket"),
-    "metrics": ("hour",),
-    "logs": ("hour",),
-}
-_TIME_COLUMNS = {"metrics": "time_ns", "logs": "time_ns"}
 _HIVE = "hive_partitioning = true, hive_types = {'hour': VARCHAR, 'bucket': INTEGER}"
 
 
-def hour_sql(ns: str) -> str:
-    """SQL of the hour partition value ('2023-01-30T14') of a time in ns."""
-    return f"strftime(make_timestamp(({ns} // {HOUR_NS}) * 3600000000), '%Y-%m-%dT%H')"
-
-
-def bucket_sql(trace_id: str, buckets: int) -> str:
-    """SQL of the bucket of a trace id: the first 32 bits of its MD5, modulo buckets."""
-    return f"CAST(CAST(('0x' || left(md5({trace_id}), 8)) AS UBIGINT) % {buckets} AS INTEGER)"
-
-
-def hour_of(ns: int) -> str:
-    """The hour partition value of a time in ns (as hour_sql computes it)."""
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ns // HOUR_NS * 3600, UTC).strftime("%Y-%m-%dT%H")
-
-
-def partitioned_sql(table: str, source: str, buckets: int) -> str:
-    """SELECT of a table's rows from source (a table or view name) with partition columns."""
-    if table == "spans":
-        return (
-            f"SELECT s.*, {hour_sql('f.first_ns')} AS hour, {bucket_sql('s.trace_id', buckets)} "
-            f"AS bucket FROM {source} s JOIN (SELECT trace_id, min(start_ns) AS first_ns "
-            f"FROM {source} GROUP BY trace_id) f ON f.trace_id = s.trace_id"
-        )
-    if table in _TIME_COLUMNS:
-        return f"SELECT *, {hour_sql(_TIME_COLUMNS[table])} AS hour FROM {source}"
-    return f"SELECT * FROM {source}"
-
-
-def copy_sql(table: str, select: str, target: Path) -> str:
-    """COPY of a partitioned SELECT into a folder of Parquet files with unique names."""
-    parts = PARTITIONS.get(table)
-    target.mkdir(parents=True, exist_ok=True)
-    if parts:
-        return (
-            f"COPY ({select}) TO '{_quote(target)}' (FORMAT parquet, COMPRESSION zstd, "
-            f"PARTITION_BY ({', '.join(parts)}), FILENAME_PATTERN 'part-{{uuid}}', "
-            "OVERWRITE_OR_IGNORE)"
-        )
-    name = target / f"part-{uuid.uuid4()}.parquet"
-    return f"COPY ({select}) TO '{_quote(name)}' (FORMAT parquet, COMPRESSION zstd)"
-
-
-def export_tables(
-    con: duckdb.DuckDBPyConnection, out_dir: Path, buckets: int = DEFAULT_BUCKETS
-) -> dict[str, int]:
-    """Write every table `con` can query into out_dir in the Parquet store's layout."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    for name in TABLES:
-        target = out_dir / name
-        if target.exists() and any(target.iterdir()):
-            raise StoreError(
-                f"{target}: folder exists and is not empty; choose another --parquet DIR"
-            )
-        counts[name] = con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
-        target.mkdir(parents=True, exist_ok=True)
-        if counts[name]:
-            con.execute(copy_sql(name, partitioned_sql(name, name, buckets), target))
-    _write_meta(out_dir, buckets)
-    return counts
-
-
-def _write_meta(root: Path, buckets: int) -> None:
-    tmp = root / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps({"format": FORMAT, "version": 1, "buckets": buckets}) + "\n")
-    os.replace(tmp, root / META_FILE)
-
-
-def _quote(path: Path | str) -> str:
-    return str(path).replace("'", "''")
-
-
 def _file_list(files: list[str]) -> str:
-    return "[" + ", ".join(f"'{_quote(f)}'" for f in files) + "]"
+    return "[" + ", ".join(f"'{quote(f)}'" for f in files) + "]"
 
 
 def _parquet_files(folder: Path) -> list[str]:
@@ -163,8 +92,10 @@ def open_dataset(spec: str, read_only: bool = False) -> ParquetStore:
     return ParquetStore(root, read_only=read_only, writer=writer or None)
 
 
-class ParquetStore(DuckDBStore):
-    """Spans, metrics, logs, labels and findings as a partitioned Parquet dataset."""
+class ParquetStore(SqlReads):
+    """Spans, metrics, logs, labels and findings as a partitioned Parquet dataset: reads are
+    DuckDB queries over views of its files (`SqlReads`), writes are staged in an in-memory
+    DuckDB store of its own and copied into the partitions on commit."""
 
     def __init__(
         self,
@@ -202,7 +133,7 @@ class ParquetStore(DuckDBStore):
             self.root.mkdir(parents=True, exist_ok=True)
             self._take_lock()
             if not meta.exists():
-                _write_meta(self.root, buckets)
+                write_meta(self.root, buckets)
             for stale in self.root.glob(f"_staging-{self.writer}-*"):  # left by one that died
                 shutil.rmtree(stale, ignore_errors=True)
             self._stage = DuckDBStore(":memory:")
@@ -429,7 +360,7 @@ class ParquetStore(DuckDBStore):
         with self.transaction():
             assert self._staging is not None
             target = self._staging / "findings"
-            value = "NULL" if feedback is None else f"'{_quote(feedback)}'"
+            value = "NULL" if feedback is None else f"'{quote(feedback)}'"
             select = (
                 f"SELECT * REPLACE (CASE WHEN finding_id IN (SELECT id FROM _ids) THEN {value} "
                 "ELSE feedback END AS feedback) FROM findings"
@@ -460,5 +391,13 @@ class ParquetStore(DuckDBStore):
             os.close(self._lock)
             self._lock = None
 
+    def cursor(self) -> ParquetStore:
+        """Another reader of the dataset, for use from another thread (its own views and
+        connection; it does not write)."""
+        return ParquetStore(self.root, read_only=True)
+
     def __enter__(self) -> ParquetStore:
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
