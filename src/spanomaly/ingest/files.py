@@ -14,7 +14,6 @@ from typing import BinaryIO
 
 from spanomaly.errors import FormatError, InputError
 
-FORMATS = ("otlp", "jaeger", "zipkin", "csv", "nezha")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SKIP_SUFFIXES = {".md", ".txt", ".tar", ".zip", ".py", ".duckdb", ".wal"}

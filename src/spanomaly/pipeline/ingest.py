@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spanomaly.errors import FormatError, InputError, SpanomalyError
-from spanomaly.ingest import csv as csv_spans
-from spanomaly.ingest import faults as fault_labels
-from spanomaly.ingest import logs as log_lines
-from spanomaly.ingest import metrics as csv_metrics
+from spanomaly.errors import SpanomalyError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
-from spanomaly.ingest.files import FORMATS, expand, head, sniff
+from spanomaly.ingest.files import expand
+from spanomaly.ingest.formats import Work, check_family, plan
 from spanomaly.store.base import Store, WriteResult
 
 if TYPE_CHECKING:
@@ -29,8 +26,6 @@ log = logging.getLogger(__name__)
 
 
 MAX_MESSAGES = 50
-# CSV files are read by DuckDB in groups of about this many bytes: one query, one transaction
-CSV_GROUP_BYTES = 256 * 1024 * 1024
 
 Progress = Callable[[int, int, str], None]
 
@@ -92,133 +87,6 @@ class IngestReport:
             "files": self.files,
             "errors": self.errors,
         }
-
-
-@dataclass
-class _Unit:
-    """A piece of ingest work: some files of one kind, decoded into chunks."""
-
-    label: str
-    files: list[Path]
-    size: int
-    decode: Callable[[], Iterator[Chunk]]
-    csv_kind: str | None = None  # a failing multi-file CSV unit is retried file by file
-    headers: dict[Path, list[str]] = field(default_factory=dict)  # CSV columns, per file
-
-
-def _classify(path: Path, fmt: str, options: DecodeOptions, headers: dict[Path, list[str]]) -> str:
-    """The decoder kind for one file: otlp-*, jaeger, zipkin, nezha-labels, csv-spans,
-    csv-metrics, nezha-logs, csv-logs, jsonl-logs; a CSV file's columns go into headers."""
-    data = head(path)  # read once for the kind and a CSV header
-    kind = sniff(path, data)
-    if kind == "jsonl-logs":
-        return kind
-    if kind == "csv":
-        columns = headers[path] = csv_spans.header(path, data)
-        if "body" in options.column_map:
-            return "csv-logs"
-        if fmt in ("csv",) or options.column_map:
-            return "csv-spans"
-        if log_lines.is_nezha_logs(columns):
-            return "nezha-logs"
-        if csv_metrics.is_nezha_metrics(columns):
-            return "csv-metrics"
-        if csv_spans.is_nezha_traces(columns) or fmt == "nezha":
-            return "csv-spans"
-        raise InputError(
-            f"{path}: CSV of unknown layout (columns {', '.join(columns[:12])}); "
-            "give --format csv --map field=column,... or --format nezha"
-        )
-    wanted = {
-        "otlp": "otlp",
-        "jaeger": "jaeger",
-        "zipkin": "zipkin",
-        "csv": "csv",
-        "nezha": "nezha",
-    }
-    if (
-        fmt != "auto"
-        and not kind.startswith(wanted[fmt])
-        and not (fmt == "nezha" and kind == "nezha-labels")
-    ):
-        raise FormatError(f"{path}: looks like {kind}, not {fmt}")
-    return kind
-
-
-def _decoder(kind: str, path: Path, options: DecodeOptions) -> Callable[[], Iterator[Chunk]]:
-    if kind.startswith("otlp"):
-        from spanomaly.ingest import otlp
-
-        return lambda: otlp.decode_file(path, kind, options)
-    if kind == "jaeger":
-        from spanomaly.ingest import jaeger
-
-        return lambda: jaeger.decode_file(path, options)
-    if kind == "zipkin":
-        from spanomaly.ingest import zipkin
-
-        return lambda: zipkin.decode_file(path, options)
-    if kind == "nezha-labels":
-        return lambda: fault_labels.decode_nezha_labels(path, options.fault_duration_s)
-    raise InputError(f"{path}: no decoder for {kind}")
-
-
-def _plan(files: list[Path], fmt: str, options: DecodeOptions, report: IngestReport) -> list[_Unit]:
-    units: list[_Unit] = []
-    csv_files: dict[str, list[Path]] = {k: [] for k in _CSV_KINDS}
-    headers: dict[Path, list[str]] = {}
-    for path in files:
-        try:
-            kind = _classify(path, fmt, options, headers)
-        except SpanomalyError as exc:
-            report.rejected += 1
-            report.note([str(exc)])
-            continue
-        if kind in csv_files:
-            csv_files[kind].append(path)
-        else:
-            units.append(
-                _Unit(path.name, [path], path.stat().st_size, _decoder(kind, path, options))
-            )
-    for kind, paths in csv_files.items():
-        for group in _groups(paths):
-            units.append(_csv_unit(kind, group, options, headers))
-    return units
-
-
-_CSV_KINDS = ("csv-spans", "csv-metrics", "nezha-logs", "csv-logs", "jsonl-logs")
-
-
-def _csv_unit(
-    kind: str, group: list[Path], options: DecodeOptions, known: dict[Path, list[str]]
-) -> _Unit:
-    """A unit of CSV (or JSON-lines log) files of one kind; known: their columns, by file."""
-    headers = {f: known[f] for f in group if f in known}
-    if kind == "csv-spans":
-        decode: Callable[[], Iterator[Chunk]] = lambda: csv_spans.decode_files(  # noqa: E731
-            group, options, headers=headers
-        )
-    elif kind == "jsonl-logs":
-        decode = lambda: log_lines.decode_files(group, kind, options)  # noqa: E731
-    elif kind.endswith("-logs"):
-        decode = lambda: log_lines.decode_files(group, kind, options, headers)  # noqa: E731
-    else:
-        decode = lambda: csv_metrics.decode_files(group, headers)  # noqa: E731
-    label = group[0].name if len(group) == 1 else f"{len(group)} files ({group[0].parent.name}/)"
-    return _Unit(label, group, sum(f.stat().st_size for f in group), decode, kind, headers)
-
-
-def _groups(paths: list[Path]) -> Iterator[list[Path]]:
-    group: list[Path] = []
-    size = 0
-    for p in paths:
-        group.append(p)
-        size += p.stat().st_size
-        if size >= CSV_GROUP_BYTES:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
 
 
 def _prefetch(chunks: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
@@ -333,29 +201,22 @@ def _arrow_on_malloc() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
-def _run(
-    unit: _Unit,
-    store: Store,
-    report: IngestReport,
-    options: DecodeOptions,
-    touched: _Touched | None = None,
-) -> None:
-    """Store one unit (a file, or a group of CSV files) in one transaction."""
+def _run(unit: Work, store: Store, report: IngestReport, touched: _Touched | None = None) -> None:
+    """Store one unit (a file, or a group of files DuckDB reads) in one transaction."""
     part = IngestReport()
     touched = touched or _Touched(whole=True)
-    if not unit.csv_kind:
+    if not unit.format.grouped:
         _arrow_on_malloc()
     try:
         with store.transaction():
             for chunk in _prefetch(touched.note(unit.decode())):
                 part.add(chunk.table, store.write(chunk))
     except SpanomalyError as exc:
-        if unit.csv_kind and len(unit.files) > 1:
+        if len(unit.files) > 1:
             # one bad file (truncated archive, odd layout) must not sink its neighbours
             log.info("retrying %s file by file: %s", unit.label, exc)
-            for f in unit.files:
-                f_unit = _csv_unit(unit.csv_kind, [f], options, unit.headers)
-                _run(f_unit, store, report, options, touched)
+            for one in unit.split():
+                _run(one, store, report, touched)
             return
         report.rejected += 1
         report.note([str(exc) if str(unit.files[0]) in str(exc) else f"{unit.files[0]}: {exc}"])
@@ -371,23 +232,25 @@ def ingest(
     progress: Progress | None = None,
 ) -> IngestReport:
     """Decode every file under paths and store it; bad records are counted, never stored."""
-    if fmt != "auto" and fmt not in FORMATS:
-        raise InputError(f"--format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+    check_family(fmt)
     options = options or DecodeOptions()
     _keep_freed_memory()
     files = expand(paths)
     report = IngestReport(files=len(files))
-    units = _plan(files, fmt, options, report)
-    total = sum(u.size for u in units) or 1
+    units, refused = plan(files, fmt, options)
+    report.rejected += len(refused)
+    report.note(refused)
+    sizes = [u.size for u in units]
+    total = sum(sizes) or 1
     done = 0
     # parents are checked among the traces this import touched: a parent stored by an
     # earlier import counts, spans of traces the import never saw are not read again
     touched = _Touched(whole=store.is_empty("spans"))
-    for unit in units:
+    for unit, size in zip(units, sizes, strict=True):
         if progress:
             progress(done, total, unit.label)
-        _run(unit, store, report, options, touched)
-        done += unit.size
+        _run(unit, store, report, touched)
+        done += size
     if progress:
         progress(total, total, "checking parents")
     orphans = store.orphans(touched.trace_ids())

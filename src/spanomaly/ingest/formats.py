@@ -1,0 +1,341 @@
+"""The input formats: which file is which, and the reader of each.
+
+Every format is one `InputFormat` in the registry, in the order files are tested against
+them. A file's kind comes from its first bytes (`files.sniff`); a CSV file's layout from its
+header, against the `columns` test of each CSV format (the Nezha / TrainTicket folder: a
+`label.json` of faults, per-pod metric CSVs, trace CSVs and log CSVs, told apart by their
+columns, never by their names). `plan` turns files into `Work`: one file for the formats
+decoded in Python, groups of files of one kind for those DuckDB reads itself.
+
+A new input format is a reader module and one `register(InputFormat(...))` here, with a tiny
+sample that `tests/ingest/test_formats.py` checks (it sniffs as itself, decodes to its
+table's schema, and a damaged copy is a one-line error naming the file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spanomaly.errors import FormatError, InputError, SpanomalyError
+from spanomaly.ingest import csv as csv_spans
+from spanomaly.ingest import faults as fault_labels
+from spanomaly.ingest import logs as log_lines
+from spanomaly.ingest import metrics as csv_metrics
+from spanomaly.ingest.base import Chunk, DecodeOptions, TableName
+from spanomaly.ingest.files import head, sniff
+
+Headers = dict[Path, list[str]]  # the columns of each CSV file, read while sniffing
+Reader = Callable[[list[Path], DecodeOptions, Headers], Iterator[Chunk]]
+
+# DuckDB reads CSV (and JSON-lines) files in groups of about this many bytes: one query, one
+# transaction
+GROUP_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """One input format: how it is recognised, what it fills, and its reader."""
+
+    name: str  # the kind of file: otlp-json, jaeger, csv-spans, nezha-logs, ...
+    family: str | None  # the `--format` value that admits it (None: every one does)
+    tables: tuple[TableName, ...]  # the tables its chunks fill
+    read: Reader  # chunks of the files (one file unless `grouped`)
+    sample: bytes  # a tiny valid file of the format (the contract test reads it)
+    columns: Callable[[list[str]], bool] | None = None  # a CSV layout: its header test
+    grouped: bool = False  # read by DuckDB itself, many files per query (no Arrow)
+
+
+REGISTRY: dict[str, InputFormat] = {}
+
+
+def register(fmt: InputFormat) -> InputFormat:
+    """Add a format to the registry (a name is registered once)."""
+    if fmt.name in REGISTRY:
+        raise ValueError(f"input format {fmt.name!r} is registered twice")
+    REGISTRY[fmt.name] = fmt
+    return fmt
+
+
+def families() -> tuple[str, ...]:
+    """The `--format` values besides auto, in registration order."""
+    return tuple(dict.fromkeys(f.family for f in REGISTRY.values() if f.family is not None))
+
+
+def check_family(fmt: str) -> None:
+    """Refuse a `--format` value that names no registered format."""
+    if fmt != "auto" and fmt not in families():
+        raise InputError(f"--format: {fmt!r} is not one of auto, {', '.join(families())}")
+
+
+@dataclass
+class Work:
+    """A piece of ingest work: some files of one format, stored in one transaction."""
+
+    format: InputFormat
+    files: list[Path]
+    options: DecodeOptions
+    headers: Headers = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The file name, or how many files of which folder."""
+        first = self.files[0]
+        return (
+            first.name
+            if len(self.files) == 1
+            else f"{len(self.files)} files ({first.parent.name}/)"
+        )
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk (for progress)."""
+        return sum(f.stat().st_size for f in self.files)
+
+    def decode(self) -> Iterator[Chunk]:
+        """The chunks of the files."""
+        return self.format.read(self.files, self.options, self.headers)
+
+    def split(self) -> list[Work]:
+        """The same work file by file (a bad file of a group must not sink its neighbours)."""
+        return [
+            Work(self.format, [f], self.options, {f: self.headers[f]} if f in self.headers else {})
+            for f in self.files
+        ]
+
+
+def identify(path: Path, fmt: str, options: DecodeOptions, headers: Headers) -> InputFormat:
+    """The format of one file under `--format fmt`; a CSV file's columns go into headers."""
+    data = head(path)  # read once for the kind and a CSV header
+    kind = sniff(path, data)
+    if kind == "csv":  # any --format: the header (or the column map) decides
+        columns = headers[path] = csv_spans.header(path, data)
+        return _csv_layout(path, columns, fmt, options)
+    found = REGISTRY[kind]
+    if fmt not in ("auto", found.family) and found.family is not None:
+        raise FormatError(f"{path}: looks like {kind}, not {fmt}")
+    return found
+
+
+def _csv_layout(path: Path, columns: list[str], fmt: str, options: DecodeOptions) -> InputFormat:
+    """The CSV format of a header: a column map decides, else the first layout that fits."""
+    if "body" in options.column_map:
+        return REGISTRY["csv-logs"]
+    if fmt == "csv" or options.column_map:
+        return REGISTRY["csv-spans"]
+    for candidate in REGISTRY.values():
+        if candidate.columns is not None and candidate.columns(columns):
+            return candidate
+    if fmt == "nezha":
+        return REGISTRY["csv-spans"]
+    raise InputError(
+        f"{path}: CSV of unknown layout (columns {', '.join(columns[:12])}); "
+        "give --format csv --map field=column,... or --format nezha"
+    )
+
+
+def plan(files: list[Path], fmt: str, options: DecodeOptions) -> tuple[list[Work], list[str]]:
+    """The work for files (one per file, grouped where DuckDB reads them), and one message
+    per file no format fits."""
+    check_family(fmt)
+    work: list[Work] = []
+    grouped: dict[str, list[Path]] = {}
+    headers: Headers = {}
+    refused: list[str] = []
+    for path in files:
+        try:
+            found = identify(path, fmt, options, headers)
+        except SpanomalyError as exc:
+            refused.append(str(exc))
+            continue
+        if found.grouped:
+            grouped.setdefault(found.name, []).append(path)
+        else:
+            work.append(Work(found, [path], options))
+    for name in REGISTRY:  # groups in registration order
+        for group in _groups(grouped.get(name, [])):
+            known = {f: headers[f] for f in group if f in headers}
+            work.append(Work(REGISTRY[name], group, options, known))
+    return work, refused
+
+
+def _groups(paths: list[Path]) -> Iterator[list[Path]]:
+    group: list[Path] = []
+    size = 0
+    for p in paths:
+        group.append(p)
+        size += p.stat().st_size
+        if size >= GROUP_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def _one(files: list[Path]) -> Path:
+    (path,) = files
+    return path
+
+
+def _otlp(kind: str) -> Reader:
+    def read(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+        from spanomaly.ingest import otlp
+
+        return otlp.decode_file(_one(files), kind, options)
+
+    return read
+
+
+def _jaeger(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+    from spanomaly.ingest import jaeger
+
+    return jaeger.decode_file(_one(files), options)
+
+
+def _zipkin(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+    from spanomaly.ingest import zipkin
+
+    return zipkin.decode_file(_one(files), options)
+
+
+def _labels(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+    return fault_labels.decode_nezha_labels(_one(files), options.fault_duration_s)
+
+
+def _logs(kind: str) -> Reader:
+    def read(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+        return log_lines.decode_files(files, kind, options, headers or None)
+
+    return read
+
+
+_T = "5b8efff798038103d269b633813fc60c"
+_S = "eee19b7ec3c1b174"
+_OTLP_JSON = (
+    b'{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":'
+    b'{"stringValue":"svc-a"}}]},"scopeSpans":[{"spans":[{"traceId":"' + _T.encode() + b'",'
+    b'"spanId":"' + _S.encode() + b'","name":"op","startTimeUnixNano":"1700000000000000000",'
+    b'"endTimeUnixNano":"1700000000000001000"}]}]}]}'
+)
+
+for _kind, _sample in (
+    ("otlp-json", _OTLP_JSON),
+    ("otlp-jsonl", _OTLP_JSON + b"\n" + _OTLP_JSON.replace(b"eee1", b"fff1") + b"\n"),
+    (
+        "otlp-pb",
+        bytes.fromhex(
+            "0a510a190a170a0c736572766963652e6e616d6512070a057376632d61123412320a10"
+            + _T
+            + "1208"
+            + _S
+            + "2a026f703900002a36fe9c971741e8032a36fe9c9717"
+        ),
+    ),
+):
+    register(
+        InputFormat(
+            _kind,
+            "otlp",
+            ("spans", "metrics", "logs"),
+            _otlp(_kind),
+            _sample,
+        )
+    )
+register(
+    InputFormat(
+        "jaeger",
+        "jaeger",
+        ("spans",),
+        _jaeger,
+        b'{"data":[{"traceID":"'
+        + _T.encode()
+        + b'","spans":[{"traceID":"'
+        + _T.encode()
+        + b'","spanID":"'
+        + _S.encode()
+        + b'","operationName":"op","references":[],'
+        b'"startTime":1700000000000000,"duration":1000,"processID":"p1"}],'
+        b'"processes":{"p1":{"serviceName":"svc-a","tags":[]}}}]}',
+    )
+)
+register(
+    InputFormat(
+        "zipkin",
+        "zipkin",
+        ("spans",),
+        _zipkin,
+        b'[{"traceId":"' + _T.encode() + b'","id":"' + _S.encode() + b'","name":"op",'
+        b'"timestamp":1700000000000000,"duration":1000,"localEndpoint":{"serviceName":"svc-a"}}]',
+    )
+)
+register(
+    InputFormat(
+        "nezha-labels",
+        "nezha",
+        ("faults",),
+        _labels,
+        b'{"10_00":[{"inject_timestamp":"1700000000","inject_pod":"svc-a-5d8f9c7b6-x2x4q",'
+        b'"inject_type":"cpu"}]}',
+    )
+)
+# CSV layouts, in the order their headers are tested
+register(
+    InputFormat(
+        "nezha-logs",
+        "nezha",
+        ("logs",),
+        _logs("nezha-logs"),
+        b"TimeUnixNano,PodName,TraceID,SpanID,Log\n1700000000000000000,svc-a-5d8f9c7b6-x2x4q,"
+        + _T.encode()
+        + b","
+        + _S.encode()
+        + b',"{""log"":""2023-01-30 10:00:00.000 INFO start\\n"",""stream"":""stdout""}"\n',
+        columns=log_lines.is_nezha_logs,
+        grouped=True,
+    )
+)
+register(
+    InputFormat(
+        "csv-metrics",
+        "nezha",
+        ("metrics",),
+        lambda files, options, headers: csv_metrics.decode_files(files, headers),
+        b"TimeStamp,PodName,CpuUsageRate(%)\n1700000000,svc-a-5d8f9c7b6-x2x4q,0.5\n",
+        columns=csv_metrics.is_nezha_metrics,
+        grouped=True,
+    )
+)
+register(
+    InputFormat(
+        "csv-spans",
+        "csv",
+        ("spans",),
+        lambda files, options, headers: csv_spans.decode_files(files, options, headers=headers),
+        b"TraceID,SpanID,ParentID,PodName,OperationName,StartTimeUnixNano,EndTimeUnixNano,"
+        b"Duration\n" + _T.encode() + b"," + _S.encode() + b",root,svc-a-5d8f9c7b6-x2x4q,op,"
+        b"1700000000000000000,1700000000000700000,700\n",
+        columns=csv_spans.is_nezha_traces,
+        grouped=True,
+    )
+)
+register(
+    InputFormat(
+        "csv-logs",
+        "csv",
+        ("logs",),
+        _logs("csv-logs"),
+        b"ts,message\n1700000000000000000,hello\n",
+        grouped=True,
+    )
+)
+register(
+    InputFormat(
+        "jsonl-logs",
+        None,
+        ("logs",),
+        _logs("jsonl-logs"),
+        b'{"timestamp":"2023-11-14T22:13:20Z","message":"hello","level":"info"}\n',
+        grouped=True,
+    )
+)

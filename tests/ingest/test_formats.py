@@ -1,0 +1,91 @@
+"""The contract of every registered input format, checked on the sample it registers."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from spanomaly.errors import InputError
+from spanomaly.ingest.base import DecodeOptions, SqlSource
+from spanomaly.ingest.formats import REGISTRY, InputFormat, Work, identify, plan
+from spanomaly.schema import arrow_schema, names
+from spanomaly.store.duckdb import DuckDBStore
+
+# what a user names on the command line to read each layout that needs it
+MAPS = {"csv-logs": {"time": "ts", "body": "message"}}
+
+
+def _options(fmt: InputFormat) -> DecodeOptions:
+    return DecodeOptions(column_map=MAPS.get(fmt.name, {}))
+
+
+def _sample(tmp_path: Path, fmt: InputFormat) -> Path:
+    path = tmp_path / f"sample-{fmt.name}"
+    path.write_bytes(fmt.sample)
+    return path
+
+
+@pytest.fixture(params=list(REGISTRY), ids=list(REGISTRY))
+def fmt(request: pytest.FixtureRequest) -> InputFormat:
+    return REGISTRY[request.param]
+
+
+def test_the_sample_sniffs_as_its_own_format(fmt: InputFormat, tmp_path: Path) -> None:
+    path = _sample(tmp_path, fmt)
+    assert identify(path, "auto", _options(fmt), {}) is fmt
+    if fmt.family is not None:
+        assert identify(path, fmt.family, _options(fmt), {}) is fmt
+
+
+def test_the_sample_decodes_to_its_tables_schema(fmt: InputFormat, tmp_path: Path) -> None:
+    path = _sample(tmp_path, fmt)
+    work, refused = plan([path], "auto", _options(fmt))
+    assert refused == [] and [w.format for w in work] == [fmt]
+    rows = 0
+    for chunk in work[0].decode():
+        assert chunk.table in fmt.tables
+        assert chunk.rejects == []
+        if isinstance(chunk.data, SqlSource):
+            with duckdb.connect() as con:
+                got = con.sql(chunk.data.sql).to_arrow_table()
+            assert set(got.column_names) <= {*names(chunk.table), "_source"}
+            assert got.column("_source").to_pylist() == [str(path)] * got.num_rows
+        else:
+            assert chunk.data is not None
+            got = chunk.data
+            assert got.schema.equals(arrow_schema(chunk.table))
+        rows += got.num_rows
+    assert rows > 0
+    with DuckDBStore() as store:  # and the store takes every row
+        with store.transaction():
+            stored = sum(store.write(c).inserted for c in work[0].decode())
+        assert stored > 0
+
+
+def _store(work: list[Work]) -> None:
+    with DuckDBStore() as store, store.transaction():
+        for unit in work:
+            for chunk in unit.decode():
+                store.write(chunk)
+
+
+@pytest.mark.parametrize("damage", ["truncated-gzip", "binary-garbage"])
+def test_a_damaged_file_is_a_one_line_input_error_naming_it(
+    fmt: InputFormat, tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / f"damaged-{fmt.name}"
+    if damage == "truncated-gzip":
+        packed = gzip.compress(fmt.sample)
+        path.write_bytes(packed[: len(packed) // 2])
+    else:
+        path.write_bytes(fmt.sample[: len(fmt.sample) // 2] + b"\x00\xff\xfe" * 8)
+    with pytest.raises(InputError) as caught:
+        work, refused = plan([path], "auto", _options(fmt))
+        for message in refused:
+            raise InputError(message)
+        _store(work)
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
