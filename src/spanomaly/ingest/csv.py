@@ -119,36 +119,36 @@ def fast_derived(mapping: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def span_select(
-    files: list[Path],
-    mapping: dict[str, str],
-    options: DecodeOptions,
-    columns: list[str] | None = None,
-    strict: bool = False,
-) -> str:
-    """The SELECT that reads the files (of one header, `columns` where known) and yields the
-    mapped SPANS columns plus _source; strict: the optimistic variant (SqlSource.fast) without
-    _source, which raises an error on any line or row the checked variant would refuse or
-    rewrite."""
-    m = {k: _q(v) for k, v in mapping.items()}
-    if "duration" not in m and "end" not in m:
-        raise InputError("--map: a span needs 'duration' or 'end' mapped")
+def _as_read(
+    mapping: dict[str, str], options: DecodeOptions, columns: list[str] | None
+) -> set[str]:
+    """Columns the optimistic read parses as nanosecond integers as it reads them (the same
+    parse as the checked read's TRY_CAST, without a text copy of each 19-digit time: 0.04 s
+    per 1 M rows)."""
     units = {
         "start": options.time_unit,
         "end": options.time_unit,
         "duration": options.duration_unit,
     }
-    # the optimistic read parses nanosecond columns as it reads them (the same parse as the
-    # checked read's TRY_CAST, without a text copy of each 19-digit time: 0.04 s per 1 M rows)
-    as_read = {
+    return {
         mapping[f]
         for f, unit in units.items()
-        if strict
-        and f in mapping
+        if f in mapping
         and UNITS_NS[unit] == 1
         and list(mapping.values()).count(mapping[f]) == 1
         and columns
         and len(set(columns)) == len(columns)
+    }
+
+
+def _times(
+    mapping: dict[str, str], m: dict[str, str], options: DecodeOptions, as_read: set[str]
+) -> tuple[str, str]:
+    """SQL of start_ns and duration_ns (a duration, or end minus start)."""
+    units = {
+        "start": options.time_unit,
+        "end": options.time_unit,
+        "duration": options.duration_unit,
     }
 
     def number(field: str) -> str:
@@ -156,23 +156,31 @@ def span_select(
 
     start = number("start")
     duration = number("duration") if "duration" in m else f"({number('end')} - {start})"
+    return start, duration
+
+
+def _parent(m: dict[str, str], strict: bool) -> str:
+    """SQL of parent_id: NULL for a root marker."""
     markers = ", ".join(map(_lit, _ROOT_MARKERS))
     if "parent_id" not in m:
-        parent = "NULL"
-    elif strict:  # a root marker as written, or a plain id (checked below)
-        p = m["parent_id"]
-        parent = f"CASE WHEN {p} IN ({markers}) THEN NULL ELSE {p} END"
-    else:
-        parent = (
-            f"CASE WHEN lower(trim({m['parent_id']})) IN ({markers}) "
-            f"THEN NULL ELSE {_id(m['parent_id'])} END"
-        )
+        return "NULL"
+    p = m["parent_id"]
+    if strict:  # a root marker as written, or a plain id (checked below)
+        return f"CASE WHEN {p} IN ({markers}) THEN NULL ELSE {p} END"
+    return f"CASE WHEN lower(trim({p})) IN ({markers}) THEN NULL ELSE {_id(p)} END"
+
+
+def _service(m: dict[str, str]) -> str:
+    """SQL of service: the mapped column, or the instance's pod name without its suffix."""
     if "service" in m:
-        service = f"nullif(trim({m['service']}), '')"
-    elif "instance" in m:
-        service = f"regexp_replace({m['instance']}, {_lit(POD_SUFFIX)}, '')"
-    else:
-        raise InputError("--map: map 'service' (or 'instance', to derive it from a pod name)")
+        return f"nullif(trim({m['service']}), '')"
+    if "instance" in m:
+        return f"regexp_replace({m['instance']}, {_lit(POD_SUFFIX)}, '')"
+    raise InputError("--map: map 'service' (or 'instance', to derive it from a pod name)")
+
+
+def _status(m: dict[str, str]) -> str:
+    """SQL of status from a status column and/or an error flag."""
     status = "'unset'"
     if "status" in m:
         status = (
@@ -185,17 +193,27 @@ def span_select(
             f"CASE WHEN lower(trim({m['error']})) IN ('true', '1', 'yes', 'y', 't') "
             f"THEN 'error' ELSE {status} END"
         )
+    return status
+
+
+def _span_columns(
+    mapping: dict[str, str], options: DecodeOptions, as_read: set[str], strict: bool
+) -> dict[str, str]:
+    """SQL expression of each SPANS column ("NULL" where nothing is mapped)."""
+    m = {k: _q(v) for k, v in mapping.items()}
+    start, duration = _times(mapping, m, options, as_read)
     kind = (
         f"CASE WHEN lower({m['kind']}) IN ({', '.join(map(_lit, KIND_VALUES))}) "
         f"THEN lower({m['kind']}) ELSE 'unspecified' END"
         if "kind" in m
         else "NULL"
     )
-    cols = {
+    code = m.get("http_status_code")
+    return {
         "trace_id": m["trace_id"] if strict else _id(m["trace_id"]),
         "span_id": m["span_id"] if strict else _id(m["span_id"]),
-        "parent_id": parent,
-        "service": service,
+        "parent_id": _parent(m, strict),
+        "service": _service(m),
         "instance": m.get("instance", "NULL"),
         "version": m.get("version", "NULL"),
         "host": m.get("host", "NULL"),
@@ -203,17 +221,48 @@ def span_select(
         "kind": kind,
         "start_ns": start,
         "duration_ns": duration,
-        "status": status,
+        "status": _status(m),
         "status_message": m.get("status_message", "NULL"),
         "http_method": m.get("http_method", "NULL"),
         "http_route": m.get("http_route", "NULL"),
-        "http_status_code": f"TRY_CAST({m['http_status_code']} AS INTEGER)"
-        if "http_status_code" in m
-        else "NULL",
+        "http_status_code": f"TRY_CAST({code} AS INTEGER)" if code else "NULL",
         "http_url": m.get("http_url", "NULL"),
         "peer_service": m.get("peer_service", "NULL"),
         "attributes": m.get("attributes", "NULL"),
     }
+
+
+def _reader(files: list[Path], columns: list[str] | None, as_read: set[str]) -> str:
+    """The read_csv call (without its closing parenthesis): every column as text but
+    as_read; naming the columns (a shared header) spares DuckDB sniffing every file."""
+    file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    layout = (
+        "auto_detect = false, columns = {"
+        + ", ".join(f"{_lit(c)}: '{'BIGINT' if c in as_read else 'VARCHAR'}'" for c in columns)
+        + "}"
+        if columns and len(set(columns)) == len(columns)
+        else "all_varchar = true"
+    )
+    return (
+        f"read_csv({file_list}, header = true, {layout}, delim = ',', quote = '\"', escape = '\"'"
+    )
+
+
+def span_select(
+    files: list[Path],
+    mapping: dict[str, str],
+    options: DecodeOptions,
+    columns: list[str] | None = None,
+    strict: bool = False,
+) -> str:
+    """The SELECT that reads the files (of one header, `columns` where known) and yields the
+    mapped SPANS columns plus _source; strict: the optimistic variant (SqlSource.fast) without
+    _source, which raises an error on any line or row the checked variant would refuse or
+    rewrite."""
+    if "duration" not in mapping and "end" not in mapping:
+        raise InputError("--map: a span needs 'duration' or 'end' mapped")
+    as_read = _as_read(mapping, options, columns) if strict else set()
+    cols = _span_columns(mapping, options, as_read, strict)
     # unmapped columns are left out (the store fills them with NULL): they would only widen
     # the rows DuckDB stages and deduplicates; parent_id stays, the reject check reads it
     derived = fast_derived(mapping) if strict else {}
@@ -222,19 +271,7 @@ def span_select(
         for name, expr in cols.items()
         if (expr != "NULL" or name == "parent_id") and name not in derived
     }
-    file_list = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
-    # every column as text (but as_read); naming them (a shared header) spares DuckDB sniffing
-    # every file
-    layout = (
-        "auto_detect = false, columns = {"
-        + ", ".join(f"{_lit(c)}: '{'BIGINT' if c in as_read else 'VARCHAR'}'" for c in columns)
-        + "}"
-        if columns and len(set(columns)) == len(columns)
-        else "all_varchar = true"
-    )
-    reader = (
-        f"read_csv({file_list}, header = true, {layout}, delim = ',', quote = '\"', escape = '\"'"
-    )
+    reader = _reader(files, columns, as_read)
     if strict:  # a malformed line raises, and so does a row the checked read would touch
         # one test per row (separate CASEs per column cost about 0.05 s more per 1 M rows)
         ok = " AND ".join(
