@@ -121,6 +121,18 @@ def test_train_window_exclude_and_lstm(tmp_path: Path, store: dict) -> None:
     assert human.returncode == 0 and "scored 453 traces" in human.stdout
 
 
+def test_train_window_from_a_start(tmp_path: Path, store: dict) -> None:
+    """--window with --from: the window from then on (not the last one before the end)."""
+    out = run("train", "--model", "f", "--window", "10m", "--from", str(T0 / NS), "--sequence",
+              "ngram", "--point", "ecod", "--json", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["from_ns"] >= T0 and doc["to_ns"] < T0 + 600 * NS
+    human = run("train", "--model", "g", "--window", "10m", "--from", str(T0 / NS), "--sequence",
+                "ngram", cwd=tmp_path)  # fmt: skip
+    assert "windows  ecod on traces" in human.stdout or "windows  traces:" in human.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
@@ -128,6 +140,7 @@ def test_train_window_exclude_and_lstm(tmp_path: Path, store: dict) -> None:
         (["train", "--from", "yesterday"], 2, "--from: 'yesterday' is not ISO-8601"),
         (["train", "--window", "3 weeks"], 2, "--window: '3 weeks' is not a duration"),
         (["train", "--exclude", "5"], 2, "--exclude: '5' is not FROM/TO"),
+        (["train", "--window", "1m", "--from", "1", "--to", "9"], 2, "not both"),
         (["train", "--sequence", "gru"], 2, "sequence detector: 'gru' is not one of"),
         (["train", "--key-fields", "service,colour"], 2, "--key-fields: colour"),
         (["train", "--from", "2030-01-01"], 1, "no traces to train on"),

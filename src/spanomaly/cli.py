@@ -360,7 +360,9 @@ ExcludeOpt = Annotated[
 ]
 WindowOpt = Annotated[
     str | None,
-    typer.Option(help="train on the last DURATION before --to (or the last span): 6h, 1d"),
+    typer.Option(
+        help="train on a window of DURATION (6h, 1d): from --from, else up to --to (or the last span)"
+    ),
 ]
 SequenceOpt = Annotated[str, typer.Option(help="sequence detector: lstm|ngram|none")]
 DurationOpt = Annotated[str, typer.Option(help="duration detector: robust|lstm-duration|none")]
@@ -546,6 +548,18 @@ def _trained(doc: dict[str, Any]) -> None:
         )
     if isinstance(doc.get("logs"), dict):
         typer.echo(f"  logs     {doc['logs']['lines']} lines, {doc['logs']['templates']} templates")
+    point = doc.get("point")
+    if isinstance(point, dict):
+        for source in ("traces", "metrics"):
+            p = point.get(source)
+            if isinstance(p, dict):
+                typer.echo(
+                    f"  windows  {point['detector']} on {source} ({point['window_s']:g} s): "
+                    f"{p['windows']} windows, {p['features']} features, threshold "
+                    f"{p['threshold']:.4g}, validation FPR {100 * p['validation_fpr']:.2f} %"
+                )
+        for source, why in (point.get("skipped") or {}).items():
+            typer.echo(f"  windows  {source}: {why}")
 
 
 @app.command("detectors")
@@ -666,6 +680,14 @@ def testbed_run(
     collector: Annotated[
         str | None, typer.Option(help="send to this running collector instead of starting one")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="run folder: process logs, ground truth, spool (default: a new one in "
+            "the system's temp folder, printed)",
+        ),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -690,6 +712,7 @@ def testbed_run(
             collector=collector,
             replicas=replicas,
             profile=profile,
+            run_dir=out,
         )
         try:
             result = run(cfg)
@@ -720,6 +743,7 @@ def testbed_run(
                 f"(target {rate}/s), {load.get('errors', 0)} errors, {doc['faults']} faults, "
                 f"{doc['fault_traces']} faulty requests recorded"
             )
+            typer.echo(f"  run folder {doc['run_dir']} (process logs, ground truth)")
             if doc.get("crashed"):
                 typer.echo(f"  crashed: {', '.join(doc['crashed'])}")
             if "store" in doc:
@@ -822,6 +846,12 @@ def evaluate(
                 f"(recall {pct(doc['fault_recall'])}), {float(doc['false_alarms_per_hour']):.1f} false "  # type: ignore[arg-type]
                 f"alarms per hour, trace FPR {pct(doc['trace_fpr'])}"
             )
+            tr = doc.get("trace")
+            if isinstance(tr, dict):  # per-request labels: which traces the faults touched
+                typer.echo(
+                    f"  traces   precision {pct(tr['precision'])}  recall {pct(tr['recall'])}  "
+                    f"F1 {pct(tr['f1'])}"
+                )
             for level in ("service", "instance"):
                 a = r[level]
                 typer.echo(
@@ -832,9 +862,11 @@ def evaluate(
             assert isinstance(per_type, dict)
             for kind, t in per_type.items():
                 s = t["rca"]["service"]
+                k = t.get("trace")
+                prf = f", traces P/R/F1 {pct(k['precision'])} / {pct(k['recall'])} / {pct(k['f1'])}" if isinstance(k, dict) else ""  # fmt: skip
                 typer.echo(
                     f"  {kind}: {t['detected']}/{t['faults']} detected, time to detect "
-                    f"{t['time_to_detect_s']} s, service AS@1 {pct(s['top1'])}"
+                    f"{t['time_to_detect_s']} s, service AS@1 {pct(s['top1'])}{prf}"
                 )
 
         _emit(doc, as_json, human)

@@ -93,6 +93,25 @@ def test_generic_csv_with_a_column_map_and_units(tmp_path: Path) -> None:
     assert rows["bbbbbbbbbbbbbbbb"]["duration_ns"] == 250_000
 
 
+def test_decimal_seconds_are_exact_nanoseconds(tmp_path: Path) -> None:
+    text = (
+        "tid,sid,svc,name,start,dur\n"
+        f"{T1},aaaaaaaaaaaaaaaa,api,GET,1700000000.501,0.000000001\n"
+        f"{T1},bbbbbbbbbbbbbbbb,api,GET,1.7e9,2\n"
+    )
+    mapping = parse_map(
+        "trace_id=tid,span_id=sid,service=svc,operation=name,start=start,duration=dur"
+    )
+    opts = DecodeOptions(column_map=mapping, time_unit="s", duration_unit="s")
+    report, store = ingest([write(tmp_path / "s.csv", text)], fmt="csv", options=opts)
+    assert report.spans == 2, report.errors
+    rows = {r["span_id"]: r for r in store.spans().to_pylist()}
+    assert rows["aaaaaaaaaaaaaaaa"]["start_ns"] == 1_700_000_000_501_000_000  # not ...500999936
+    assert rows["aaaaaaaaaaaaaaaa"]["duration_ns"] == 1
+    assert rows["bbbbbbbbbbbbbbbb"]["start_ns"] == 1_700_000_000_000_000_000
+    assert rows["bbbbbbbbbbbbbbbb"]["duration_ns"] == 2_000_000_000
+
+
 def test_bad_map_and_missing_columns_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown field 'trace'"):
         parse_map("trace=TraceID")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ EXPECTED = [
         span_id="e457b5a2e4d86bd1",
         parent_id="72485a3953bb6124",
         service="backend",
-        instance="2001:db8::c001",
+        instance="[2001:db8::c001]:9000",  # no port on this span: the backend's one port
         operation="db query",
         start_ns=1_700_000_000_003_000_000,
         duration_ns=0,
@@ -280,3 +281,26 @@ def test_invalid_utf8_is_format_error(tmp_path: Path) -> None:
     path.write_bytes(b'[{"traceId": "ab", "id": "cd", "name": "caf\xe9", "timestamp": 1}]')
     with pytest.raises(FormatError, match=f"^{re.escape(str(path))}: not valid JSON: .*UTF-8"):
         list(zipkin.decode_file(path, DecodeOptions()))
+
+
+def test_an_endpoint_without_a_port_is_the_instance_with_the_one_port(tmp_path: Path) -> None:
+    """A client span's local endpoint has no port; the server spans of the same process
+    have its listening port: one instance, not two. Two ports at one address stay apart."""
+
+    def span(sid: str, kind: str, ep: dict[str, object]) -> dict[str, object]:
+        return {"traceId": "a" * 32, "id": sid, "name": "x", "kind": kind,
+                "timestamp": 1_700_000_000_000_000, "duration": 10,
+                "localEndpoint": {"serviceName": "frontend", **ep}}  # fmt: skip
+
+    path = tmp_path / "z.json"
+    path.write_text(json.dumps([
+        span("1" * 16, "SERVER", {"ipv4": "10.0.0.1", "port": 8080}),
+        span("2" * 16, "CLIENT", {"ipv4": "10.0.0.1"}),
+        span("3" * 16, "SERVER", {"ipv4": "10.0.0.2", "port": 80}),
+        span("4" * 16, "SERVER", {"ipv4": "10.0.0.2", "port": 81}),
+        span("5" * 16, "CLIENT", {"ipv4": "10.0.0.2"}),
+    ]))  # fmt: skip
+    rows = _rows(list(zipkin.decode_file(path, DecodeOptions())))
+    assert [r["instance"] for r in rows] == [
+        "10.0.0.1:8080", "10.0.0.1:8080", "10.0.0.2:80", "10.0.0.2:81", "10.0.0.2"
+    ]  # fmt: skip

@@ -20,6 +20,7 @@ Model directory (`<model>/point/`):
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -33,6 +34,8 @@ from spanomaly.detect.window_findings import FlaggedWindows, window_findings
 from spanomaly.errors import ModelError
 from spanomaly.features.windows import InstanceWindows, Normalizer, SelfTimeProfile
 from spanomaly.schema import FINDINGS
+
+log = logging.getLogger(__name__)
 
 FORMAT = "spanomaly-point-model"
 SOURCES = ("traces", "metrics")
@@ -90,10 +93,14 @@ class WindowModel:
         self.logs_ = logs
         self.sources_: dict[str, tuple[Normalizer, Detector]] = {}
         self.trained_: dict[str, dict[str, Any] | None] = {}
+        self.skipped_: dict[str, str] = {}
         for source, w in windows.items():
             w = w.select([n for n in w.names if n not in self.host_metrics_])
             if w.n < MIN_WINDOWS or not w.names:
                 self.trained_[source] = None
+                why = f"{w.n} windows, fewer than {MIN_WINDOWS}" if w.names else "no feature"
+                self.skipped_[source] = f"{why}: no detector for the {source} windows"
+                log.warning("window model: %s", self.skipped_[source])
                 continue
             norm, det = self._fit_source(w, None if labels is None else labels[source])
             self.sources_[source] = (norm, det)

@@ -100,10 +100,11 @@ def _int(expr: str, unit: str) -> str:
     factor = UNITS_NS[unit]
     if factor == 1:  # nanoseconds: a decimal fraction rounds to the nearest ns
         return f"TRY_CAST({expr} AS BIGINT)"
-    # coarser units may carry a fraction (1.5 ms), kept by going through DOUBLE
+    # coarser units may carry a fraction (1.5 ms, 1700000000.501 s), kept exactly through
+    # DECIMAL (a DOUBLE would store 1700000000.501 s as ...500999936 ns)
     return (
         f"CASE WHEN contains({expr}, '.') OR contains({expr}, 'e') OR contains({expr}, 'E') "
-        f"THEN CAST(round(TRY_CAST({expr} AS DOUBLE) * {factor}) AS BIGINT) "
+        f"THEN CAST(round(TRY_CAST({expr} AS DECIMAL(38, 9)) * {factor}) AS BIGINT) "
         f"ELSE TRY_CAST({expr} AS BIGINT) * {factor} END"
     )
 

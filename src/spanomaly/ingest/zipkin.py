@@ -10,7 +10,9 @@ with zeros, as Zipkin itself does.
 Mapping to `schema.SPANS`:
 
 - service: `localEndpoint.serviceName`, lower-cased as Zipkin does; instance: the local
-  endpoint's `ipv4` (else `ipv6`) with `:port` where a port is given (`[ipv6]:port`).
+  endpoint's `ipv4` (else `ipv6`) with `:port` where a port is given (`[ipv6]:port`); an
+  endpoint without a port is the instance the same service shows with one port at that
+  address in the same file (a client span's local endpoint has none).
   Zipkin carries no version or host: both are null.
 - operation: `name`, "unknown" when missing or empty. kind: lower-cased `kind`,
   "unspecified" when missing.
@@ -122,6 +124,21 @@ def _local(
         return _service(endpoint), _address(endpoint)
 
 
+def _with_ports(
+    cache: dict[tuple[Any, ...], tuple[str | None, str | None]],
+) -> dict[tuple[str | None, str | None], str]:
+    """(service, address without port) -> the one address with a port that service shows
+    at that address in the batch: a client span's local endpoint carries no port (it calls
+    from an ephemeral one) while the same process's server spans carry its listening port,
+    and both are one instance. An address seen with two ports is left as it is."""
+    ported: dict[tuple[str | None, str], set[str]] = {}
+    for service, instance in cache.values():
+        if instance and ("]:" in instance or instance.count(":") == 1):  # [ipv6]:port, ipv4:port
+            host = instance.rpartition(":")[0].strip("[]")
+            ported.setdefault((service, host), set()).add(instance)
+    return {(svc, host): next(iter(a)) for (svc, host), a in ported.items() if len(a) == 1}
+
+
 def _name(value: object) -> str:
     return value if isinstance(value, str) and value else "unknown"
 
@@ -131,6 +148,9 @@ def _columns(records: list[js.Record]) -> js.Columns:
     tags = [_tags(s.get("tags")) for s in spans]
     cache: dict[tuple[Any, ...], tuple[str | None, str | None]] = {}
     local = [_local(s.get("localEndpoint"), cache) for s in spans]
+    same = _with_ports(cache)  # per distinct endpoint, not per span
+    if same:
+        local = [(svc, same.get((svc, inst), inst)) for svc, inst in local]
     codes = [
         js.http_status(js.first(t, "http.status_code", "http.response.status_code")) for t in tags
     ]

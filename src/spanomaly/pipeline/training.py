@@ -117,16 +117,24 @@ class PointOptions:
 def training_period(
     store: Store, start_ns: int | None, end_ns: int | None, window_s: float | None
 ) -> tuple[int | None, int | None]:
-    """The period to train on: [start, end), or with window_s the last window_s seconds
-    before end (default: the last span), a sliding window of recent normal data."""
+    """The period to train on: [start, end); with window_s a window of that length: the
+    first window_s seconds from start, or the last before end (default: the last span), a
+    sliding window of recent normal data."""
     if window_s is not None:
         if window_s <= 0:
             raise InputError("--window: must be positive")
-        if end_ns is None:
-            hi = reads.span_range(store)[1]
-            end_ns = None if hi is None else hi + 1
-        if end_ns is not None:
-            start_ns = max(start_ns or 0, end_ns - int(window_s * 1e9))
+        if start_ns is not None and end_ns is not None:
+            raise InputError("--window: give --from (a window from then) or --to (a window "
+                             "up to then), not both")  # fmt: skip
+        w_ns = int(window_s * 1e9)
+        if start_ns is not None:
+            end_ns = start_ns + w_ns
+        else:
+            if end_ns is None:
+                hi = reads.span_range(store)[1]
+                end_ns = None if hi is None else hi + 1
+            if end_ns is not None:
+                start_ns = end_ns - w_ns
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise InputError("--from must be before --to")
     return start_ns, end_ns
@@ -310,6 +318,8 @@ def _fit_windows(
         doc["log_coverage"] = round(float(coverage), 3)
     doc["host_metrics"] = model.host_metrics_
     doc.update(model.trained_)
+    if model.skipped_:
+        doc["skipped"] = model.skipped_
     return doc
 
 
