@@ -72,8 +72,7 @@ def test_a_failing_write_leaves_the_files_as_they_were(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError), store.transaction():
             store.write(Chunk("spans", spans(2, trace="b" * 32)))
             raise RuntimeError("the input broke half way")
-        with pytest.raises(StoreError, match="does not delete"):
-            store.delete("spans")
+        assert not hasattr(store, "delete")  # its files are only added (or, for feedback, replaced)
         assert {p: p.read_bytes() for p in root.rglob("*.parquet")} == before
         assert not list(root.glob("_staging-*"))
         assert store.stats().traces == 1

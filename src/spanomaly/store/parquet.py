@@ -343,10 +343,6 @@ class ParquetStore(SqlReads):
                 staged = Path(path)
                 self._pending.append((staged, self.root / staged.relative_to(self._staging)))
 
-    def delete(self, table: str, where: str = "TRUE", params: list[object] | None = None) -> int:
-        """Not offered: the dataset's files are only ever added (or, for feedback, replaced)."""
-        raise StoreError(f"{self.root}: the Parquet store does not delete rows; export again")
-
     def set_feedback(self, finding_ids: list[str], feedback: str | None) -> int:
         """Record operator feedback on findings: the findings files are rewritten as one."""
         self._check_writable()
