@@ -652,11 +652,16 @@ def feedback(
             store.close()
 
         def human() -> None:
+            if not doc.get("model_updated") and "already" in str(doc.get("changed")):
+                typer.echo(f"finding {finding}: marked normal already, nothing changed")
+                return
             text = f"finding {finding} marked normal"
             if doc.get("model_updated"):
                 text += (
                     f"; model {model} updated ({doc['new_keys']} new event keys, trace flagged "
-                    f"{'still' if doc['flagged_after'] else 'no longer'})"
+                    f"{'still' if doc['flagged_after'] else 'no longer'}); it no longer flags "
+                    f"{doc['clears']} other trace findings of the store (a new detect would not "
+                    "store them)"
                 )
             typer.echo(text)
 
