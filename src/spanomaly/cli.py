@@ -844,6 +844,9 @@ def evaluate(
             return "-" if v is None else f"{100 * float(v):.1f} %"  # type: ignore[arg-type]
 
         def human() -> None:
+            if doc.get("labels") is False:
+                _unlabelled(doc)
+                return
             r = doc["rca"]
             assert isinstance(r, dict)
             typer.echo(
@@ -875,6 +878,18 @@ def evaluate(
                 )
 
         _emit(doc, as_json, human)
+
+
+def _unlabelled(doc: dict[str, Any]) -> None:
+    """The human lines of an evaluation without fault labels."""
+    typer.echo(
+        f"{doc['note']}; {doc['findings']} findings in {doc['incidents']} incidents "
+        "(findings on one service less than 60 s apart)"
+    )
+    for r in doc["suspects"][:5]:
+        typer.echo(
+            f"  {r['rank']:2}. {r['service']}  {r['instance'] or '-'}  score {r['score']:.3g}"
+        )
 
 
 @app.command()

@@ -135,19 +135,8 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         cache.clear()
         if online is not None:
             return await act(lambda: online.feedback(finding_id))
-        try:  # a write: in the writer thread
-            before = await read(lambda s: queries.finding(s, finding_id))
-            found(before, "such finding")
-            n = await asyncio.wrap_future(
-                writer.call(lambda s: s.set_feedback([finding_id], "normal"))
-            )
-        except StoreError as exc:
-            raise HTTPException(503, str(exc)) from exc
-        found(n or None, "such finding")
-        again = before is not None and before.get("feedback") == "normal"
-        return {"finding": finding_id, "feedback": "normal", "model_updated": False,
-                "changed": "nothing: the finding was marked normal already" if again
-                else "marked normal (no model is loaded: nothing learnt)"}  # fmt: skip
+        before = found(await read(lambda s: queries.finding(s, finding_id)), "such finding")
+        return await _mark_normal(writer, finding_id, before.get("feedback") == "normal")
 
     @api.get("/traces/{trace_id}")
     async def trace(trace_id: str) -> dict[str, Any]:
@@ -170,6 +159,17 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         return found(doc, "such instance")
 
     return api
+
+
+async def _mark_normal(writer: Writer, finding_id: str, already: bool) -> dict[str, Any]:
+    """Mark a finding normal in the store (no model loaded: nothing is learnt)."""
+    try:  # a write: in the writer thread
+        await asyncio.wrap_future(writer.call(lambda s: s.set_feedback([finding_id], "normal")))
+    except StoreError as exc:
+        raise HTTPException(503, str(exc)) from exc
+    changed = ("nothing: the finding was marked normal already" if already
+               else "marked normal (no model is loaded: nothing learnt)")  # fmt: skip
+    return {"finding": finding_id, "feedback": "normal", "model_updated": False, "changed": changed}
 
 
 async def _normal_only(request: Request) -> None:
