@@ -16,6 +16,7 @@ from tests.serve.dashboard_data import (
     SPIKE,
     XSS,
     Data,
+    add_trace_logs,
     app_over,
     build,
     running,
@@ -229,3 +230,17 @@ def test_no_get_route_changes_state_and_openapi_documents_every_api_route(api: t
         "/api/model/retrain",
     }  # fmt: skip
     assert all(set(doc["paths"][p]) == {"post"} for p in changing)
+
+
+def test_a_trace_carries_its_log_lines_under_their_spans(built: Data, tmp_path: Path) -> None:
+    data = built.copy_to(tmp_path)
+    written = add_trace_logs(data)
+    app, _ = app_over(data, online=False)
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        doc = client.get(f"/api/traces/{written['trace_id']}").json()
+    lines = doc["logs"]
+    assert [(x["span_id"], x["severity"]) for x in lines] == [
+        (written["other"], "WARN"), (written["span"], "INFO"), (written["span"], "ERROR")
+    ]  # fmt: skip
+    assert all(x["offset_ms"] >= 0 and "body" in x and "template_id" in x for x in lines)
+    assert [x["finding"] for x in lines] == [None, None, written["finding"]]  # the line it names
