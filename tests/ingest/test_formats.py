@@ -105,7 +105,7 @@ def test_an_explicit_format_wins_over_the_guess(tmp_path: Path) -> None:
     jaeger = _sample(tmp_path, REGISTRY["jaeger"])
     assert identify(jaeger, "zipkin", DecodeOptions(), {}).name == "zipkin"
     assert identify(jaeger, "otlp", DecodeOptions(), {}).name == "otlp-json"
-    work, refused = plan([jaeger], "zipkin", DecodeOptions())
+    work, _ = plan([jaeger], "zipkin", DecodeOptions())
     with pytest.raises(InputError, match=str(jaeger)):  # the reader names the file
         for unit in work:
             list(unit.decode())
