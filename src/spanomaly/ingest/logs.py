@@ -26,7 +26,7 @@ from pathlib import Path
 
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
-from spanomaly.ingest.csv import POD_SUFFIX, UNITS_NS, _lit, _q
+from spanomaly.ingest.csv import POD_SUFFIX, UNITS_NS, _lit, _q, csv_reader
 from spanomaly.ingest.files import LOG_BODY_KEYS, LOG_TIME_KEYS
 
 LOG_FIELDS = ("time", "body", "severity", "trace_id", "span_id", "service", "instance", "host")
@@ -100,17 +100,7 @@ def _csv_reader(files: list[Path], columns: list[str] | None = None) -> str:
     """read_csv of files of one header: with the header's columns named, DuckDB sniffs
     nothing, so a row with too many or too few fields is a reject of its own (with its
     line) instead of a sniffing error that refuses the whole file."""
-    layout = (
-        "auto_detect = false, columns = {"
-        + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns)
-        + "}"
-        if columns and len(set(columns)) == len(columns)
-        else "all_varchar = true"
-    )
-    return (
-        f"read_csv({_file_list(files)}, header = true, {layout}, delim = ',', "
-        "quote = '\"', escape = '\"', filename = '_file', store_rejects = true)"
-    )
+    return csv_reader(files, columns) + ", filename = '_file', store_rejects = true)"
 
 
 def nezha_select(files: list[Path], columns: list[str] | None = None) -> str:
