@@ -4,8 +4,6 @@ rendered by headless Chromium (a screenshot test), names shown as text and never
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from spanomaly.pipeline.graph import file_graph
 from spanomaly.report.graph_file import to_dot, to_html, write_graph
 from tests.features import graph_files
+from tests.report.artifacts import keep
 
 CHROMIUM = "/usr/bin/chromium"
 EVIL = '</script><img src=x onerror=alert(1)>"'
@@ -62,10 +61,7 @@ def test_page_renders_in_headless_chromium(fmt: str, tmp_path: Path) -> None:
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 10_000
-    artifacts = os.environ.get("SPANOMALY_TEST_ARTIFACTS")
-    if artifacts:  # keep the screenshot where CI collects test artifacts
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(artifacts) / shot.name)
+    keep(shot)  # where CI collects test artifacts
 
 
 def test_names_cannot_break_out_of_the_page_or_the_dot(tmp_path: Path) -> None:
