@@ -104,21 +104,44 @@ def _main(
         raise typer.Exit(0)
 
 
+PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
+FormatOpt = Annotated[str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha")]
+MapOpt = Annotated[
+    str | None,
+    typer.Option("--map", help="CSV column map: trace_id=TraceID,span_id=SpanID,..."),
+]
+TimeUnitOpt = Annotated[str, typer.Option(help="unit of mapped CSV time columns: s|ms|us|ns")]
+DurationUnitOpt = Annotated[str, typer.Option(help="unit of a mapped CSV duration column")]
+
+
+def _decode_options(
+    map_: str | None, time_unit: str, duration_unit: str, fault_duration: float
+) -> Any:
+    """The readers' DecodeOptions from the ingest flags, each checked."""
+    from spanomaly.ingest.base import DecodeOptions
+    from spanomaly.ingest.csv import UNITS_NS, parse_map
+
+    for name, unit in (("--time-unit", time_unit), ("--duration-unit", duration_unit)):
+        if unit not in UNITS_NS:
+            raise InputError(f"{name}: {unit!r} is not one of {', '.join(UNITS_NS)}")
+    if fault_duration <= 0:
+        raise InputError("--fault-duration: must be positive")
+    return DecodeOptions(
+        column_map=parse_map(map_) if map_ else {},
+        time_unit=time_unit,
+        duration_unit=duration_unit,
+        fault_duration_s=fault_duration,
+    )
+
+
 @app.command()
 def ingest(
-    paths: Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")],
+    paths: PathsArg,
     db: DbOpt = None,
-    fmt: Annotated[
-        str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha")
-    ] = "auto",
-    map_: Annotated[
-        str | None,
-        typer.Option("--map", help="CSV column map: trace_id=TraceID,span_id=SpanID,..."),
-    ] = None,
-    time_unit: Annotated[
-        str, typer.Option(help="unit of mapped CSV time columns: s|ms|us|ns")
-    ] = "ns",
-    duration_unit: Annotated[str, typer.Option(help="unit of a mapped CSV duration column")] = "ns",
+    fmt: FormatOpt = "auto",
+    map_: MapOpt = None,
+    time_unit: TimeUnitOpt = "ns",
+    duration_unit: DurationUnitOpt = "ns",
     fault_duration: Annotated[
         float, typer.Option(help="seconds a labelled fault lasts (label files)")
     ] = DEFAULT_FAULT_DURATION_S,
@@ -126,21 +149,9 @@ def ingest(
 ) -> None:
     """Store spans, metrics, logs and fault labels from files (.gz/.zst too)."""
     from spanomaly import pipeline
-    from spanomaly.ingest.base import DecodeOptions
-    from spanomaly.ingest.csv import UNITS_NS, parse_map
 
     with _errors():
-        for name, unit in (("--time-unit", time_unit), ("--duration-unit", duration_unit)):
-            if unit not in UNITS_NS:
-                raise InputError(f"{name}: {unit!r} is not one of {', '.join(UNITS_NS)}")
-        if fault_duration <= 0:
-            raise InputError("--fault-duration: must be positive")
-        options = DecodeOptions(
-            column_map=parse_map(map_) if map_ else {},
-            time_unit=time_unit,
-            duration_unit=duration_unit,
-            fault_duration_s=fault_duration,
-        )
+        options = _decode_options(map_, time_unit, duration_unit, fault_duration)
         store = pipeline.open_store(db_path(db))
         try:
             with _progress(not as_json) as progress:
@@ -918,6 +929,41 @@ def report(
             as_json,
             lambda: typer.echo(f"report: {path}"),
         )
+
+
+@app.command()
+def graph(
+    paths: PathsArg,
+    out: Annotated[Path, typer.Option("--out", help="graph.html, graph.svg or graph.dot")],
+    fmt: FormatOpt = "auto",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="model directory: colour by its findings, not by errors"),
+    ] = None,
+    map_: MapOpt = None,
+    time_unit: TimeUnitOpt = "ns",
+    duration_unit: DurationUnitOpt = "ns",
+    title: Annotated[str, typer.Option(help="title of the graph")] = "service graph",
+    as_json: JsonOpt = False,
+) -> None:
+    """The service graph straight from trace files (no store): HTML (offline), SVG or DOT."""
+    from spanomaly.pipeline.graph import check_output
+    from spanomaly.pipeline.graph import graph as draw
+
+    with _errors():
+        check_output(out)
+        options = _decode_options(map_, time_unit, duration_unit, DEFAULT_FAULT_DURATION_S)
+        data = draw(paths, out, fmt, options, model, title)
+        doc = {
+            "graph": str(out),
+            "services": data.nodes.num_rows,
+            "edges": data.edges.num_rows,
+            "calls": sum(data.edges.column("calls").to_pylist()),
+            "colour_by": data.colour_by,
+        }
+        _emit(doc, as_json, lambda: typer.echo(
+            f"graph: {out} ({doc['services']} services, {doc['edges']} edges, "
+            f"{doc['calls']} calls; colour = {data.colour_by})"))  # fmt: skip
 
 
 @app.command()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from spanomaly.pipeline.report import report
 from spanomaly.schema import FINDINGS
 from spanomaly.store.duckdb import DuckDBStore
 from tests.rca import scenario as sc
+from tests.report.artifacts import keep
 from tests.test_cli import run
 
 CHROMIUM = "/usr/bin/chromium"
@@ -125,7 +125,4 @@ def test_report_renders_in_headless_chromium(detected: Path, tmp_path: Path) -> 
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 50_000
-    artifacts = os.environ.get("SPANOMALY_TEST_ARTIFACTS")
-    if artifacts:  # keep the screenshot where CI collects test artifacts
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(artifacts) / "report.png")
+    keep(shot)  # where CI collects test artifacts

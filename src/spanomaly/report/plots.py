@@ -155,9 +155,15 @@ def _layers(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, tuple[f
     return pos
 
 
-def service_graph(graph: pa.Table, anomaly: dict[str, float], instances: dict[str, int]) -> str:
+def service_graph(
+    graph: pa.Table,
+    anomaly: dict[str, float],
+    instances: dict[str, int],
+    red: Sequence[bool] | None = None,
+    title: str = "service dependency graph: colour = findings blamed on the service",
+) -> str:
     """The service dependency graph; node colour: share of the service's findings
-    (0 white, most anomalous red); edge width: calls."""
+    (0 white, most anomalous red); edge width: calls; edges flagged in red drawn red."""
     plt = _plt()
     edges = [
         (a, b)
@@ -171,15 +177,17 @@ def service_graph(graph: pa.Table, anomaly: dict[str, float], instances: dict[st
     height = max((abs(v[1]) for v in pos.values()), default=1) * 2 + 1
     fig, ax = plt.subplots(figsize=(max(4.0, 2.4 * width), max(2.5, 0.8 * height)))
     top = max(calls.max() if len(calls) else 1, 1)
-    for (a, b), c in zip(edges, calls, strict=True):
+    flags = list(red) if red is not None else [False] * len(edges)
+    for (a, b), c, hot in zip(edges, calls, flags, strict=True):
         if a == b:
             continue
         (x0, y0), (x1, y1) = pos[a], pos[b]
+        colour = ALARM_COLOUR if hot else "#6c757d"
         ax.annotate(
             "",
             xy=(x1 - 0.18, y1),
             xytext=(x0 + 0.18, y0),
-            arrowprops={"arrowstyle": "->", "lw": 0.5 + 2.5 * c / top, "color": "#6c757d"},
+            arrowprops={"arrowstyle": "->", "lw": 0.5 + 2.5 * c / top, "color": colour},
         )
     cmap = plt.get_cmap("Reds")
     peak = max(anomaly.values(), default=0) or 1
@@ -191,7 +199,7 @@ def service_graph(graph: pa.Table, anomaly: dict[str, float], instances: dict[st
     ax.set_axis_off()
     ax.set_xlim(-0.6, width - 0.4)
     ax.set_ylim(-height / 2 - 0.6, height / 2 + 0.3)
-    ax.set_title("service dependency graph: colour = findings blamed on the service")
+    ax.set_title(title)
     return _svg(fig)
 
 

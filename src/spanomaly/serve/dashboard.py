@@ -32,6 +32,8 @@ from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import Writer
 
 STATIC = Path(str(resources.files("spanomaly.serve") / "static"))
+# the service graph's script and style, shared with `spanomaly graph`'s page
+GRAPH_STATIC = Path(str(resources.files("spanomaly.report") / "static"))
 COOKIE = "spanomaly_session"
 CSRF_HEADER = b"x-spanomaly"
 MAX_LOGIN_BODY = 4096
@@ -168,6 +170,7 @@ def _path_of(scope: Scope) -> str:
 def install(app: FastAPI, writer: Writer, token: str | None, online: Online | None = None) -> None:
     """Add the dashboard pages, assets, API and docs to app, behind the guard."""
     app.include_router(router(writer, online))
+    app.mount("/static/graph", StaticFiles(directory=GRAPH_STATIC), name="graph-static")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

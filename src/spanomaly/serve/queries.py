@@ -10,7 +10,6 @@ the epoch (``time_ms``, a float: JavaScript cannot hold nanosecond integers exac
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from spanomaly.evaluate.metrics import alarms
-from spanomaly.features.graph import GRAPH_SCHEMA
+from spanomaly.features.graph import GRAPH_SCHEMA, findings_anomaly
 from spanomaly.rca.ranking import rank
 from spanomaly.store.base import Store
 
@@ -129,11 +128,6 @@ def window_findings(store: Store, w: Window, limit: int = MAX_WINDOW_FINDINGS) -
     )
 
 
-def _anomaly(findings: int) -> float:
-    """Colour scale of a node: 0 without findings, towards 1 as they pile up."""
-    return round(1.0 - math.exp(-findings / 3.0), 4)
-
-
 def graph(store: Store, w: Window, found: pa.Table, traffic: pa.Table) -> dict[str, Any]:
     """Nodes (services) and edges (calls) of the window with their rates and anomalies."""
     seconds = max((w.end_ns - w.start_ns) / _NS, 1e-9)
@@ -167,7 +161,7 @@ def graph(store: Store, w: Window, found: pa.Table, traffic: pa.Table) -> dict[s
                 "mean_ms": round(sum_ns / node["requests"] / 1e6, 3) if node["requests"] else None,
                 "findings": n,
                 "max_score": round(best, 4),
-                "anomaly": _anomaly(n),
+                "anomaly": findings_anomaly(n),
             }
         )
     calls = _calls(store, w)

@@ -3,33 +3,11 @@
 // Every piece of data goes into the page through textContent or setAttribute, never
 // innerHTML: span, service and operation names come from the traced applications.
 (() => {
-  const SVGNS = "http://www.w3.org/2000/svg";
   const POLL_MS = 5000;
   let timer = null;
   let generation = 0; // a view rendered for an older hash ignores its late answers
+  const { el, svg, fmtNum } = window.spanomalyDom; // dom.js, graph.js: /static/graph/
 
-  // -- DOM helpers -------------------------------------------------------------------------
-  function el(tag, attrs, ...children) {
-    const e = document.createElement(tag);
-    return fill(e, attrs, children);
-  }
-  function svg(tag, attrs, ...children) {
-    const e = document.createElementNS(SVGNS, tag);
-    return fill(e, attrs, children);
-  }
-  function fill(e, attrs, children) {
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === undefined || v === null || v === false) continue;
-      if (k === "text") e.textContent = String(v);
-      else if (k === "on") for (const [ev, fn] of Object.entries(v)) e.addEventListener(ev, fn);
-      else e.setAttribute(k, String(v));
-    }
-    for (const c of children) {
-      if (c === undefined || c === null || c === false) continue;
-      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
-    }
-    return e;
-  }
   const main = () => document.getElementById("main");
   function setStatus(text, isError) {
     const s = document.getElementById("status");
@@ -57,9 +35,7 @@
 
   // -- formatting --------------------------------------------------------------------------
   const fmtTime = (ms) => (ms === null || ms === undefined ? "" : new Date(ms).toISOString().replace("T", " ").slice(0, 23));
-  const fmtNum = (x, d = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
   const fmtP = (p) => (p === null || p === undefined ? "–" : p >= 0.001 || p === 0 ? Number(p).toFixed(4) : Number(p).toExponential(1));
-  const colour = (a) => `hsl(${Math.round(120 * (1 - Math.min(Math.max(a || 0, 0), 1)))}, 70%, 42%)`;
   const toInput = (ms) => (ms ? new Date(ms).toISOString().slice(0, 16) : "");
   const fromInput = (v) => (v ? String(Date.parse(v + ":00Z") / 1000) : "");
 
@@ -123,79 +99,8 @@
     timer = setInterval(() => refresh().catch((e) => setStatus(e.message, true)), POLL_MS);
   }
 
-  function layout(nodes, edges) {
-    // layers by longest call path from the entry services (cycles cut), then spread
-    const names = nodes.map((n) => n.service);
-    const out = new Map(names.map((n) => [n, []]));
-    const indeg = new Map(names.map((n) => [n, 0]));
-    for (const e of edges) {
-      if (!out.has(e.caller) || !out.has(e.callee)) continue;
-      out.get(e.caller).push(e.callee);
-      indeg.set(e.callee, indeg.get(e.callee) + 1);
-    }
-    const level = new Map(names.map((n) => [n, 0]));
-    const queue = names.filter((n) => indeg.get(n) === 0);
-    const left = new Map(indeg);
-    const seen = new Set();
-    while (queue.length) {
-      const n = queue.shift();
-      seen.add(n);
-      for (const m of out.get(n)) {
-        level.set(m, Math.max(level.get(m), level.get(n) + 1));
-        left.set(m, left.get(m) - 1);
-        if (left.get(m) === 0) queue.push(m);
-      }
-    }
-    const layers = [];
-    for (const n of names) {
-      const l = seen.has(n) ? level.get(n) : 0;
-      (layers[l] = layers[l] || []).push(n);
-    }
-    const pos = new Map();
-    const dx = 190, dy = 56;
-    const tallest = Math.max(1, ...layers.map((l) => (l ? l.length : 0)));
-    layers.forEach((layer, i) => {
-      (layer || []).forEach((n, j) => pos.set(n, { x: 90 + i * dx, y: 40 + (j + (tallest - layer.length) / 2) * dy }));
-    });
-    return { pos, width: 180 + Math.max(1, layers.length) * dx, height: 40 + tallest * dy };
-  }
-
   function drawGraph(g) {
-    const { pos, width, height } = layout(g.nodes, g.edges);
-    const root = svg("svg", { id: "graph", viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "service dependency graph" });
-    root.append(
-      svg("defs", null, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }))),
-    );
-    const maxRate = Math.max(1e-9, ...g.edges.map((e) => e.rate));
-    for (const e of g.edges) {
-      const a = pos.get(e.caller), b = pos.get(e.callee);
-      if (!a || !b) continue;
-      const ang = Math.atan2(b.y - a.y, b.x - a.x);
-      const line = svg("line", {
-        class: e.errors ? "edge errors" : "edge",
-        x1: a.x + 14 * Math.cos(ang), y1: a.y + 14 * Math.sin(ang), x2: b.x - 16 * Math.cos(ang), y2: b.y - 16 * Math.sin(ang),
-        "stroke-width": 1 + 4 * Math.sqrt(e.rate / maxRate), "marker-end": "url(#arrow)",
-        "data-caller": e.caller, "data-callee": e.callee,
-      });
-      line.append(svg("title", { text: `${e.caller} → ${e.callee}: ${fmtNum(e.rate)} calls/s, ${e.errors} errors, mean ${fmtNum(e.mean_ms)} ms` }));
-      root.append(line);
-    }
-    for (const n of g.nodes) {
-      const p = pos.get(n.service);
-      const r = 10 + Math.min(8, 2 * Math.log2(1 + n.instances));
-      const node = svg("g", { class: "node", "data-service": n.service, "data-anomaly": n.anomaly, transform: `translate(${p.x},${p.y})`, tabindex: 0 });
-      node.append(
-        svg("circle", { r, fill: colour(n.anomaly) }),
-        svg("text", { class: "label", y: r + 12, "text-anchor": "middle", text: n.service }),
-        svg("text", { class: "count", y: 4, "text-anchor": "middle", text: n.instances }),
-        svg("title", { text: `${n.service}: ${n.instances} instances, ${fmtNum(n.rate)} req/s, ${n.errors} errors, mean ${fmtNum(n.mean_ms)} ms, ${n.findings} findings` }),
-      );
-      const open = () => { location.hash = `#/anomalies?service=${encodeURIComponent(n.service)}`; };
-      node.addEventListener("click", open);
-      node.addEventListener("keydown", (ev) => { if (ev.key === "Enter") open(); });
-      root.append(node);
-    }
-    return root;
+    return window.spanomalyGraph.draw(g, (service) => { location.hash = `#/anomalies?service=${encodeURIComponent(service)}`; });
   }
 
   function alarmList(alarms) {
