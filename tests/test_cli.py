@@ -90,3 +90,14 @@ def test_a_file_with_only_bad_records_exits_2(tmp_path: Path) -> None:
     assert out.returncode == 2
     doc = json.loads(out.stdout)
     assert doc["rejected"] == 1 and "bad.json" in doc["errors"][0]
+
+
+def test_testbed_run_says_where_its_run_folder_is(tmp_path: Path) -> None:
+    """The run folder (process logs, ground truth) is the --out given, and it is printed."""
+    (tmp_path / "none.toml").write_text("")
+    out = tmp_path / "run"
+    r = run("testbed", "run", "--minutes", "0.1", "--rate", "5", "--faults", "none.toml",
+            "--out", str(out), "--db", str(tmp_path / "s.duckdb"), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"run folder {out} " in r.stdout
+    assert (out / "logs").is_dir() and (out / "truth").is_dir()

@@ -125,6 +125,18 @@ def test_train_with_logs_and_excluded_window_then_detect(scenario: dict, tmp_pat
     assert len(flagged) <= 3  # the 50 normal traces (with their lines) pass
     suspects = pipeline.rca(DuckDBStore(db, read_only=True), T0 + 3699 * NS, T0 + 3702 * NS)
     assert suspects[0]["service"] == "order-service"
+    # detect stored each scored line's template: log lines can be grouped by template
+    assert json.loads(det.stdout)["log_lines_templated"] > 0
+    with DuckDBStore(db, read_only=True) as s:
+        groups = s.sql(
+            "SELECT template_id, any_value(params) AS params, count(*) AS n FROM logs "
+            f"WHERE time_ns >= {T0 + 3500 * NS} GROUP BY 1 ORDER BY n DESC"
+        ).to_pylist()
+        before = s.sql(f"SELECT count(*) AS n FROM logs WHERE time_ns < {T0 + 3500 * NS} "
+                       "AND template_id IS NOT NULL").to_pylist()[0]["n"]  # fmt: skip
+    assert all(g["template_id"] is not None for g in groups) and len(groups) >= 2
+    assert groups[0]["params"] is not None
+    assert before == 0  # only the period detect scored
 
 
 def test_without_logs_the_same_faults_pass(scenario: dict, tmp_path: Path) -> None:

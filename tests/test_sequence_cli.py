@@ -92,6 +92,7 @@ def test_train_detect_feedback(tmp_path: Path, store: dict) -> None:
     doc = json.loads(fb.stdout)
     assert doc["model_updated"] and doc["flagged_before"] == 1 and doc["flagged_after"] == 0
     assert doc["new_keys"] == 1
+    assert isinstance(doc["clears"], int) and f"{doc['clears']} other" in doc["changed"]
     with DuckDBStore(store["db"], read_only=True) as s:
         marked = s.sql(
             "SELECT feedback FROM findings WHERE finding_id = ?", [unknown["finding_id"]]
@@ -101,7 +102,9 @@ def test_train_detect_feedback(tmp_path: Path, store: dict) -> None:
     assert cfg["trained_on"]["feedback_traces"] == 1
     human = run("feedback", "--finding", unknown["finding_id"], "--normal", "--model", "m",
                 cwd=tmp_path)  # fmt: skip
-    assert "marked normal" in human.stdout
+    assert "marked normal already, nothing changed" in human.stdout  # a repeat: idempotent
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["trained_on"]["feedback_traces"] == 1  # not learnt twice
 
 
 def test_train_window_exclude_and_lstm(tmp_path: Path, store: dict) -> None:

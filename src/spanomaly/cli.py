@@ -652,11 +652,16 @@ def feedback(
             store.close()
 
         def human() -> None:
+            if not doc.get("model_updated") and "already" in str(doc.get("changed")):
+                typer.echo(f"finding {finding}: marked normal already, nothing changed")
+                return
             text = f"finding {finding} marked normal"
             if doc.get("model_updated"):
                 text += (
                     f"; model {model} updated ({doc['new_keys']} new event keys, trace flagged "
-                    f"{'still' if doc['flagged_after'] else 'no longer'})"
+                    f"{'still' if doc['flagged_after'] else 'no longer'}); it no longer flags "
+                    f"{doc['clears']} other trace findings of the store (a new detect would not "
+                    "store them)"
                 )
             typer.echo(text)
 
@@ -839,6 +844,9 @@ def evaluate(
             return "-" if v is None else f"{100 * float(v):.1f} %"  # type: ignore[arg-type]
 
         def human() -> None:
+            if doc.get("labels") is False:
+                _unlabelled(doc)
+                return
             r = doc["rca"]
             assert isinstance(r, dict)
             typer.echo(
@@ -870,6 +878,18 @@ def evaluate(
                 )
 
         _emit(doc, as_json, human)
+
+
+def _unlabelled(doc: dict[str, Any]) -> None:
+    """The human lines of an evaluation without fault labels."""
+    typer.echo(
+        f"{doc['note']}; {doc['findings']} findings in {doc['incidents']} incidents "
+        "(findings on one service less than 60 s apart)"
+    )
+    for r in doc["suspects"][:5]:
+        typer.echo(
+            f"  {r['rank']:2}. {r['service']}  {r['instance'] or '-'}  score {r['score']:.3g}"
+        )
 
 
 @app.command()

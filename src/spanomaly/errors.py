@@ -2,7 +2,8 @@
 
     SpanomalyError                 every error of ours; the CLI prints str(e) on one line
     ├── InputError                 bad user input: a file, record, field or option (exit 2)
-    │   └── FormatError            a file that is not in the format it claims or seems to be
+    │   ├── FormatError            a file that is not in the format it claims or seems to be
+    │   └── NotFoundError          a named finding, trace or model is not there (HTTP 404)
     ├── StoreError                 the store cannot be opened, read or written (exit 1)
     │   └── StoreLockedError       another process holds the store open for writing
     ├── ModelError                 a model directory is missing, broken or incompatible
@@ -28,6 +29,10 @@ class InputError(SpanomalyError):
 
 class FormatError(InputError):
     """A file whose content does not match its format."""
+
+
+class NotFoundError(InputError):
+    """A finding, trace or model that the user named is not there."""
 
 
 class StoreError(SpanomalyError):

@@ -91,8 +91,8 @@ _LOGS = (
     _f("span_id", "string", "span the line belongs to (16 hex), if any"),
     _f("severity", "string", "severity text (INFO, WARN, ERROR, ...)"),
     _f("body", "string", "log message text", nullable=False),
-    _f("template_id", "int64", "id of the mined log template, once mined"),
-    _f("params", "string", "template parameters as a JSON list, once mined"),
+    _f("template_id", "int64", "id of the log template (-1: none fits), set by detect"),
+    _f("params", "string", "the line's masked values as a JSON list, set by detect"),
 )
 
 _FAULTS = (

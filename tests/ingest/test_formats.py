@@ -89,3 +89,23 @@ def test_a_damaged_file_is_a_one_line_input_error_naming_it(
         _store(work)
     message = str(caught.value)
     assert str(path) in message and "\n" not in message
+
+
+def test_a_csv_header_longer_than_the_sniffed_bytes_is_still_csv(tmp_path: Path) -> None:
+    columns = ["time", *[f"service{i}_cpu_usage_seconds" for i in range(300)]]  # ~9 KiB
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(columns) + "\n" + ",".join(["1"] * len(columns)) + "\n")
+    headers: dict[Path, list[str]] = {}
+    with pytest.raises(InputError, match="CSV of unknown layout"):  # before: corrupt protobuf
+        identify(path, "auto", DecodeOptions(), headers)
+    assert headers[path] == columns
+
+
+def test_an_explicit_format_wins_over_the_guess(tmp_path: Path) -> None:
+    jaeger = _sample(tmp_path, REGISTRY["jaeger"])
+    assert identify(jaeger, "zipkin", DecodeOptions(), {}).name == "zipkin"
+    assert identify(jaeger, "otlp", DecodeOptions(), {}).name == "otlp-json"
+    work, _ = plan([jaeger], "zipkin", DecodeOptions())
+    with pytest.raises(InputError, match=str(jaeger)):  # the reader names the file
+        for unit in work:
+            list(unit.decode())

@@ -61,6 +61,22 @@ def test_nezha_log_csv(tmp_path: Path) -> None:
     assert rows[2]["body"] == "not json at all ERROR here"
 
 
+def test_a_row_with_too_many_fields_is_rejected_alone(tmp_path: Path) -> None:
+    """One row of ten fields among rows of eight: that row is refused, with its line; the
+    file's other lines are stored (DuckDB would otherwise refuse to sniff the file)."""
+    pod = "ts-travel-service-64469b5b48-5rjvb"
+    good = [f"x,16750795604128745{i:02d},n,{pod},server,{TID},{SID}," + _docker(f"INFO line {i}")
+            for i in range(40)]  # fmt: skip
+    bad = f"x,1675079560412874599,n,{pod},server,{TID},{SID},a,b,c"
+    f = tmp_path / "10_06_log.csv"
+    f.write_text(NEZHA_HEADER + "\n".join([*good[:20], bad, *good[20:]]) + "\n")
+    report, rows = _ingest(tmp_path, [f])
+    assert report.logs == 40 and report.rejected == 1, report.errors  # type: ignore[attr-defined]
+    errors = report.errors  # type: ignore[attr-defined]
+    assert len(errors) == 1 and errors[0].startswith(f"{f}: line 22"), errors
+    assert len(rows) == 40
+
+
 def test_csv_logs_with_a_column_map(tmp_path: Path) -> None:
     f = tmp_path / "app.csv"
     f.write_text(

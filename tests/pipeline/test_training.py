@@ -73,3 +73,19 @@ def test_the_cli_lists_every_registered_detector_and_trains_a_supervised_one(
             cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["point"]["detector"] == "svm"
+
+
+def test_a_source_with_too_few_windows_is_named_in_the_summary(
+    store_path: Path, tmp_path: Path
+) -> None:
+    from tests.test_cli import run
+
+    lo = str(sc.TEST[0] / 1e9)
+    hi = str((sc.TEST[0] + 5 * 60 * sc.NS) / 1e9)  # five minutes: 5 windows an instance, 20 in all
+    args = ["train", "--db", str(store_path), "--from", lo, "--to", hi, "--sequence", "ngram",
+            "--point-window", "120", "--model", str(tmp_path / "m")]  # fmt: skip
+    doc = json.loads(run(*args, "--json", cwd=tmp_path).stdout)
+    skipped = doc["point"]["skipped"]
+    assert skipped and all("fewer than 10" in why for why in skipped.values())
+    text = run(*args, cwd=tmp_path).stdout
+    assert "windows  " in text and "fewer than 10" in text

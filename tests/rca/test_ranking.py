@@ -70,7 +70,7 @@ def test_evaluate_document(trained: tuple[Path, Path]) -> None:
         doc = pipeline.evaluate(store, *sc.TEST, "both", "ranked", model)
         metrics_only = pipeline.evaluate(store, *sc.TEST, "metrics", "ranked", model)
     assert set(doc) == {
-        "faults", "detected", "fault_recall", "false_alarms_per_hour", "trace_fpr", "trace",
+        "labels", "faults", "detected", "fault_recall", "false_alarms_per_hour", "trace_fpr", "trace",
         "rca", "per_type", "per_fault",
     }  # fmt: skip
     assert doc["trace"] is None  # no per-request labels here

@@ -75,6 +75,32 @@ def test_report_without_labels_or_findings_still_renders(tmp_path: Path) -> None
     assert doc["faults"] == 0 and "fig-graph" in path.read_text()
 
 
+def test_without_labels_the_report_and_evaluate_say_there_is_nothing_to_score(
+    detected: Path, tmp_path: Path
+) -> None:
+    """Findings but no fault labels: no recall, accuracy or false-alarm figure, a plain
+    statement why, and still the findings, timelines, ranking and graph."""
+    db = tmp_path / "s.duckdb"
+    shutil.copy(detected / "s.duckdb", db)
+    with DuckDBStore(db) as store:
+        store.delete("fault_traces")
+        store.delete("faults")
+    r = run("report", "--db", str(db), "--model", str(detected / "model"), "--out",
+            str(tmp_path / "r"), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "No fault labels in the store" in html and "false alarms / hour" not in html
+    for part in ("id='ranking'", "fig-timelines", "fig-graph", "id='traces'"):
+        assert part in html, part
+    doc = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert doc["labels"] is False and doc["false_alarms_per_hour"] is None
+    top3 = {s["service"] for s in doc["suspects"][:3]}
+    assert doc["findings"] > 0 and {"auth-service", "order-service"} <= top3  # both faults
+    text = run("evaluate", "--db", str(db), "--model", str(detected / "model"), cwd=tmp_path)
+    assert text.returncode == 0 and "nothing to score against" in text.stdout
+    assert "of 0 faults" not in text.stdout and "false alarms" not in text.stdout
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent (Debian chromium)")
 def test_report_renders_in_headless_chromium(detected: Path, tmp_path: Path) -> None:
     pw = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) is absent")

@@ -153,3 +153,43 @@ def running(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=60)
         sock.close()
+
+
+def add_trace_logs(data: Data) -> dict[str, Any]:
+    """Log lines on the trace of the planted unknown operation (two under its deviating span,
+    one under another span, one error) and a finding that names the error line as its
+    deviating event; the store must not be open elsewhere. What was written."""
+    from spanomaly.schema import LOGS
+    from spanomaly.serve.queries import iso
+
+    with DuckDBStore(data.db) as store:
+        span = data.planted["unknown_op"]
+        trace_id, start, svc, inst = (
+            store.sql(
+                "SELECT trace_id, start_ns, service, instance FROM spans WHERE span_id = ?", [span]
+            )
+            .to_pylist()[0]
+            .values()
+        )
+        other = store.sql(
+            "SELECT span_id FROM spans WHERE trace_id = ? AND span_id <> ? LIMIT 1",
+            [trace_id, span],
+        ).to_pylist()[0]["span_id"]
+        lines = [
+            (start + 1_000, span, "INFO", "reading the secrets table"),
+            (start + 2_000, span, "ERROR", f"secrets denied for {XSS}"),
+            (start + 500, other, "WARN", "slow upstream"),
+        ]
+        rows = [{"time_ns": t, "service": svc, "instance": inst, "trace_id": trace_id,
+                 "span_id": s, "severity": sev, "body": body} for t, s, sev, body in lines]  # fmt: skip
+        store.write(Chunk("logs", _full(pa.Table.from_pylist(rows), LOGS)))
+        event = {"key": f"log | {svc} | ERROR | secrets denied for <*>", "span_id": span,
+                 "start": iso(start + 2_000), "service": svc, "operation": "log", "index": 3}  # fmt: skip
+        finding = {c: None for c in FINDINGS.names} | {
+            "finding_id": "log-finding", "time_ns": start + 2_000, "detector": "sequence:ngram",
+            "entity": "trace", "trace_id": trace_id, "span_id": span, "service": svc,
+            "instance": inst, "score": 3.0, "threshold": 1.0,
+            "reason": "unexpected event log | ERROR", "details": json.dumps({"event": event}),
+        }  # fmt: skip
+        store.write(Chunk("findings", pa.Table.from_pylist([finding], schema=FINDINGS)))
+    return {"trace_id": trace_id, "span": span, "other": other, "finding": "log-finding"}

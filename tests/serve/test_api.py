@@ -16,6 +16,7 @@ from tests.serve.dashboard_data import (
     SPIKE,
     XSS,
     Data,
+    add_trace_logs,
     app_over,
     build,
     running,
@@ -152,7 +153,32 @@ def test_feedback_updates_the_model_and_hides_the_finding(api: tuple) -> None:
     assert client.get("/api/overview").json()["findings"] == 3
     config = json.loads((data.model / "config.json").read_text())
     assert config["trained_on"]["feedback_traces"] == 1
-    assert client.post("/api/findings/nope/feedback").status_code == 400  # InputError
+    nope = client.post("/api/findings/nope/feedback")
+    assert nope.status_code == 404 and "--finding" not in nope.text
+    # a repeat is idempotent: the trace is not learnt twice
+    again = client.post(f"/api/findings/{unknown['finding_id']}/feedback", json={"normal": True})
+    assert again.status_code == 200 and again.json()["model_updated"] is False
+    assert "already" in again.json()["changed"]
+    assert client.get("/api/model").json()["trained_on"]["feedback_traces"] == feedback_traces
+    # a body that asks for anything but normal is refused, and changes nothing
+    for body in ({"normal": False}, {"normal": "yes"}, {"label": "x"}, [1]):
+        bad = client.post(f"/api/findings/{unknown['finding_id']}/feedback", json=body)
+        assert bad.status_code == 400, body
+    assert client.post(f"/api/findings/{unknown['finding_id']}/feedback",
+                       content=b"{not json").status_code == 400  # fmt: skip
+
+
+def test_retrain_takes_iso_and_seconds_like_the_other_routes(api: tuple) -> None:
+    client, _, _ = api
+    from datetime import UTC, datetime
+
+    iso = datetime.fromtimestamp(T0 / NS, UTC).isoformat()
+    for lo, hi in ((iso, str(T0 / NS + 15)), (T0 / NS, T0 / NS + 15)):
+        reply = client.post("/api/model/retrain", json={"from": lo, "to": hi})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["traces"] == 150
+    bad = client.post("/api/model/retrain", json={"from": "yesterday"})
+    assert bad.status_code == 400 and "from" in bad.text
 
 
 def test_retrain_from_the_dashboard_fits_on_the_period_given(api: tuple) -> None:
@@ -175,11 +201,15 @@ def test_without_a_model_feedback_is_only_recorded(built: Data, tmp_path: Path) 
     app, online = app_over(data, online=False)
     assert online is None
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert client.get("/api/model").status_code == 404
+        model = client.get("/api/model")
+        assert model.status_code == 404 and "no model is loaded" in model.text
         assert client.post("/api/model/retrain", json={}).status_code == 404
         fid = client.get("/api/findings").json()["items"][0]["finding_id"]
         doc = client.post(f"/api/findings/{fid}/feedback").json()
-        assert doc == {"finding": fid, "feedback": "normal", "model_updated": False}
+        assert doc["finding"] == fid and doc["feedback"] == "normal"
+        assert doc["model_updated"] is False and "no model is loaded" in doc["changed"]
+        again = client.post(f"/api/findings/{fid}/feedback").json()
+        assert "already" in again["changed"]
         assert client.get(f"/api/findings/{fid}").json()["feedback"] == "normal"
         assert client.post("/api/findings/nope/feedback").status_code == 404
     config = json.loads((data.model / "config.json").read_text())
@@ -200,3 +230,17 @@ def test_no_get_route_changes_state_and_openapi_documents_every_api_route(api: t
         "/api/model/retrain",
     }  # fmt: skip
     assert all(set(doc["paths"][p]) == {"post"} for p in changing)
+
+
+def test_a_trace_carries_its_log_lines_under_their_spans(built: Data, tmp_path: Path) -> None:
+    data = built.copy_to(tmp_path)
+    written = add_trace_logs(data)
+    app, _ = app_over(data, online=False)
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        doc = client.get(f"/api/traces/{written['trace_id']}").json()
+    lines = doc["logs"]
+    assert [(x["span_id"], x["severity"]) for x in lines] == [
+        (written["other"], "WARN"), (written["span"], "INFO"), (written["span"], "ERROR")
+    ]  # fmt: skip
+    assert all(x["offset_ms"] >= 0 and "body" in x and "template_id" in x for x in lines)
+    assert [x["finding"] for x in lines] == [None, None, written["finding"]]  # the line it names

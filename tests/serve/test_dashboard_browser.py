@@ -22,6 +22,7 @@ from tests.serve.dashboard_data import (
     SPIKE,
     XSS,
     Data,
+    add_trace_logs,
     app_over,
     build,
     running,
@@ -316,3 +317,35 @@ def test_retrain_from_the_models_view(session: Session) -> None:
     assert doc["trained_on"]["traces"] == 300  # the normal traces of that minute
     assert doc["trained_on"]["from"].startswith("2023-11-14T22:13:20")
     session.shot("retrained")
+
+
+def test_the_trace_view_shows_each_spans_log_lines_and_marks_the_finding_s(
+    built: Data, browser: Any, tmp_path: Path
+) -> None:
+    """A span's log lines sit under it (severity, text, template), the one the finding
+    names is marked, and a line's text stays text."""
+    data = built.copy_to(tmp_path / "data")
+    written = add_trace_logs(data)
+    app, _ = app_over(data, online=False)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        with running(app) as url:
+            s = Session(url, context.new_page(), data, tmp_path)
+            s.open(f"#/trace/{written['trace_id']}?finding={written['finding']}")
+            page = s.page
+            page.locator(".log-row.marked").wait_for()
+            rows = page.locator("#waterfall > div")
+            kinds = [rows.nth(i).get_attribute("class") or "" for i in range(rows.count())]
+            spans = [rows.nth(i).get_attribute("data-span") for i in range(rows.count())]
+            at = spans.index(written["span"])  # the deviating span's row, then its two lines
+            assert "span-row" in kinds[at] and all("log-row" in k for k in kinds[at + 1 : at + 3])
+            assert spans[at + 1 : at + 3] == [written["span"]] * 2
+            marked = page.locator(".log-row.marked")
+            assert marked.count() == 1 and "ERROR" in marked.locator(".sev").text_content()
+            assert XSS in marked.locator(".log-text").text_content()  # shown as text
+            other = spans.index(written["other"])
+            assert "log-row" in kinds[other + 1] and spans[other + 1] == written["other"]
+            s.shot("trace-log-lines")
+            assert s.dialogs == [] and s.errors == [], s.errors
+    finally:
+        context.close()

@@ -17,6 +17,8 @@ from spanomaly.store.duckdb import DuckDBStore
 from tests.serve.conftest import PROTOBUF
 from tests.serve.test_app import body
 
+T5, T9 = 1_700_000_000_000_000_005, 1_700_000_009_000_000_000  # ns (an integer from 1e11 up)
+
 
 class FakeOnline:
     """Records what the collector asks of it."""
@@ -53,7 +55,7 @@ class FakeOnline:
         target_fpr: float | None = None,
         point_target_fpr: float | None = None,
     ) -> dict[str, Any]:
-        if start_ns == 1:
+        if start_ns is not None and end_ns is not None and start_ns >= end_ns:
             raise InputError("--from must be before --to")
         self.retrained.append((start_ns, end_ns, point_window_s, point_sources))
         self.fpr = target_fpr
@@ -84,18 +86,18 @@ def test_online_detector_lifecycle_and_routes() -> None:
                 await asyncio.sleep(0.05)
             assert online.completed > 0
             assert (await c.get("/api/model")).json()["loaded"] is True
-            ok = await c.post("/api/model/retrain", json={"from": 5, "to": 9, "point_window_s": 10,
+            ok = await c.post("/api/model/retrain", json={"from": T5, "to": T9, "point_window_s": 10,
                                                           "point_sources": ["metrics"],
                                                           "target_fpr": 1e-4,
                                                           "point_target_fpr": 1e-3})  # fmt: skip
             assert ok.status_code == 200 and ok.json() == {"traces": 3}
-            assert online.retrained == [(5, 9, 10, ("metrics",))] and online.fpr == 1e-4
+            assert online.retrained == [(T5, T9, 10, ("metrics",))] and online.fpr == 1e-4
             assert online.point_fpr == 1e-3
             for bad in ({"from": "yesterday"}, {"point_window_s": "long"}, {"point_sources": "x"},
                         {"target_fpr": 2}, {"point_target_fpr": 0}):  # fmt: skip
                 r = await c.post("/api/model/retrain", json=bad)
                 assert r.status_code == 400 and "retrain" in r.text
-            r = await c.post("/api/model/retrain", json={"from": 1, "to": 2})
+            r = await c.post("/api/model/retrain", json={"from": T9, "to": T5})
             assert r.status_code == 400 and "--from must be before --to" in r.text
             assert (await c.get("/api/model/retrain")).status_code == 405  # no change on GET
 

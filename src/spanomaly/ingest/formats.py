@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spanomaly.errors import FormatError, InputError, SpanomalyError
+from spanomaly.errors import InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
 from spanomaly.ingest import faults as fault_labels
 from spanomaly.ingest import logs as log_lines
@@ -114,8 +114,23 @@ def identify(path: Path, fmt: str, options: DecodeOptions, headers: Headers) -> 
         return _csv_layout(path, columns, fmt, options)
     found = REGISTRY[kind]
     if fmt not in ("auto", found.family) and found.family is not None:
-        raise FormatError(f"{path}: looks like {kind}, not {fmt}")
+        return _named(path, data, fmt, options, headers)  # the user's word wins over a guess
     return found
+
+
+def _named(
+    path: Path, data: bytes, fmt: str, options: DecodeOptions, headers: Headers
+) -> InputFormat:
+    """The format of family fmt for a file whose first bytes suggested another: its reader
+    decides (and names the file and line where the content does not fit)."""
+    if fmt in ("csv", "nezha"):
+        columns = headers[path] = csv_spans.header(path, data)
+        return _csv_layout(path, columns, fmt, options)
+    named = [f for f in REGISTRY.values() if f.family == fmt]
+    if len(named) > 1:  # OTLP: JSON (lines) or protobuf, by the first byte
+        json_like = data.lstrip()[:1] in (b"{", b"[")
+        named = [f for f in named if f.name.endswith("pb") != json_like] or named
+    return named[0]
 
 
 def _csv_layout(path: Path, columns: list[str], fmt: str, options: DecodeOptions) -> InputFormat:

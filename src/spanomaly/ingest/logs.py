@@ -26,7 +26,7 @@ from pathlib import Path
 
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
-from spanomaly.ingest.csv import POD_SUFFIX, UNITS_NS, _lit, _q
+from spanomaly.ingest.csv import POD_SUFFIX, UNITS_NS, _lit, _q, csv_reader
 from spanomaly.ingest.files import LOG_BODY_KEYS, LOG_TIME_KEYS
 
 LOG_FIELDS = ("time", "body", "severity", "trace_id", "span_id", "service", "instance", "host")
@@ -96,20 +96,20 @@ def _select(cols: dict[str, str], source: str) -> str:
     )
 
 
-def _csv_reader(files: list[Path]) -> str:
-    return (
-        f"read_csv({_file_list(files)}, header = true, all_varchar = true, delim = ',', "
-        "quote = '\"', escape = '\"', filename = '_file', store_rejects = true)"
-    )
+def _csv_reader(files: list[Path], columns: list[str] | None = None) -> str:
+    """read_csv of files of one header: with the header's columns named, DuckDB sniffs
+    nothing, so a row with too many or too few fields is a reject of its own (with its
+    line) instead of a sniffing error that refuses the whole file."""
+    return csv_reader(files, columns) + ", filename = '_file', store_rejects = true)"
 
 
-def nezha_select(files: list[Path]) -> str:
+def nezha_select(files: list[Path], columns: list[str] | None = None) -> str:
     """The SELECT reading Nezha log CSVs into LOGS columns plus _source."""
     text = (
         "rtrim(CASE WHEN json_valid(Log) AND json_extract_string(Log, '$.log') IS NOT NULL "
         "THEN json_extract_string(Log, '$.log') ELSE Log END, chr(10) || chr(13))"
     )
-    inner = f"(SELECT *, {text} AS _body FROM {_csv_reader(files)})"
+    inner = f"(SELECT *, {text} AS _body FROM {_csv_reader(files, columns)})"
     # a few lines carry a broken TimeUnixNano (Go's zero time, negative): the container
     # runtime's own time then tells it
     runtime_time = (
@@ -184,7 +184,7 @@ def csv_select(files: list[Path], mapping: dict[str, str], columns: list[str], u
         raise InputError(f"{files[0]}: line 1: missing column {', '.join(missing)}")
     _check_map(files[0], mapping)
     m = {k: _q(v) for k, v in mapping.items() if k in LOG_FIELDS}
-    return _select(_mapped_cols(m, unit), _csv_reader(files))
+    return _select(_mapped_cols(m, unit), _csv_reader(files, columns))
 
 
 def jsonl_select(files: list[Path], mapping: dict[str, str], unit: str | None) -> str:
@@ -224,7 +224,7 @@ def decode_files(
         groups.setdefault(tuple((headers or {}).get(f, [])), []).append(f)
     for columns, group in groups.items():
         if kind == "nezha-logs" and not mapping:
-            sql = nezha_select(group)
+            sql = nezha_select(group, list(columns))
         else:
             sql = csv_select(group, mapping, list(columns), options.time_unit)
         yield Chunk("logs", SqlSource(sql, LOG_REJECT_SQL, reader_rejects=True))

@@ -35,6 +35,7 @@ ENGINES = ("local", "dask")
 
 if TYPE_CHECKING:
     from spanomaly.detect.window_model import WindowModel
+    from spanomaly.features.logs import TemplateMiner
 
 
 COUNTED = ("traces_scored", "anomalous_traces", "instances_scored", "anomalous_windows")
@@ -173,10 +174,35 @@ def detect(
         _detect_on_cluster(store, model_dir, models, start_ns, end_ns, scheduler, confirmer, counts)
     else:
         _detect_here(store, models, start_ns, end_ns, progress, confirmer, counts)
+    if models.templates is not None:
+        counts.n["log_lines_templated"] = label_log_lines(store, models.templates, start_ns, end_ns)
     if confirmer.held:
         log.info("%d findings had no partner within %.0f s: not stored",
                  confirmer.held, confirmer.within_s)  # fmt: skip
     return counts.doc()
+
+
+def label_log_lines(
+    store: Store, templates: TemplateMiner, start_ns: int | None, end_ns: int | None
+) -> int:
+    """Store each log line's template id and masked values (`logs.template_id`, `params`)
+    for the lines of the period: one match per distinct body, one UPDATE. 0 on a store that
+    keeps its lines as written (the Parquet store)."""
+    if not hasattr(store, "set_log_templates"):
+        return 0
+    where, params = [], []
+    for op, v in ((">=", start_ns), ("<", end_ns)):
+        if v is not None:
+            where.append(f"time_ns {op} ?")
+            params.append(v)
+    cond = f" WHERE {' AND '.join(where)}" if where else ""
+    bodies = store.sql(f"SELECT DISTINCT body FROM logs{cond}", params).column("body")
+    if not len(bodies):
+        return 0
+    t = templates.transform(bodies, params=True)
+    table = pa.table({"body": bodies, "template_id": t.column("template_id"),
+                      "params": t.column("params")})  # fmt: skip
+    return store.set_log_templates(table, start_ns, end_ns)
 
 
 def _detect_here(

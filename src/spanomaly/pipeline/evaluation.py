@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from spanomaly.pipeline import reads
 from spanomaly.pipeline.model_dir import point_window_ns
-from spanomaly.pipeline.rank import between, check_choice, period_or_all, rank_period
+from spanomaly.pipeline.rank import between, check_choice, period_or_all, rank_period, rca
 from spanomaly.store.base import Store
 
 
@@ -101,6 +101,8 @@ def evaluate(
     start, end = period_or_all(store, start_ns, end_ns)
     faults = _faults(store, start, end)
     findings = _findings(store, start, end, evidence)
+    if faults.num_rows == 0:
+        return _unlabelled(store, start, end, findings, evidence, method, model_dir)
     traces = store.sql(
         "SELECT trace_id, min(start_ns) AS start_ns FROM spans GROUP BY trace_id "
         "HAVING min(start_ns) >= ? AND min(start_ns) < ?",
@@ -116,6 +118,7 @@ def evaluate(
     detected = m.detected_faults(findings, faults)
     ttd = m.time_to_detect(findings, faults)
     return {
+        "labels": True,
         "faults": summary.faults,
         "detected": summary.detected,
         "fault_recall": summary.fault_recall,
@@ -128,3 +131,30 @@ def evaluate(
         ),
         "per_fault": per_fault,
     }
+
+
+def _unlabelled(
+    store: Store,
+    start: int,
+    end: int,
+    findings: pa.Table,
+    evidence: str,
+    method: str,
+    model_dir: str | Path | None,
+) -> dict[str, object]:
+    """What can be said of a period without fault labels: its findings, their incidents
+    and the ranking of the whole period; no score (there is nothing to score against, and a
+    false alarm needs labels to be false)."""
+    from spanomaly.evaluate.metrics import alarms
+
+    return {
+        "labels": False,
+        "note": "no fault labels in the store for this period: nothing to score against",
+        "faults": 0,
+        "findings": findings.num_rows,
+        "incidents": alarms(findings).num_rows if findings.num_rows else 0,
+        "suspects": rca(store, start, end, evidence, method, model_dir, 10),
+        "detected": 0, "fault_recall": None, "false_alarms_per_hour": None, "trace_fpr": None,
+        "trace": None, "rca": {"service": None, "instance": None}, "per_type": {},
+        "per_fault": [],
+    }  # fmt: skip

@@ -308,6 +308,8 @@ def write_report(
             anomaly[s] = anomaly.get(s, 0) + 1
     rca = evaluation.get("rca") or {}
     trace = evaluation.get("trace") or {}
+    if evaluation.get("labels") is False:
+        return _write(out_dir, evaluation, title, _unlabelled_sections(store, evaluation, data, t0, t1, services, anomaly))  # fmt: skip
     cards = [
         ("faults", str(evaluation.get("faults", 0))),
         ("detected", str(evaluation.get("detected", 0))),
@@ -350,6 +352,11 @@ def write_report(
         "<h2 id='metrics'>Instance metrics around each fault</h2>",
         _metric_panels(store, faults),
     ]
+    return _write(out_dir, evaluation, title, sections)
+
+
+def _write(out_dir: Path, evaluation: dict[str, Any], title: str, sections: list[str]) -> Path:
+    """index.html of the sections and results.json of the evaluation; the HTML's path."""
     html = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
@@ -364,6 +371,59 @@ def write_report(
     (out_dir / "results.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     log.info("report written to %s", path)
     return path
+
+
+def _unlabelled_sections(
+    store: Store,
+    evaluation: dict[str, Any],
+    data: dict[str, Any],
+    t0: int,
+    t1: int,
+    services: list[str],
+    anomaly: dict[str, float],
+) -> list[str]:
+    """The report of a period without fault labels: what was found, nothing scored."""
+    findings: pa.Table = data["findings"]
+    cards = [
+        ("findings", str(findings.num_rows)),
+        ("incidents", str(evaluation.get("incidents", 0))),
+        ("services with findings", str(len(anomaly))),
+    ]
+    rows = "".join(
+        f"<tr><td class='n'>{r['rank']}</td><td>{escape(str(r['service']))}</td>"
+        f"<td>{escape(str(r['instance'] or '–'))}</td><td>{escape(str(r['operation'] or '–'))}</td>"
+        f"<td class='n'>{r['score']:.3g}</td></tr>"
+        for r in evaluation.get("suspects") or []
+    )
+    return [
+        "<h1>spanomaly report</h1>",
+        f"<p class='sub'>period {_iso(t0)} – {_iso(t1)}</p>",
+        "<p class='read' id='no-labels'><b>No fault labels in the store for this period:</b> "
+        "nothing to score against, so no recall, accuracy or false-alarm figure (a false "
+        "alarm needs labels to be false). Below: what was found, and where it points.</p>",
+        "<div class='cards'>"
+        + "".join(f"<div class='card'><b>{escape(v)}</b>{escape(k)}</div>" for k, v in cards)
+        + "</div>",
+        "<h2 id='ranking'>Suspects of the period</h2>",
+        "<table><tr><th>rank</th><th>service</th><th>instance</th><th>operation</th>"
+        f"<th>score</th></tr>{rows}</table>"
+        if rows
+        else "<p>No findings: nothing to rank.</p>",
+        "<h2 id='timelines'>Anomaly timelines per service</h2>",
+        _figure(
+            plots.timelines(services, findings, [], data["rate"], t0, t1),
+            "Each row a service: its findings over the period.",
+            "fig-timelines",
+        ),
+        "<h2 id='graph'>Service dependency graph</h2>",
+        _figure(
+            plots.service_graph(data["graph"], anomaly, data["instances"]),
+            "Callers left of callees; arrow width: calls; colour: findings.",
+            "fig-graph",
+        ),
+        "<h2 id='traces'>Most anomalous traces</h2>",
+        _waterfalls(store, findings),
+    ]
 
 
 _HOW_TO_READ = """

@@ -10,16 +10,17 @@ changes anything. The OpenAPI document is at /openapi.json, a local page at /doc
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 
 from spanomaly import timeparse
-from spanomaly.errors import InputError, SpanomalyError, StoreError
+from spanomaly.errors import InputError, NotFoundError, SpanomalyError, StoreError
 from spanomaly.serve import queries
 from spanomaly.serve.hooks import Online
 from spanomaly.serve.writer import Writer
@@ -65,7 +66,8 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         try:
             result = await asyncio.get_running_loop().run_in_executor(None, fn)
         except SpanomalyError as exc:
-            raise HTTPException(400, str(exc).splitlines()[0]) from exc
+            status = 404 if isinstance(exc, NotFoundError) else 400
+            raise HTTPException(status, str(exc).splitlines()[0]) from exc
         return jsonable_encoder(result)
 
     def found(doc: T | None, what: str) -> T:
@@ -125,19 +127,16 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         return found(await read(lambda s: queries.finding(s, finding_id)), "such finding")
 
     @api.post("/findings/{finding_id}/feedback")
-    async def feedback(finding_id: str) -> dict[str, Any]:
-        """Mark a finding as a false positive; with a loaded model this updates it online."""
+    async def feedback(finding_id: str, request: Request) -> dict[str, Any]:
+        """Mark a finding as a false positive (body: none, {} or {"normal": true}); with a
+        loaded model its trace updates the model. A repeat changes nothing; the answer says
+        what changed."""
+        await _normal_only(request)
         cache.clear()
         if online is not None:
             return await act(lambda: online.feedback(finding_id))
-        try:  # a write: in the writer thread
-            n = await asyncio.wrap_future(
-                writer.call(lambda s: s.set_feedback([finding_id], "normal"))
-            )
-        except StoreError as exc:
-            raise HTTPException(503, str(exc)) from exc
-        found(n or None, "such finding")
-        return {"finding": finding_id, "feedback": "normal", "model_updated": False}
+        before = found(await read(lambda s: queries.finding(s, finding_id)), "such finding")
+        return await _mark_normal(writer, finding_id, before.get("feedback") == "normal")
 
     @api.get("/traces/{trace_id}")
     async def trace(trace_id: str) -> dict[str, Any]:
@@ -160,6 +159,34 @@ def router(writer: Writer, online: Online | None = None) -> APIRouter:
         return found(doc, "such instance")
 
     return api
+
+
+async def _mark_normal(writer: Writer, finding_id: str, already: bool) -> dict[str, Any]:
+    """Mark a finding normal in the store (no model loaded: nothing is learnt)."""
+    try:  # a write: in the writer thread
+        await asyncio.wrap_future(writer.call(lambda s: s.set_feedback([finding_id], "normal")))
+    except StoreError as exc:
+        raise HTTPException(503, str(exc)) from exc
+    changed = ("nothing: the finding was marked normal already" if already
+               else "marked normal (no model is loaded: nothing learnt)")  # fmt: skip
+    return {"finding": finding_id, "feedback": "normal", "model_updated": False, "changed": changed}
+
+
+async def _normal_only(request: Request) -> None:
+    """400 unless the feedback body says normal (or is empty): a finding can be marked a
+    false positive; what a model learnt from one cannot be taken back."""
+    raw = await request.body()
+    if not raw.strip():
+        return
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise HTTPException(400, f"feedback: the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or set(body) - {"normal"} or body.get("normal", True) is not True:
+        raise HTTPException(
+            400, 'feedback: the body is {"normal": true} (a false positive) or empty; '
+            "no other feedback is supported"
+        )  # fmt: skip
 
 
 def _on_cursor(cursor_of: Callable[[], Store], fn: Callable[[Store], T]) -> T:

@@ -40,9 +40,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from spanomaly import __version__
+from spanomaly import __version__, timeparse
 from spanomaly.config import DEFAULT_DB
-from spanomaly.errors import SpanomalyError, StoreError
+from spanomaly.errors import InputError, SpanomalyError, StoreError
 from spanomaly.ingest import receiver
 from spanomaly.ingest.receiver import Body, Limits, RequestError, Signal
 from spanomaly.serve.completion import DEFAULT_IDLE_S, DEFAULT_MAX_WAIT_S, TraceTracker
@@ -404,6 +404,15 @@ def create_app(
 
     if online is not None:
         _model_routes(app, collector, online)
+    else:
+
+        @app.get("/api/model")
+        async def no_model() -> JSONResponse:
+            """Without online detection there is no model to show."""
+            return JSONResponse(
+                {"detail": "no model is loaded: start `spanomaly serve --model DIR`"}, 404
+            )
+
     from spanomaly.serve import dashboard
 
     dashboard.install(app, collector.writer, settings.token, online)  # and its guard
@@ -420,7 +429,8 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
 
     @app.post("/api/model/retrain")
     async def model_retrain(request: Request) -> Response:
-        """Fit new models on stored data: {"from": ns, "to": ns} and optionally
+        """Fit new models on stored data: {"from": T, "to": T} (ISO-8601 or unix seconds as
+        text, or a number: seconds, or ns from 1e11 up) and optionally
         "exclude" ([[from, to], ...] ns: periods left out), "point_window_s" (seconds),
         "point_sources" (["traces", "metrics"]), "target_fpr" (of the trace and point
         detectors, in (0, 1)) and "point_target_fpr" (of the point detectors, if not that)."""
@@ -438,15 +448,14 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
             for name, v in (("target_fpr", fpr), ("point_target_fpr", point_fpr)):
                 if v is not None and not (isinstance(v, int | float) and 0 < v < 1):
                     raise ValueError(f"{name} must be a number in (0, 1)")
-            if not all(v is None or isinstance(v, int) for v in (lo, hi)):
-                raise ValueError("from/to must be integers (ns since the epoch) or null")
+            lo, hi = _body_time(lo, "from"), _body_time(hi, "to")
             if win is not None and not isinstance(win, int | float):
                 raise ValueError("point_window_s must be a number of seconds")
             if sources is not None and not (
                 isinstance(sources, list) and all(isinstance(x, str) for x in sources)
             ):
                 raise ValueError("point_sources must be a list of names")
-        except (ValueError, AttributeError) as exc:
+        except (ValueError, AttributeError, InputError) as exc:
             return collector.error(400, f"retrain: {exc}", None)
         loop = asyncio.get_running_loop()
         try:
@@ -464,6 +473,17 @@ def _model_routes(app: FastAPI, collector: Collector, online: Online) -> None:
         except SpanomalyError as exc:
             return collector.error(400, f"retrain: {exc}", None)
         return JSONResponse(doc)
+
+
+def _body_time(value: object, name: str) -> int | None:
+    """A time of a JSON body in ns: ISO-8601 or unix seconds as a string (as the routes'
+    query parameters take them), or a number: seconds below 1e11 (before the year 5138),
+    else nanoseconds."""
+    if value is None or isinstance(value, str):
+        return timeparse.parse_time(value, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: ISO-8601, unix seconds or ns since the epoch, or null")
+    return int(value) if abs(value) >= 1e11 else timeparse.parse_time(repr(value), name)
 
 
 def open_store(settings: ServeSettings) -> Store:

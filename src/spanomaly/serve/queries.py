@@ -336,14 +336,38 @@ def trace(store: Store, trace_id: str, limit: int = MAX_TRACE_SPANS) -> dict[str
         "ORDER BY score DESC LIMIT 50",
         [trace_id],
     )
+    findings = [_finding_json(r) for r in _rows(found)]
     return {
         "trace_id": trace_id,
         "start": iso(start),
         "start_ms": _ms(start),
         "spans": rows,
         "truncated": len(rows) >= limit,
-        "findings": [_finding_json(r) for r in _rows(found)],
+        "findings": findings,
+        "logs": trace_log_lines(store, trace_id, start, findings),
     }
+
+
+def trace_log_lines(
+    store: Store, trace_id: str, start_ns: int, findings: list[dict[str, Any]], limit: int = 500
+) -> list[dict[str, Any]]:
+    """The log lines of a trace (offsets from its start in ms), each with its span, and
+    `finding` set on a line that a finding names as its deviating event."""
+    lines = _rows(
+        store.sql(
+            "SELECT span_id, (time_ns - ?) / 1e6 AS offset_ms, time_ns, severity, body, "
+            "template_id FROM logs WHERE trace_id = ? ORDER BY time_ns, span_id LIMIT ?",
+            [start_ns, trace_id, limit],
+        )
+    )
+    named = {}  # (span, time) of the log-line events the findings name
+    for f in findings:
+        event = (f.get("details") or {}).get("event") or {}
+        if str(event.get("key", "")).startswith("log | "):
+            named[(event.get("span_id"), event.get("start"))] = f["finding_id"]
+    for line in lines:  # one trace's lines (LIMIT above), not the store's
+        line["finding"] = named.get((line["span_id"], iso(line.pop("time_ns"))))
+    return lines
 
 
 # -- instances --------------------------------------------------------------------------------

@@ -497,6 +497,28 @@ class DuckDBStore(SqlReads):
             raise StoreError(f"{self.path}: cannot store feedback: {first}") from exc
         return int(n)
 
+    def set_log_templates(
+        self, templates: pa.Table, start_ns: int | None = None, end_ns: int | None = None
+    ) -> int:
+        """Fill `template_id` and `params` of the log lines (of a period) whose body is in
+        templates (body, template_id, params: a body determines both); how many lines."""
+        where, params = ["logs.body = t.body"], []
+        for op, v in ((">=", start_ns), ("<", end_ns)):
+            if v is not None:
+                where.append(f"logs.time_ns {op} ?")
+                params.append(v)
+        self._con.register("_templates", templates)
+        try:
+            with self.transaction():
+                row = self._con.execute(
+                    "UPDATE logs SET template_id = t.template_id, params = t.params "
+                    f"FROM _templates t WHERE {' AND '.join(where)}",
+                    params,
+                ).fetchone()
+        finally:
+            self._con.unregister("_templates")
+        return int(row[0]) if row else 0
+
     def delete(self, table: str, where: str = "TRUE", params: list[object] | None = None) -> int:
         """Delete the rows of a table that match a SQL condition (all by default); how many.
         For spans, from both span tables (see SPAN_TABLES) in one transaction."""

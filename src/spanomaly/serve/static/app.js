@@ -300,6 +300,8 @@
     const total = Math.max(1e-6, ...doc.spans.map((s) => s.offset_ms + s.duration_ms));
     const detail = el("div", { id: "span-detail", class: "panel" }, el("p", { class: "muted", text: "Click a span for its fields." }));
     const rows = el("div", { id: "waterfall", class: "waterfall" });
+    const linesOf = new Map(); // span id -> its log lines, in time order
+    for (const line of doc.logs || []) { if (!linesOf.has(line.span_id)) linesOf.set(line.span_id, []); linesOf.get(line.span_id).push(line); }
     rows.append(el("div", { class: "wf-head" }, el("span", { class: "wf-label", text: "service · operation" }), el("span", { class: "wf-scale", text: `0 – ${fmtNum(total, 1)} ms` })));
     for (const [s, d] of ordered) {
       const cls = ["span-row", s.status === "error" ? "error" : "", s.span_id === deviating ? "deviating" : "", s.span_id === slow && slow !== deviating ? "slow" : ""].filter(Boolean).join(" ");
@@ -311,11 +313,24 @@
       const row = el("div", { class: cls, "data-span": s.span_id, tabindex: 0 }, label, el("span", { class: "wf-track" }, bar, el("span", { class: "dur", text: `${fmtNum(s.duration_ms, 2)} ms` })));
       row.addEventListener("click", () => detail.replaceChildren(el("h3", { text: "Span" }), kv(s)));
       rows.append(row);
+      for (const line of linesOf.get(s.span_id) || []) rows.append(logRow(line, d + 1));
+      linesOf.delete(s.span_id);
     }
+    for (const rest of linesOf.values()) for (const line of rest) rows.append(logRow(line, 0));
     const parts = [el("h2", null, "Trace ", el("code", { text: doc.trace_id })), el("p", { class: "muted", text: `${fmtTime(doc.start_ms)} · ${doc.spans.length} spans${doc.truncated ? " (truncated)" : ""}` })];
     main().replaceChildren(el("div", { class: "columns" },
       el("section", { class: "panel wide" }, ...parts, rows),
       el("div", { class: "side" }, explanation(finding), detail)));
+  }
+
+  function logRow(line, depth) {
+    // a log line under its span: offset, severity, text, template; the line a finding names is marked
+    const sev = (line.severity || "").toLowerCase();
+    const cls = ["log-row", sev === "error" || sev === "fatal" ? "error" : "", sev === "warn" ? "warn" : "", line.finding ? "marked" : ""].filter(Boolean).join(" ");
+    const label = el("span", { class: "wf-label log-label" }, el("span", { class: "sev", text: line.severity || "" }), " ", el("span", { class: "log-text", text: line.body || "" }));
+    label.style.paddingLeft = `${Math.min(depth, 30) * 12}px`;
+    const meta = `+${fmtNum(line.offset_ms, 2)} ms` + (line.template_id === null || line.template_id === undefined ? "" : ` · template ${line.template_id}`);
+    return el("div", { class: cls, "data-span": line.span_id || "", title: line.body || "" }, label, el("span", { class: "wf-track log-meta", text: meta }));
   }
 
   function explanation(f) {
