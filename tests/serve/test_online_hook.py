@@ -45,6 +45,18 @@ class FakeOnline:
     def status(self) -> dict[str, Any]:
         return {"loaded": True, "completed": self.completed}
 
+    def lateness_s(self) -> float:
+        return 0.0
+
+    def levels(self) -> list[dict[str, Any]]:
+        return [
+            {"service": "a", "instance": "a-1", "source": "metrics", "time_ns": 0,
+             "score": 3.0, "threshold": 2.0},
+        ]  # fmt: skip
+
+    def suspects(self, start_ns: int, end_ns: int, top: int = 3) -> list[dict[str, Any]]:
+        return [{"rank": 1, "service": "a", "instance": "a-1", "operation": None, "score": 1.0}]
+
     def retrain(
         self,
         start_ns: int | None = None,
