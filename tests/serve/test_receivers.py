@@ -5,55 +5,22 @@ real server, is in test_monitoring_stack.py."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from spanomaly.serve.incidents import Incident
 from spanomaly.serve.receivers import Alertmanager, Webhook, alert, sign
+from tests.serve.stack import Hook, hook_server
 
 S = 1_000_000_000
 
 
-class Hook(ThreadingHTTPServer):
-    """A webhook endpoint that answers `fail` (a list of status codes) first, then 200."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        self.fail: list[int] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Hook
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.server.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        status = self.server.fail.pop(0) if self.server.fail else 200
-        self.send_response(status)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def hook() -> Iterator[Hook]:
-    server = Hook()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with hook_server() as server:
+        yield server
 
 
 def _incident(resolved: bool = False) -> Incident:
