@@ -292,7 +292,7 @@ def serve(
     ] = 10.0,
     store_memory: Annotated[
         str, typer.Option(help="DuckDB memory limit of the collector's store")
-    ] = "1GiB",
+    ] = "512MiB",
 ) -> None:
     """OTLP/HTTP collector (/v1/traces, /v1/metrics), the dashboard (/) and its JSON API (/api,
     described at /docs)."""

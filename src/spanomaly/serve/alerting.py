@@ -74,13 +74,13 @@ class Alerting:
     def stop(self) -> None:
         """One last round, then stop (queued messages get a few seconds to go out)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
         if self._cursor is not None:
             self._round()
-            self._cursor.close()
-            self._cursor = None
+            cursor, self._cursor = self._cursor, None
+            cursor.close()
         for r in self.receivers:
             r.stop()
 

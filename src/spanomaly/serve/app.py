@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ class ServeSettings:
     spool: bool = True
     # DuckDB's buffer pool (its default, 80 % of RAM, grows with the store): the
     # collector's memory is this plus the queues above (pending rows, bytes in flight)
-    store_memory: str = "1GiB"
+    store_memory: str = "512MiB"
     header_timeout_s: float = 10.0  # to receive a request's headers (connection closed beyond)
     alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
 
@@ -201,6 +202,21 @@ class Collector:
             else None
         )
         self.metrics = Metrics(self, online, self.alerting)
+        self._memory_cursor: Store | None = None
+        self._memory_lock = threading.Lock()
+
+    def store_memory(self) -> dict[str, int]:
+        """DuckDB's memory in use by tag (`duckdb_memory()`; {} for a store without it)."""
+        with self._memory_lock:
+            try:
+                if self._memory_cursor is None:
+                    self._memory_cursor = self.store.cursor()
+                rows = self._memory_cursor.sql(
+                    "SELECT tag, memory_usage_bytes AS b FROM duckdb_memory() WHERE b > 0"
+                ).to_pylist()
+            except Exception:  # a Parquet dataset, a closing store: no figure
+                return {}
+        return {r["tag"]: int(r["b"]) for r in rows}
 
     def _committed(self, table: str, data: pa.Table) -> None:
         if table == "spans":
@@ -227,6 +243,10 @@ class Collector:
         if self.alerting is not None:  # after the last findings are stored
             with contextlib.suppress(Exception):
                 self.alerting.stop()
+        with self._memory_lock:
+            if self._memory_cursor is not None:
+                self._memory_cursor.close()
+                self._memory_cursor = None
         self.writer.close()
 
     def health(self) -> dict[str, Any]:

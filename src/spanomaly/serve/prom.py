@@ -99,6 +99,10 @@ def _intake(c: Collector) -> Iterator[Metric]:
     yield _gauge("spanomaly_inflight_bytes", "Request bytes being received", h["inflight_bytes"])
     spool = c.writer.spool
     yield _gauge("spanomaly_spool_bytes", "Bytes spooled and not yet committed", spool.size_bytes() if spool else 0)  # fmt: skip
+    memory = _gauge("spanomaly_store_memory_bytes", "DuckDB memory in use, by tag", labels=["tag"])
+    for tag, b in sorted(c.store_memory().items()):
+        memory.add_metric([tag], b)
+    yield memory
     yield _gauge("spanomaly_open_traces", "Traces waiting to complete", h["traces"]["open"])
     from spanomaly.serve.http import HeaderDeadline
 
