@@ -20,6 +20,7 @@ bench/RESULTS.md with the date, command and machine. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import multiprocessing as mp
@@ -282,16 +283,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p.start()
         for e in ready:
             e.wait()
+        scraper = Scraper(f"{url}/metrics", args.scrape) if args.scrape else None
         go.set()
+        began = time.monotonic()
         collected = []
+        rss_samples: list[tuple[float, int]] = []
         while len(collected) < args.senders:
-            peak_rss = max(peak_rss, ps.memory_info().rss)
+            rss = ps.memory_info().rss
+            peak_rss = max(peak_rss, rss)
+            rss_samples.append((time.monotonic() - began, rss + _children_rss(ps)))
             try:
                 collected.append(results.get(timeout=0.2))
             except Exception:  # queue.Empty
                 continue
         for p in procs:
             p.join()
+        scrapes = scraper.stop() if scraper else None
         hwm = vm_hwm(proc.pid)
         cpu = ps.cpu_times()
         server_cpu = cpu.user + cpu.system
@@ -353,9 +360,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "senders_cpu_s": round(sum(c["cpu"] for c in collected), 1),
         "server_writer": health["writer"],
         "server_decoder": health["decoder"],
+        "rss_mb_by_quarter": _quarters(rss_samples),
+        "scrapes": scrapes,
         "machine": machine(),
         "cpu_idle_before_pct": round(idle_before),
     }
+
+
+def _children_rss(ps: psutil.Process) -> int:
+    total = 0
+    for k in ps.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += k.memory_info().rss
+    return total
+
+
+def _quarters(samples: list[tuple[float, int]]) -> list[int]:
+    """Collector RSS (its process and children, MB) at the end of each quarter of the run:
+    a plateau says memory is bounded."""
+    if not samples:
+        return []
+    end = samples[-1][0]
+    out = []
+    for q in (0.25, 0.5, 0.75, 1.0):
+        before = [rss for t, rss in samples if t <= q * end]
+        out.append(round((before[-1] if before else samples[0][1]) / 2**20))
+    return out
+
+
+class Scraper:
+    """GET /metrics every `every_s` seconds on a thread, as Prometheus would."""
+
+    def __init__(self, url: str, every_s: float) -> None:
+        self.url, self.every_s = url, every_s
+        self.latency: list[float] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30.0) as client:
+            while not self._stop.wait(self.every_s):
+                t = time.perf_counter()
+                try:
+                    ok = client.get(self.url).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.latency.append(time.perf_counter() - t)
+                self.failed += not ok
+
+    def stop(self) -> dict[str, Any]:
+        """Stop; the scrapes made and their latency."""
+        self._stop.set()
+        self._thread.join()
+        lat = np.array(self.latency or [0.0]) * 1e3
+        return {"every_s": self.every_s, "scrapes": len(self.latency), "failed": self.failed,
+                "p50_ms": round(float(np.percentile(lat, 50)), 1),
+                "p99_ms": round(float(np.percentile(lat, 99)), 1)}  # fmt: skip
 
 
 def record(doc: dict[str, Any], command: str) -> None:
@@ -399,6 +461,9 @@ def main() -> None:
         action="append",
         default=[],
         help="extra option for spanomaly serve (repeatable)",
+    )
+    parser.add_argument(
+        "--scrape", type=float, default=0.0, help="GET /metrics every this many seconds (0: none)"
     )
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument(

@@ -92,6 +92,21 @@ def test_a_file_with_only_bad_records_exits_2(tmp_path: Path) -> None:
     assert doc["rejected"] == 1 and "bad.json" in doc["errors"][0]
 
 
+def test_importing_a_file_again_exits_as_its_first_import_did(tmp_path: Path) -> None:
+    """Good and bad records: 0 both times (the second yields only duplicates and the same
+    rejects); only bad records: 2 both times."""
+    mixed = tmp_path / "11_00_trace.csv"
+    mixed.write_text(NEZHA_HEADER + "".join(GOOD) + "not,a,span\n")
+    for n in range(2):
+        out = run("ingest", str(mixed), "--json", cwd=tmp_path)
+        doc = json.loads(out.stdout)
+        assert out.returncode == 0 and doc["rejected"] == 1, (n, out.stderr)
+        assert doc["duplicates" if n else "spans"] == len(GOOD)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"resourceSpans": [')
+    assert [run("ingest", str(bad), cwd=tmp_path).returncode for _ in range(2)] == [2, 2]
+
+
 def test_testbed_run_says_where_its_run_folder_is(tmp_path: Path) -> None:
     """The run folder (process logs, ground truth) is the --out given, and it is printed."""
     (tmp_path / "none.toml").write_text("")

@@ -170,12 +170,15 @@ def ingest(
                 typer.echo(f"  {message}", err=True)
 
         _emit(doc, as_json, human)
-        if (
-            report.files
-            and not (report.spans or report.metrics or report.logs or report.faults)
-            and (report.rejected)
-        ):
+        if report.files and report.rejected and not _read_any(report):
             raise typer.Exit(2)
+
+
+def _read_any(report: Any) -> bool:
+    """Whether the input held a good record: stored now, or a duplicate of a stored one
+    (so a file imported again exits as its first import did)."""
+    stored = report.spans or report.metrics or report.logs or report.faults
+    return bool(stored or report.duplicates)
 
 
 @app.command()
@@ -273,6 +276,34 @@ def serve(
             "(empty: wait for POST /api/model/retrain)",
         ),
     ] = None,
+    alertmanager: Annotated[
+        str | None,
+        typer.Option(help="post incidents to this Alertmanager (http://host:9093, API v2)"),
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option(help="post incidents as JSON to this URL (HMAC-signed)")
+    ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SPANOMALY_WEBHOOK_SECRET",
+            help="key of the webhook's X-Spanomaly-Signature (or $SPANOMALY_WEBHOOK_SECRET)",
+            show_default=False,
+        ),
+    ] = None,
+    dashboard_url: Annotated[
+        str | None,
+        typer.Option(help="the dashboard's URL as alerts link it (default: the one served)"),
+    ] = None,
+    incident_gap: Annotated[
+        float, typer.Option(help="seconds between a service's findings that end an incident")
+    ] = 60.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="seconds a request has to send its headers")
+    ] = 10.0,
+    store_memory: Annotated[
+        str, typer.Option(help="DuckDB memory limit of the collector's store")
+    ] = "512MiB",
 ) -> None:
     """OTLP/HTTP collector (/v1/traces, /v1/metrics), the dashboard (/) and its JSON API (/api,
     described at /docs)."""
@@ -283,9 +314,26 @@ def serve(
             raise InputError("--trace-idle: must be positive")
         if token is not None and not token.strip():
             raise InputError("--token: must not be empty")
-        from spanomaly.serve.app import ServeSettings
+        for name, value in (("--incident-gap", incident_gap), ("--header-timeout", header_timeout)):
+            if value <= 0:
+                raise InputError(f"{name}: must be positive")
+        if (alertmanager or webhook) and model is None:
+            raise InputError(
+                "--alertmanager/--webhook: incidents come from findings; give --model DIR"
+            )
+        for name, url in (("--alertmanager", alertmanager), ("--webhook", webhook), ("--dashboard-url", dashboard_url)):  # fmt: skip
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise InputError(f"{name}: {url!r} is not an http:// or https:// URL")
+        from spanomaly.serve.app import AlertSettings, ServeSettings
         from spanomaly.serve.app import serve as run_server
 
+        alerts = AlertSettings(
+            alertmanager=alertmanager,
+            webhook=webhook,
+            webhook_secret=webhook_secret,
+            dashboard=dashboard_url,
+            gap_s=incident_gap,
+        )
         settings = ServeSettings(
             db=db_path(db),
             host=host,
@@ -293,6 +341,9 @@ def serve(
             token=token,
             max_body=parse_size(max_body, "--max-body"),
             trace_idle_s=trace_idle,
+            header_timeout_s=header_timeout,
+            store_memory=_memory(store_memory),
+            alerts=alerts,
         )
 
         def ready(url: str) -> None:
@@ -309,6 +360,11 @@ def serve(
 
             online = OnlineDetector(Path(model))
         run_server(settings, on_ready=ready, online=online)
+
+
+def _memory(text: str) -> str:
+    """A DuckDB memory limit as DuckDB reads it ("1GB", "512MiB", or bytes)."""
+    return f"{parse_size(text, '--store-memory')}B"
 
 
 def _period(from_: str | None, to: str | None) -> tuple[int | None, int | None]:

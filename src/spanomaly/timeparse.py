@@ -47,3 +47,8 @@ def _iso_ns(text: str, option: str) -> int:
         when = when.replace(tzinfo=UTC)
     whole = when.replace(microsecond=0)
     return (int(whole.timestamp()) * NS) + fraction
+
+
+def iso(ns: int | None) -> str | None:
+    """ISO-8601 UTC text of a nanosecond time (None stays None)."""
+    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()

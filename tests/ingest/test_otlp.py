@@ -326,7 +326,7 @@ def _reference(data: bytes) -> pa.Table:
                         res.instance,
                         res.version,
                         res.host,
-                        sp.name,
+                        sp.name or None,  # no name: refused (OTLP requires one)
                         kind_name(sp.kind),
                         None if start is None else start - (1 << 64 if start >= 1 << 63 else 0),
                         (end - (start or 0) + (1 << 63)) % (1 << 64) - (1 << 63),

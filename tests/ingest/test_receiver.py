@@ -297,3 +297,81 @@ def test_handle_a_mixed_batch() -> None:
     assert sum(c.data.num_rows for c in chunks) == 4  # the store keeps one of each twin
     copy = pickle.loads(pickle.dumps(truncated))  # answers travel between processes
     assert (copy.status, str(copy)) == (400, str(truncated))
+
+
+# -- spans without a name, attributes nested past upb's depth limit ----------------------
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (tag byte, varint length, payload)."""
+    n, size = len(payload), bytearray()
+    while True:
+        size.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes([tag]) + bytes(size) + payload
+
+
+def deep_attribute(levels: int) -> bytes:
+    """A KeyValue whose value is `levels` key-value lists inside each other, encoded by
+    hand (upb itself refuses to build one past its depth limit)."""
+    value = AnyValue(string_value="leaf").SerializeToString()
+    for _ in range(levels):
+        value = _field(0x32, _field(0x0A, _field(0x0A, b"k") + _field(0x12, value)))
+    return _field(0x0A, b"deep") + _field(0x12, value)
+
+
+def with_deep_attribute(request: trace_pb.ExportTraceServiceRequest, span: int) -> bytes:
+    """The request's encoding with a 40-levels-deep attribute appended to one span."""
+    rs = request.resource_spans[0]
+    spans = rs.scope_spans[0].spans
+    encoded = [s.SerializeToString() for s in spans]
+    encoded[span] += _field(0x4A, deep_attribute(40))  # Span.attributes is field 9
+    scope = b"".join(_field(0x12, e) for e in encoded)
+    return _field(0x0A, _field(0x0A, rs.resource.SerializeToString()) + _field(0x12, scope))
+
+
+def test_a_span_without_a_name_is_refused() -> None:
+    request = traces_request(["a"], spans_each=4)
+    request.resource_spans[0].scope_spans[0].spans[1].name = ""
+    decoded = receiver.decode(Signal.TRACES, PROTOBUF, request.SerializeToString(), "t")
+    assert (decoded.records, decoded.rows, decoded.rejected) == (4, 3, 1)
+    assert "spans[1]: operation (span name) is missing" in decoded.message()
+    assert "" not in decoded.chunks[0].data["operation"].to_pylist()
+    # in a batch with other requests, too (the batch's own decoding path)
+    raws = [receiver.parse_traces(request.SerializeToString())] * 2
+    _, batch = receiver.decode_traces_batch(raws, "t")
+    assert [(d.rows, d.rejected) for d in batch if isinstance(d, receiver.Decoded)] == [(3, 1)] * 2
+
+
+def test_json_span_names_missing_empty_or_not_text_are_refused() -> None:
+    names: list[object] = ["ok", "", {"x": 1}, 5, None]
+    spans = [
+        {
+            "traceId": "ab" * 16,
+            "spanId": f"{i + 1:016x}",
+            "startTimeUnixNano": str(T0),
+            "endTimeUnixNano": str(T0 + 10),
+            **({"name": name} if name is not None else {}),
+        }
+        for i, name in enumerate(names)
+    ]
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
+    decoded = receiver.decode(Signal.TRACES, JSON, orjson.dumps(doc), "t")
+    assert (decoded.rows, decoded.rejected) == (1, 4)
+    assert decoded.chunks[0].data["operation"].to_pylist() == ["ok"]
+    assert decoded.message().count("operation (span name) is missing") == 4
+
+
+def test_an_attribute_nested_past_the_depth_limit_refuses_its_span_alone() -> None:
+    deep = with_deep_attribute(traces_request(["a"], spans_each=3), span=1)
+    good = traces_request(["b"], spans_each=3).SerializeToString()
+    bodies = [receiver.Body(Signal.TRACES, PROTOBUF, None, b) for b in (good, deep, good)]
+    chunks, results = receiver.handle(bodies, Limits())
+    assert all(isinstance(r, receiver.Decoded) for r in results)
+    assert [(r.rows, r.rejected) for r in results] == [(3, 0), (2, 1), (3, 0)]
+    assert "spans[1]: malformed protobuf span" in results[1].message()
+    assert sum(c.data.num_rows for c in chunks) == 8
+    # alone, too
+    _, (alone,) = receiver.handle(bodies[1:2], Limits())
+    assert (alone.rows, alone.rejected) == (2, 1)

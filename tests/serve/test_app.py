@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -184,3 +185,15 @@ def test_completed_traces_reach_the_callback() -> None:
             assert health["traces"]["delivered"]["idle"] == 1
 
     run(test)
+
+
+def test_the_store_memory_is_bounded(tmp_path: Path) -> None:
+    """DuckDB's buffer pool is capped (its own default, 80 % of RAM, grows with the store)."""
+    from spanomaly.serve.app import open_store
+
+    store = open_store(ServeSettings(db=tmp_path / "s.duckdb", store_memory="300MiB"))
+    try:
+        limit = store.sql("SELECT current_setting('memory_limit') AS m").column("m")[0].as_py()
+    finally:
+        store.close()
+    assert limit == "300.0 MiB"

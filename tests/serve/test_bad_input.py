@@ -311,3 +311,22 @@ def test_logs_route_partial_success_gzip_and_json(server: Server) -> None:
     assert server.stats()["logs"] == before + 8
     health = server.get("/api/health").json()
     assert health["accepted"]["logs"] >= 8 and health["rejected"]["logs"] >= 4
+
+
+def test_deep_attribute_is_refused_alone_never_503(server: Server) -> None:
+    """A span nested past upb's depth limit is refused in partial_success; good requests
+    sent at the same moment (decoded in one batch with it) are all stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.ingest.test_receiver import with_deep_attribute
+
+    before = server.stats()["spans"]
+    deep = with_deep_attribute(spans_request(30_000_000, 3), span=1)
+    goods = [spans_request(30_100_000 + 10 * i, 2).SerializeToString() for i in range(20)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: server.post("/v1/traces", b, PROTOBUF), [deep, *goods]))
+    assert [a.status_code for a in answers] == [200] * 21
+    partial = trace_pb.ExportTraceServiceResponse.FromString(answers[0].content).partial_success
+    assert partial.rejected_spans == 1 and "spans[1]" in partial.error_message
+    assert server.stats()["spans"] == before + 2 + 40
+    still_accepts(server)

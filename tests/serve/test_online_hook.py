@@ -4,6 +4,8 @@ stopped after the writer committed; the model routes."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,10 +13,13 @@ import httpx
 import pyarrow as pa
 
 from spanomaly.errors import InputError
-from spanomaly.serve.app import ServeSettings, create_app
+from spanomaly.ingest.base import Chunk
+from spanomaly.schema import FINDINGS
+from spanomaly.serve.app import AlertSettings, ServeSettings, create_app
 from spanomaly.store.base import Store
 from spanomaly.store.duckdb import DuckDBStore
 from tests.serve.conftest import PROTOBUF
+from tests.serve.stack import hook_server
 from tests.serve.test_app import body
 
 T5, T9 = 1_700_000_000_000_000_005, 1_700_000_009_000_000_000  # ns (an integer from 1e11 up)
@@ -44,6 +49,18 @@ class FakeOnline:
 
     def status(self) -> dict[str, Any]:
         return {"loaded": True, "completed": self.completed}
+
+    def lateness_s(self) -> float:
+        return 0.0
+
+    def levels(self) -> list[dict[str, Any]]:
+        return [
+            {"service": "a", "instance": "a-1", "source": "metrics", "time_ns": 0,
+             "score": 3.0, "threshold": 2.0},
+        ]  # fmt: skip
+
+    def suspects(self, start_ns: int, end_ns: int, top: int = 3) -> list[dict[str, Any]]:
+        return [{"rank": 1, "service": "a", "instance": "a-1", "operation": None, "score": 1.0}]
 
     def retrain(
         self,
@@ -103,3 +120,50 @@ def test_online_detector_lifecycle_and_routes() -> None:
 
     asyncio.run(asyncio.wait_for(test(), 60))
     assert online.calls == ["attach", "start", "stop"]
+
+
+def _finding(service: str, instance: str, t_ns: int) -> pa.Table:
+    row = {"finding_id": f"{instance}-{t_ns}", "time_ns": t_ns, "detector": "ecod",
+           "entity": "instance", "trace_id": None, "span_id": None, "service": service,
+           "instance": instance, "operation": None, "score": 5.0, "threshold": 2.0,
+           "reason": "cpu far above normal", "details": None, "feedback": None}  # fmt: skip
+    return pa.Table.from_pylist([row], schema=FINDINGS)
+
+
+def test_findings_become_incidents_on_metrics_and_the_webhook() -> None:
+    """Findings the online detector stores open an incident (with its suspects) that the
+    webhook hears firing and then resolved; /metrics shows scores, findings and incidents."""
+    online = FakeOnline()
+    store = DuckDBStore(":memory:")
+    with hook_server() as hook:
+        alerts = AlertSettings(webhook=hook.url, webhook_secret="k", gap_s=1.0)
+        settings = ServeSettings(decode_processes=0, alerts=alerts)
+        app = create_app(settings, store, online=online)
+        app.state.collector.alerting.interval_s = 0.2
+
+        async def test() -> None:
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://app") as c,
+            ):
+                store.write(Chunk("findings", _finding("a", "a-1", time.time_ns())))  # type: ignore[arg-type]
+                for _ in range(200):
+                    if len(hook.got) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                text = (await c.get("/metrics")).text
+                assert (
+                    'spanomaly_anomaly_score{instance="a-1",service="a",source="metrics"} 3.0'
+                    in text
+                )
+                assert 'spanomaly_service_anomaly_ratio{service="a"} 1.5' in text
+                assert 'spanomaly_findings_total{detector="ecod",service="a"} 1.0' in text
+                assert "spanomaly_incidents_opened_total 1.0" in text
+                doc = (await c.get("/api/incidents")).json()
+                assert doc["opened"] == 1 and doc["receivers"]["webhook"]["sent"] >= 1
+
+        asyncio.run(asyncio.wait_for(test(), 60))
+    sent = [json.loads(body)["incidents"][0] for _, body in hook.got]
+    assert [i["status"] for i in sent] == ["firing", "resolved"]
+    assert sent[0]["service"] == "a" and sent[0]["suspects"][0]["instance"] == "a-1"
+    assert sent[0]["severity"] == "critical" and sent[0]["reasons"] == ["cpu far above normal"]

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from tests.serve.conftest import StartServer
+from tests.serve.stack import terminate
 from tests.serve.test_otel_sdk import check_span, make_spans, stored_spans
 
 rotel = pytest.importorskip(
@@ -103,12 +104,7 @@ def test_spans_through_the_rotel_agent(serve: StartServer, tmp_path: Path) -> No
         while server.stats()["spans"] < len(sent) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        agent.terminate()
-        try:
-            agent.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        terminate(agent, 10)
     assert server.stats()["spans"] == len(sent) == 400, log.read_text()[-2000:]
     assert server.stop() == 0
     stored = stored_spans(server.db)

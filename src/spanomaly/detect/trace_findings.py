@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 from spanomaly.detect.trace import REASON_TEXT, EventScores, Reason, TraceDetector, segment_argmax
 from spanomaly.features.traces import Sequences
 from spanomaly.schema import FINDINGS
+from spanomaly.timeparse import iso
 
 TOP_EXPECTED = 5
 LOG_KEY_PREFIX = "log | "  # event keys of log lines (spanomaly.features.logs)
@@ -39,11 +39,6 @@ EVENT_COLUMNS = (
 def finding_id(trace_id: str) -> str:
     """Stable id of the finding of a trace: re-running detect stores it once."""
     return hashlib.sha1(f"trace:{trace_id}".encode()).hexdigest()[:16]
-
-
-def iso(ns: int | None) -> str | None:
-    """ISO-8601 UTC of a time in ns."""
-    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
 
 
 @dataclass

@@ -42,6 +42,36 @@ SOURCES = ("traces", "metrics")
 MIN_WINDOWS = 10  # a source with fewer training windows gets no detector
 
 
+# the score of each instance window scored, beside its threshold (what "how anomalous is
+# this instance now" reads: the collector's /metrics gauges)
+LEVELS = pa.schema(
+    [
+        ("time_ns", pa.int64()),
+        ("service", pa.string()),
+        ("instance", pa.string()),
+        ("source", pa.string()),
+        ("score", pa.float64()),
+        ("threshold", pa.float64()),
+    ]
+)
+
+
+def _levels(
+    source: str, w: InstanceWindows, rows: np.ndarray, scores: np.ndarray, threshold: float
+) -> pa.Table:
+    return pa.table(
+        {
+            "time_ns": w.column("time_ns")[rows],
+            "service": w.column("service")[rows],
+            "instance": w.column("instance")[rows],
+            "source": np.full(len(rows), source, dtype=object),
+            "score": scores[rows],
+            "threshold": np.full(len(rows), threshold),
+        },
+        schema=LEVELS,
+    )
+
+
 def matrix(X: np.ndarray) -> np.ndarray:
     """The detectors' input: finite values only (a missing feature reads as normal, 0)."""
     return np.nan_to_num(X, nan=0.0, posinf=1e12, neginf=-1e12)
@@ -134,17 +164,19 @@ class WindowModel:
 
     def detect(
         self, source: str, w: InstanceWindows, keep: np.ndarray
-    ) -> tuple[pa.Table, int, int]:
+    ) -> tuple[pa.Table, int, int, pa.Table]:
         """Score the windows of one source; findings of the anomalous ones among `keep`
-        (the others only give the recent past); (findings, scored, anomalous)."""
+        (the others only give the recent past); (findings, scored, anomalous, levels: the
+        score and threshold of every window of `keep`, `LEVELS`)."""
         norm, det = self.sources_[source]
         X = matrix(norm.transform(w))
         groups = w.groups()
         scores = det.score(X, groups=groups)
         idx = np.flatnonzero(np.asarray(keep))
         flagged = idx[scores[idx] > det.threshold_]
+        levels = _levels(source, w, idx, scores, float(det.threshold_))
         if not len(flagged):
-            return FINDINGS.empty_table(), len(idx), 0
+            return FINDINGS.empty_table(), len(idx), 0, levels
         found = FlaggedWindows(
             source=source,
             detector=self.detector,
@@ -158,7 +190,7 @@ class WindowModel:
             contributions=det.explain(X, groups=groups)[flagged],
             fault_types=det.predict_class(X[flagged]) if hasattr(det, "predict_class") else None,
         )
-        return window_findings(found, self.window_ns), len(idx), len(flagged)
+        return window_findings(found, self.window_ns), len(idx), len(flagged), levels
 
     @staticmethod
     def _surprise(

@@ -172,7 +172,7 @@ def _span_values(sp: dict[str, Any], res: ResourceInfo) -> tuple[Any, ...]:
         res.instance,
         res.version,
         res.host,
-        name if isinstance(name, str) else "" if name is None else str(name),
+        name if isinstance(name, str) and name else None,  # no name, "" or not text: refused
         kind_name(get(sp, "kind") or 0),
         start,
         end - (start or 0),

@@ -343,6 +343,11 @@ def _text_column(
     return _sparse(n, rows, _to_text(_cut(pbuf, starts[rows], sizes[rows])))
 
 
+def _all_or_mask(present: np.ndarray) -> np.ndarray | None:
+    """None where every row is present (the cheaper path of _text_column), else the mask."""
+    return None if present.all() else present
+
+
 def _hex_column(
     buf: np.ndarray,
     pbuf: pa.Buffer,
@@ -429,7 +434,11 @@ class _KVs:
         if typ == _NONE:
             return None
         raw = bytes(buf[self.av[j] : self.av[j] + self.avlen[j]])
-        return anyvalue_py(common_pb2.AnyValue.FromString(raw))
+        try:
+            return anyvalue_py(common_pb2.AnyValue.FromString(raw))
+        except (DecodeError, RecursionError) as exc:  # nested past upb's depth limit, say
+            # the slow path parses each span alone and rejects the one that fails
+            raise _Unusual(f"an attribute value upb cannot parse: {exc}") from exc
 
 
 def _decode_kvs(
@@ -917,7 +926,8 @@ def _span_table(
         "instance": res_column("instance"),
         "version": res_column("version"),
         "host": res_column("host"),
-        "operation": _text_column(pbuf, pos[_NAME], val[_NAME]),
+        # an empty name is no name (OTLP requires one): null, refused by split_valid
+        "operation": _text_column(pbuf, pos[_NAME], val[_NAME], _all_or_mask(val[_NAME] > 0)),
         "kind": _KINDS.take(pa.array(kind)),
         "start_ns": pa.array(start_ns, mask=start_ns == 0),
         "duration_ns": pa.array(end_ns - start_ns),
@@ -940,7 +950,8 @@ def _span_table_slowly(
         res = resources[res_of_row[i]]
         try:
             span = trace_pb2.Span.FromString(blob)
-        except DecodeError:
+            attrs = attrs_py(span.attributes)
+        except (DecodeError, RecursionError):
             bad[i] = True
             rows.add(
                 "",
@@ -967,7 +978,6 @@ def _span_table_slowly(
                 ),
             )
             continue
-        attrs = attrs_py(span.attributes)
         start = span.start_time_unix_nano or None
         rows.add(
             "",
@@ -979,7 +989,7 @@ def _span_table_slowly(
                 res.instance,
                 res.version,
                 res.host,
-                span.name,
+                span.name or None,
                 kind_name(span.kind),
                 start,
                 span.end_time_unix_nano - (start or 0),

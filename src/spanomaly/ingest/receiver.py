@@ -23,6 +23,7 @@ Errors are `RequestError` with the HTTP status to answer and a one-line message.
 from __future__ import annotations
 
 import bisect
+import logging
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from spanomaly.errors import FormatError, InputError
 from spanomaly.ingest import otlp, otlp_logs, otlp_wire
 from spanomaly.ingest.base import Chunk, Reject
+
+log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -302,7 +305,7 @@ _RESOURCE_LABEL = re.compile(r"resourceSpans\[(\d+)\](.*)", re.DOTALL)
 
 def decode_traces_batch(
     requests: list[RawTraces], source: str
-) -> tuple[list[Chunk], list[Decoded]]:
+) -> tuple[list[Chunk], list[Decoded | RequestError]]:
     """Decode several checked bodies in one pass: all their SPANS chunks, and per request
     what it held and which of its spans were rejected (labels as in the request alone)."""
     if len(requests) == 1:
@@ -317,7 +320,7 @@ def decode_traces_batch(
     for r in requests:
         starts.append(first)
         first += r.resources
-    out = [Decoded(Signal.TRACES, records=r.spans) for r in requests]
+    out: list[Decoded] = [Decoded(Signal.TRACES, records=r.spans) for r in requests]
     for chunk in chunks:
         for reject in chunk.rejects:
             match = _RESOURCE_LABEL.fullmatch(reject.record)
@@ -333,7 +336,7 @@ def decode_traces_batch(
     kept = [c for c in chunks if isinstance(c.data, pa.Table) and c.data.num_rows]
     for d in out:
         d.rows = d.records - d.rejected
-    return kept, out
+    return kept, list(out)
 
 
 @dataclass(frozen=True)
@@ -377,7 +380,12 @@ def handle(bodies: list[Body], limits: Limits) -> tuple[list[Chunk], list[Decode
             chunks.extend(prepared.chunks)
             results[i] = _without_chunks(prepared)
     if raws:
-        decoded_chunks, decoded = decode_traces_batch(raws, f"/v1/{Signal.TRACES}")
+        source = f"/v1/{Signal.TRACES}"
+        try:
+            decoded_chunks, decoded = decode_traces_batch(raws, source)
+        except Exception as exc:  # one request's content broke the batch: each alone
+            log.warning("decoding a batch of %d requests failed (%s); one by one", len(raws), exc)
+            decoded_chunks, decoded = _one_by_one(raws, source, refuse=True)
         chunks.extend(decoded_chunks)
         for i, d in zip(at, decoded, strict=True):
             results[i] = d
@@ -386,11 +394,22 @@ def handle(bodies: list[Body], limits: Limits) -> tuple[list[Chunk], list[Decode
     return chunks, done
 
 
-def _one_by_one(requests: list[RawTraces], source: str) -> tuple[list[Chunk], list[Decoded]]:
+def _one_by_one(
+    requests: list[RawTraces], source: str, refuse: bool = False
+) -> tuple[list[Chunk], list[Decoded | RequestError]]:
+    """Each request decoded alone; refuse: one that cannot be decoded gets a 400 (never a
+    5xx, which SDKs retry for ever), the others are stored."""
     chunks: list[Chunk] = []
-    out = []
+    out: list[Decoded | RequestError] = []
     for r in requests:
-        one = _collect(Signal.TRACES, otlp.decode_traces_request(r.data, source))
+        try:
+            one = _collect(Signal.TRACES, otlp.decode_traces_request(r.data, source))
+        except Exception as exc:
+            if not refuse:
+                raise
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            out.append(RequestError(400, f"cannot decode the spans of the request: {text}"))
+            continue
         chunks.extend(one.chunks)
         out.append(_without_chunks(one))
     return chunks, out

@@ -47,6 +47,7 @@ class Counts:
 
     n: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTED, 0))
     stored: list[pa.Table] = field(default_factory=list)
+    levels: list[pa.Table] = field(default_factory=list)  # window_model.LEVELS
 
     def store(self, store: Store, confirmer: Confirmer | None, found: pa.Table) -> None:
         """Pass findings through the confirmer and store what it lets through."""
@@ -143,7 +144,8 @@ def _score_windows(
             continue
         starts = w.column("time_ns")
         keep = (starts >= span.start) & ~overlapping(starts, skip, windows.window_ns)
-        found, scored, flagged = windows.detect(source, w, keep)
+        found, scored, flagged, levels = windows.detect(source, w, keep)
+        counts.levels.append(levels)
         counts.n["instances_scored"] += scored
         counts.n["anomalous_windows"] += flagged
         yield found
@@ -284,14 +286,18 @@ def detect_points(
     model: Models | None = None,
     confirmer: Confirmer | None = None,
     skip: Iterable[tuple[int, int]] = (),
+    levels: list[pa.Table] | None = None,
 ) -> dict[str, int] | None:
     """Score the instance windows of the period (with the models given, else those in
     model_dir), store a finding per anomalous window (time: the window's end); None when
     there is no window model. With a confirmer, findings pass through it first; windows
-    that overlap a period of skip are not scored."""
+    that overlap a period of skip are not scored; levels gets each scored window's score
+    (`detect.window_model.LEVELS`)."""
     models = model or load_models(model_dir, traces=False)
     if models.windows is None:
         return None
     counts = Counts()
     _windows_only(store, models, start_ns, end_ns, confirmer, counts, skip)
+    if levels is not None:
+        levels.extend(counts.levels)
     return {k: counts.n[k] for k in ("instances_scored", "anomalous_windows")}

@@ -48,6 +48,7 @@ SOURCE_STOPPED_S = 60.0  # spans or metrics this far behind the other have stopp
 # findings from traces are kept as partners (detect.confirm) this long past their reach:
 # a window's finding comes its grace time and more after the window
 CONFIRM_LATE_S = 90.0
+LEVEL_WINDOWS = 5  # an instance without a scored window for this many windows is gone
 
 
 class OnlineDetector:
@@ -93,6 +94,8 @@ class OnlineDetector:
         }
         self.last_scored_ns: int | None = None
         self.errors = 0
+        # the latest window of each (service, instance, source): (time_ns, score, threshold)
+        self._levels: dict[tuple[str, str, str], tuple[int, float, float]] = {}
 
     # -- the collector's side ------------------------------------------------------------
 
@@ -212,6 +215,7 @@ class OnlineDetector:
             closed = min(closed, (mark - int(EXPORT_DELAY_S * 1e9)) // w * w)
         if closed <= self._closed_ns:
             return
+        levels: list[pa.Table] = []
         with self._model_lock:
             doc = detect_points(
                 self._cursor,
@@ -221,11 +225,60 @@ class OnlineDetector:
                 model=self._models,
                 confirmer=self._confirmer,
                 skip=self._trainings,
+                levels=levels,
             )
         self._closed_ns = closed
+        self._keep_levels(levels, closed)
         if doc:
             self.counts["instances_scored"] += doc["instances_scored"]
             self.counts["anomalous_windows"] += doc["anomalous_windows"]
+
+    def _keep_levels(self, levels: list[pa.Table], closed_ns: int) -> None:
+        """Remember each instance's latest window score; an instance without a window for
+        LEVEL_WINDOWS windows (a pod gone) is forgotten."""
+        if levels:
+            table = pa.concat_tables(levels).sort_by("time_ns")
+            latest = dict(self._levels)
+            for r in table.to_pylist():  # one row per instance window, not per span
+                key = (r["service"], r["instance"], r["source"])
+                latest[key] = (r["time_ns"], r["score"], r["threshold"])
+            self._levels = latest
+        oldest = closed_ns - LEVEL_WINDOWS * (self._window_ns or 0)
+        self._levels = {k: v for k, v in self._levels.items() if v[0] >= oldest}
+
+    def lateness_s(self) -> float:
+        """How long after its time a finding can still come: a window's is timed at the
+        window's end and scored its grace and the export delay later."""
+        return (self._window_ns or 0) / 1e9 + self.grace_s + EXPORT_DELAY_S + self.interval_s
+
+    def levels(self) -> list[dict[str, Any]]:
+        """The latest window score of each instance and source, with its threshold."""
+        return [
+            {
+                "service": k[0],
+                "instance": k[1],
+                "source": k[2],
+                "time_ns": v[0],
+                "score": v[1],
+                "threshold": v[2],
+            }
+            for k, v in sorted(self._levels.items())
+        ]
+
+    def suspects(self, start_ns: int, end_ns: int, top: int = 3) -> list[dict[str, Any]]:
+        """The ranking's top suspects of [start, end] (rca's rank, service, instance,
+        operation, score)."""
+        from spanomaly.pipeline.rank import rank_period
+
+        if self._store is None:
+            return []
+        cursor = self._store.cursor()
+        try:
+            rows = rank_period(cursor, start_ns, end_ns, "both", "ranked", self.model_dir)
+        finally:
+            cursor.close()
+        keep = ("rank", "service", "instance", "operation", "score")
+        return [{k: r.get(k) for k in keep} for r in rows.slice(0, top).to_pylist()]
 
     def _stored_through(self) -> int | None:
         """How far the store holds data (None: none yet): the earlier of the latest span

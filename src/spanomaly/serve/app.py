@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,9 +46,15 @@ from spanomaly.config import DEFAULT_DB
 from spanomaly.errors import InputError, SpanomalyError, StoreError
 from spanomaly.ingest import receiver
 from spanomaly.ingest.receiver import Body, Limits, RequestError, Signal
+from spanomaly.serve.alerting import DEFAULT_RESEND_S, Alerting
 from spanomaly.serve.completion import DEFAULT_IDLE_S, DEFAULT_MAX_WAIT_S, TraceTracker
 from spanomaly.serve.decoder import DEFAULT_BATCH_BYTES, Decoder
 from spanomaly.serve.hooks import Online
+from spanomaly.serve.http import protocol
+from spanomaly.serve.incidents import DEFAULT_GAP_S
+from spanomaly.serve.prom import CONTENT_TYPE as PROM_CONTENT_TYPE
+from spanomaly.serve.prom import Metrics
+from spanomaly.serve.receivers import Alertmanager, Receiver, Webhook
 from spanomaly.serve.spool import Spool, spool_dir
 from spanomaly.serve.writer import DEFAULT_BATCH_ROWS, DEFAULT_MAX_PENDING_ROWS, QueueFull, Writer
 from spanomaly.store.base import Store
@@ -57,6 +64,27 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4318
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where incidents go, and how they are grouped."""
+
+    alertmanager: str | None = None  # base URL of an Alertmanager (API v2)
+    webhook: str | None = None  # URL that gets incidents as JSON
+    webhook_secret: str | None = None  # HMAC-SHA256 key of the webhook's signature
+    dashboard: str | None = None  # the dashboard's URL as receivers should link it
+    gap_s: float = DEFAULT_GAP_S  # findings of a service at most this far apart: one incident
+    resend_s: float = DEFAULT_RESEND_S  # active alerts are sent to Alertmanager this often
+
+    def receivers(self) -> list[Receiver]:
+        """The receivers configured."""
+        out: list[Receiver] = []
+        if self.alertmanager:
+            out.append(Alertmanager(self.alertmanager, expire_s=max(300.0, 4 * self.resend_s)))
+        if self.webhook:
+            out.append(Webhook(self.webhook, secret=self.webhook_secret))
+        return out
 
 
 @dataclass(frozen=True)
@@ -82,7 +110,7 @@ class ServeSettings:
     decode_processes: int = 2
     retry_after_s: int = 1
     read_timeout_s: float = 60.0  # to receive a whole body (408 beyond)
-    max_connections: int = 1024
+    max_connections: int = 1024  # with requests under way (those still sending headers apart)
     # DuckDB: one thread leaves the other cores to decoding (and is faster for the
     # collector's small transactions); a bigger WAL before a checkpoint means fewer
     # checkpoints, each a pause for every request waiting on a commit
@@ -91,11 +119,20 @@ class ServeSettings:
     # acknowledge once the rows are in the spool (appended and fsynced next to a DuckDB
     # file), not once committed: requests then never wait for a commit or a checkpoint
     spool: bool = True
+    # DuckDB's buffer pool (its default, 80 % of RAM, grows with the store): the
+    # collector's memory is this plus the queues above (pending rows, bytes in flight)
+    store_memory: str = "512MiB"
+    header_timeout_s: float = 10.0  # to receive a request's headers (connection closed beyond)
+    alerts: AlertSettings = field(default_factory=lambda: AlertSettings())
 
     @property
     def store_config(self) -> dict[str, str | int | bool]:
         """DuckDB settings of the collector's store connection."""
-        return {"threads": self.store_threads, "checkpoint_threshold": self.checkpoint_threshold}
+        return {
+            "threads": self.store_threads,
+            "checkpoint_threshold": self.checkpoint_threshold,
+            "memory_limit": self.store_memory,
+        }
 
     @property
     def limits(self) -> Limits:
@@ -147,9 +184,39 @@ class Collector:
         self.started = time.monotonic()
         self.on_ready = on_ready
         self.online = online
+        self.store = store
         if online is not None:
             online.attach(store)
             self.tracker.subscribe(online.on_complete)
+        receivers = settings.alerts.receivers()
+        self.alerting = (
+            Alerting(
+                online,
+                receivers,
+                settings.alerts.dashboard,
+                settings.alerts.gap_s,
+                late_s=online.lateness_s() if online is not None else 0.0,
+                resend_s=settings.alerts.resend_s,
+            )
+            if online is not None or receivers
+            else None
+        )
+        self.metrics = Metrics(self, online, self.alerting)
+        self._memory_cursor: Store | None = None
+        self._memory_lock = threading.Lock()
+
+    def store_memory(self) -> dict[str, int]:
+        """DuckDB's memory in use by tag (`duckdb_memory()`; {} for a store without it)."""
+        with self._memory_lock:
+            try:
+                if self._memory_cursor is None:
+                    self._memory_cursor = self.store.cursor()
+                rows = self._memory_cursor.sql(
+                    "SELECT tag, memory_usage_bytes AS b FROM duckdb_memory() WHERE b > 0"
+                ).to_pylist()
+            except Exception:  # a Parquet dataset, a closing store: no figure
+                return {}
+        return {r["tag"]: int(r["b"]) for r in rows}
 
     def _committed(self, table: str, data: pa.Table) -> None:
         if table == "spans":
@@ -162,6 +229,8 @@ class Collector:
         self.tracker.start()
         if self.online is not None:
             self.online.start()
+        if self.alerting is not None:
+            self.alerting.start(self.store)
 
     def stop(self) -> None:
         """Commit everything queued, deliver the open traces, close the store."""
@@ -171,6 +240,13 @@ class Collector:
         self.tracker.stop(flush=True)  # the open traces go to the subscribers
         if self.online is not None:
             self.online.stop()
+        if self.alerting is not None:  # after the last findings are stored
+            with contextlib.suppress(Exception):
+                self.alerting.stop()
+        with self._memory_lock:
+            if self._memory_cursor is not None:
+                self._memory_cursor.close()
+                self._memory_cursor = None
         self.writer.close()
 
     def health(self) -> dict[str, Any]:
@@ -211,7 +287,14 @@ class Collector:
     # -- one export request ----------------------------------------------------------------
 
     async def export(self, request: Request, signal: Signal) -> Response:
-        """Answer one OTLP/HTTP export request."""
+        """Answer one OTLP/HTTP export request (its time observed for /metrics)."""
+        began = time.perf_counter()
+        try:
+            return await self._export(request, signal)
+        finally:
+            self.metrics.latency.labels(signal.value).observe(time.perf_counter() - began)
+
+    async def _export(self, request: Request, signal: Signal) -> Response:
         media: str | None = None
         try:
             media = receiver.media_type(request.headers.get("content-type"))
@@ -392,6 +475,19 @@ def create_app(
     async def health() -> JSONResponse:
         """Liveness and the collector's counters."""
         return JSONResponse(collector.health())
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        """The collector's figures in Prometheus' text format (`serve.prom`)."""
+        body = await asyncio.get_running_loop().run_in_executor(None, collector.metrics.render)
+        return Response(body, media_type=PROM_CONTENT_TYPE)
+
+    @app.get("/api/incidents")
+    async def incidents() -> JSONResponse:
+        """Open incidents and what each alert receiver did."""
+        if collector.alerting is None:
+            return JSONResponse({"detail": "no incidents without a model: serve --model DIR"}, 404)
+        return JSONResponse(collector.alerting.status())
 
     @app.get("/api/stats")
     async def stats() -> Response:
@@ -581,6 +677,7 @@ def serve(
         timeout_keep_alive=30,
         limit_concurrency=settings.max_connections,
         server_header=False,
+        http=protocol(settings.header_timeout_s, max_waiting=4 * settings.max_connections),
     )
     server = _Server(config)
     try:

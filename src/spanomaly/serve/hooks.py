@@ -50,6 +50,21 @@ class Online(Protocol):
         """Fit new models on the period and swap them in (blocks: call from a worker)."""
         ...
 
+    def lateness_s(self) -> float:
+        """How long after its time a finding can still be stored (a window's: its length,
+        the grace and the export delay)."""
+        ...
+
+    def levels(self) -> list[dict[str, Any]]:
+        """The latest window score of each instance and source (service, instance, source,
+        time_ns, score, threshold)."""
+        ...
+
+    def suspects(self, start_ns: int, end_ns: int, top: int = 3) -> list[dict[str, Any]]:
+        """The ranking's top suspects of a period (rank, service, instance, operation,
+        score)."""
+        ...
+
     def feedback(self, finding_id: str) -> dict[str, Any]:
         """Mark a finding as a false positive and update the model with it."""
         ...

@@ -20,6 +20,7 @@ from spanomaly.evaluate.metrics import alarms
 from spanomaly.features.graph import GRAPH_SCHEMA, findings_anomaly
 from spanomaly.rca.ranking import rank
 from spanomaly.store.base import Store
+from spanomaly.timeparse import iso
 
 DEFAULT_WINDOW_S = 900.0  # the overview: the last 15 minutes of data
 ALARM_ACTIVE_S = 60.0  # an alarm with a finding this close to the window's end is current
@@ -33,11 +34,6 @@ _FINDING_COLUMNS = (
     "finding_id, time_ns, detector, entity, trace_id, span_id, service, instance, "
     "operation, score, threshold, reason, feedback"
 )
-
-
-def iso(ns: int | None) -> str | None:
-    """ISO-8601 UTC text of a nanosecond time."""
-    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
 
 
 def _ms(ns: int | None) -> float | None:

@@ -21,6 +21,7 @@ acknowledged: acknowledgement comes after the fsync).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -97,6 +98,14 @@ class Spool:
     def leftovers(self) -> list[Path]:
         """Segment files an earlier run left behind, oldest first."""
         return list(self._left)
+
+    def size_bytes(self) -> int:
+        """Bytes of the segment files now in the folder (rows not yet committed)."""
+        total = 0
+        for path in self.directory.glob(f"*{_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):  # loaded and deleted meanwhile
+                total += path.stat().st_size
+        return total
 
     def path(self, segment: int) -> Path:
         """The file of a segment."""
