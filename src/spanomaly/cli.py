@@ -105,32 +105,53 @@ def _main(
 
 
 PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
-FormatOpt = Annotated[str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha")]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha|metrics|labels")
+]
 MapOpt = Annotated[
     str | None,
-    typer.Option("--map", help="CSV column map: trace_id=TraceID,span_id=SpanID,..."),
+    typer.Option(
+        "--map",
+        help="column map: trace_id=TraceID,span_id=SpanID,... (spans), time=,body= (logs), "
+        "time=,service=,instance=,name=,value= (metric points)",
+    ),
+]
+SeriesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="wide metric CSVs: how a column name splits, e.g. '{service}_{metric}' (the "
+        "default), '{instance}.{metric}' or a regex with named groups"
+    ),
 ]
 TimeUnitOpt = Annotated[str, typer.Option(help="unit of mapped CSV time columns: s|ms|us|ns")]
 DurationUnitOpt = Annotated[str, typer.Option(help="unit of a mapped CSV duration column")]
 
 
 def _decode_options(
-    map_: str | None, time_unit: str, duration_unit: str, fault_duration: float
+    map_: str | None,
+    time_unit: str,
+    duration_unit: str,
+    fault_duration: float,
+    series: str | None = None,
 ) -> Any:
     """The readers' DecodeOptions from the ingest flags, each checked."""
     from spanomaly.ingest.base import DecodeOptions
     from spanomaly.ingest.csv import UNITS_NS, parse_map
+    from spanomaly.ingest.wide_metrics import compile_pattern
 
     for name, unit in (("--time-unit", time_unit), ("--duration-unit", duration_unit)):
         if unit not in UNITS_NS:
             raise InputError(f"{name}: {unit!r} is not one of {', '.join(UNITS_NS)}")
     if fault_duration <= 0:
         raise InputError("--fault-duration: must be positive")
+    if series is not None:
+        compile_pattern(series)  # a one-line error for a bad pattern, before any file
     return DecodeOptions(
         column_map=parse_map(map_) if map_ else {},
         time_unit=time_unit,
         duration_unit=duration_unit,
         fault_duration_s=fault_duration,
+        series=series,
     )
 
 
@@ -145,13 +166,14 @@ def ingest(
     fault_duration: Annotated[
         float, typer.Option(help="seconds a labelled fault lasts (label files)")
     ] = DEFAULT_FAULT_DURATION_S,
+    series: SeriesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Store spans, metrics, logs and fault labels from files (.gz/.zst too)."""
+    """Store spans, metrics, logs, fault labels and call edges from files (.gz/.zst too)."""
     from spanomaly import pipeline
 
     with _errors():
-        options = _decode_options(map_, time_unit, duration_unit, fault_duration)
+        options = _decode_options(map_, time_unit, duration_unit, fault_duration, series)
         store = pipeline.open_store(db_path(db))
         try:
             with _progress(not as_json) as progress:
@@ -163,7 +185,8 @@ def ingest(
         def human() -> None:
             typer.echo(
                 f"stored {report.spans} spans, {report.metrics} metric points, {report.logs} logs, "
-                f"{report.faults} faults from {report.files} files; {report.duplicates} duplicates "
+                f"{report.faults} faults{f', {report.calls} call edges' if report.calls else ''} "
+                f"from {report.files} files; {report.duplicates} duplicates "
                 f"skipped, {report.rejected} rejected, {report.orphans} spans without their parent"
             )
             for message in report.errors:
@@ -172,7 +195,7 @@ def ingest(
         _emit(doc, as_json, human)
         if (
             report.files
-            and not (report.spans or report.metrics or report.logs or report.faults)
+            and not (report.spans or report.metrics or report.logs or report.faults or report.calls)
             and (report.rejected)
         ):
             raise typer.Exit(2)
