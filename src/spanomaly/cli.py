@@ -438,7 +438,12 @@ LabelsOpt = Annotated[
         help="fit --point on the store's fault labels of the period (svm, fisher-dbscan)",
     ),
 ]
-PointWindowOpt = Annotated[float, typer.Option(help="instance window, seconds")]
+PointWindowOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="instance window, seconds (default 60 with traces; without, the metrics' resolution)"
+    ),
+]
 PointSourcesOpt = Annotated[
     str, typer.Option(help="instance windows of: traces (RED features), metrics, or both")
 ]
@@ -475,7 +480,7 @@ def train(
     logs: LogsOpt = None,
     point: PointOpt = "ecod",
     labels: LabelsOpt = False,
-    point_window: PointWindowOpt = 60.0,
+    point_window: PointWindowOpt = None,
     point_sources: PointSourcesOpt = "traces,metrics",
     engine: EngineOpt = "local",
     scheduler: SchedulerOpt = None,
@@ -571,10 +576,14 @@ def _trained(doc: dict[str, Any]) -> None:
     """The human lines of a training document."""
     dets = doc["detectors"]
     names = " + ".join(d["name"] for d in dets.values())
-    typer.echo(
-        f"trained {names} on {doc['traces']} traces, {doc['events']} events, "
-        f"{doc['keys']} event keys ({doc['from']} to {doc['to']}) into {doc['model']}"
-    )
+    if dets:
+        typer.echo(
+            f"trained {names} on {doc['traces']} traces, {doc['events']} events, "
+            f"{doc['keys']} event keys ({doc['from']} to {doc['to']}) into {doc['model']}"
+        )
+    else:  # metrics alone
+        typer.echo(f"trained on metrics alone, no traces ({doc['from']} to {doc['to']}) "
+                   f"into {doc['model']}")  # fmt: skip
     for role, d in dets.items():
         typer.echo(
             f"  {role:8} {d['name']:14} threshold {d['threshold']:.4g}, validation "
@@ -833,12 +842,14 @@ def rca(
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
             rows = pipeline.rca(store, lo, hi, evidence, method, Path(model), top)
+            if not rows:  # on stderr: --json keeps its list
+                from spanomaly.pipeline.rank import why_empty
+
+                typer.echo(f"nothing to rank: {why_empty(store, lo, hi, evidence)}", err=True)
         finally:
             store.close()
 
         def human() -> None:
-            if not rows:
-                typer.echo("no findings in the period: nothing to rank")
             for r in rows:
                 ev = r["evidence"]
                 assert isinstance(ev, dict)
