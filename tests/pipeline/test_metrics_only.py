@@ -19,7 +19,7 @@ NS = 1_000_000_000
 def _rank(case: Path, work: Path, period: tuple[int, int]) -> list[str]:
     with DuckDBStore(work / "s.duckdb") as store:
         pipeline.ingest([case / "normal.csv"], store)
-        doc = pipeline.train(store, work / "model")
+        doc = pipeline.train(store, work / "model", point=pipeline.PointOptions())
         assert doc["detectors"] == {} and doc["point"]["window_s"] == 1.0  # the data's step
         pipeline.ingest([case / "anomalous.csv"], store)
         lo, hi = period[0] * NS, (period[1] + 1) * NS

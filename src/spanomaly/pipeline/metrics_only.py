@@ -83,25 +83,21 @@ def _fewest_windows(
     return (rows[0]["service"], int(rows[0]["n"]), float(rows[0]["span"])) if rows else ("", 0, 0.0)
 
 
-def train(
+def metric_options(
     store: Store,
     model_dir: str | Path,
     period: tuple[int | None, int | None],
-    exclude: list[tuple[int, int]],
     point: PointOptions | None,
-) -> dict[str, object]:
-    """Fit the metric windows' model on a period without spans; the training document."""
-    from spanomaly.detect.trace_findings import iso
-    from spanomaly.pipeline.training import PointOptions, train_points
-
-    options = point or PointOptions()
-    if not options.detector:
+) -> PointOptions:
+    """The window options to train on a period without spans: its metrics, at their
+    resolution unless a window is given (a one-line error where a service would have too few
+    windows); a stale trace model in model_dir is removed."""
+    if point is None or not point.detector:
         raise InputError("no traces in the training period and --point none: nothing to train")
     start_ns, end_ns = period
-    lo, hi = metric_range(store)
-    if lo is None:
+    if metric_range(store)[0] is None:
         raise InputError("no traces or metric points to train on in the chosen period")
-    window = options.window_s or resolution_s(store, start_ns, end_ns) or 60.0
+    window = point.window_s or resolution_s(store, start_ns, end_ns) or 60.0
     service, n, span = _fewest_windows(store, start_ns, end_ns, window)
     if n < MIN_NORMAL_WINDOWS:
         most = span / MIN_NORMAL_WINDOWS
@@ -111,16 +107,24 @@ def train(
             f"{window:g} s in the training period, {MIN_NORMAL_WINDOWS} needed; give "
             f"{hint}, or a longer --from/--to period"
         )
-    options = replace(options, window_s=window, sources=("metrics",))
     for name in TRACE_MODEL_FILES:  # a trace model of an earlier training would be stale
         (Path(model_dir) / name).unlink(missing_ok=True)
-    doc = train_points(store, model_dir, start_ns, end_ns, exclude, options)
-    first = start_ns if start_ns is not None else lo
-    last = end_ns if end_ns is not None else hi
+    return replace(point, window_s=window, sources=("metrics",))
+
+
+def training_doc(
+    store: Store, model_dir: str | Path, period: tuple[int | None, int | None], point: object
+) -> dict[str, object]:
+    """The training document of a model of metrics alone (no trace detectors)."""
+    from spanomaly.detect.trace_findings import iso
+
+    lo, hi = metric_range(store)
+    first = period[0] if period[0] is not None else lo
+    last = period[1] if period[1] is not None else hi
     return {
         "model": str(model_dir), "from": iso(first), "to": iso(last), "from_ns": first,
         "to_ns": last, "traces": 0, "events": 0, "keys": 0, "logs": None, "detectors": {},
-        "point": doc,
+        "point": point,
     }  # fmt: skip
 
 

@@ -366,7 +366,9 @@ def train(
         point.check()
     period = training_period(store, start_ns, end_ns, window_s)
     if not metrics_only.has_spans(store, *period):  # metrics alone: no trace model
-        return metrics_only.train(store, model_dir, period, exclude, point)
+        chosen = metrics_only.metric_options(store, model_dir, period, point)
+        doc = train_points(store, model_dir, *period, exclude, chosen)
+        return metrics_only.training_doc(store, model_dir, period, doc)
     if point is not None and point.window_s is None:
         point = replace(point, window_s=DEFAULT_WINDOW_S)
     opts = options or TrainOptions()
