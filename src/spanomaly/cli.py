@@ -105,32 +105,53 @@ def _main(
 
 
 PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
-FormatOpt = Annotated[str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha")]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha|metrics|labels")
+]
 MapOpt = Annotated[
     str | None,
-    typer.Option("--map", help="CSV column map: trace_id=TraceID,span_id=SpanID,..."),
+    typer.Option(
+        "--map",
+        help="column map: trace_id=TraceID,span_id=SpanID,... (spans), time=,body= (logs), "
+        "time=,service=,instance=,name=,value= (metric points)",
+    ),
+]
+SeriesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="wide metric CSVs: how a column name splits, e.g. '{service}_{metric}' (the "
+        "default), '{instance}.{metric}' or a regex with named groups"
+    ),
 ]
 TimeUnitOpt = Annotated[str, typer.Option(help="unit of mapped CSV time columns: s|ms|us|ns")]
 DurationUnitOpt = Annotated[str, typer.Option(help="unit of a mapped CSV duration column")]
 
 
 def _decode_options(
-    map_: str | None, time_unit: str, duration_unit: str, fault_duration: float
+    map_: str | None,
+    time_unit: str,
+    duration_unit: str,
+    fault_duration: float,
+    series: str | None = None,
 ) -> Any:
     """The readers' DecodeOptions from the ingest flags, each checked."""
     from spanomaly.ingest.base import DecodeOptions
     from spanomaly.ingest.csv import UNITS_NS, parse_map
+    from spanomaly.ingest.wide_metrics import compile_pattern
 
     for name, unit in (("--time-unit", time_unit), ("--duration-unit", duration_unit)):
         if unit not in UNITS_NS:
             raise InputError(f"{name}: {unit!r} is not one of {', '.join(UNITS_NS)}")
     if fault_duration <= 0:
         raise InputError("--fault-duration: must be positive")
+    if series is not None:
+        compile_pattern(series)  # a one-line error for a bad pattern, before any file
     return DecodeOptions(
         column_map=parse_map(map_) if map_ else {},
         time_unit=time_unit,
         duration_unit=duration_unit,
         fault_duration_s=fault_duration,
+        series=series,
     )
 
 
@@ -145,13 +166,14 @@ def ingest(
     fault_duration: Annotated[
         float, typer.Option(help="seconds a labelled fault lasts (label files)")
     ] = DEFAULT_FAULT_DURATION_S,
+    series: SeriesOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Store spans, metrics, logs and fault labels from files (.gz/.zst too)."""
+    """Store spans, metrics, logs, fault labels and call edges from files (.gz/.zst too)."""
     from spanomaly import pipeline
 
     with _errors():
-        options = _decode_options(map_, time_unit, duration_unit, fault_duration)
+        options = _decode_options(map_, time_unit, duration_unit, fault_duration, series)
         store = pipeline.open_store(db_path(db))
         try:
             with _progress(not as_json) as progress:
@@ -163,7 +185,8 @@ def ingest(
         def human() -> None:
             typer.echo(
                 f"stored {report.spans} spans, {report.metrics} metric points, {report.logs} logs, "
-                f"{report.faults} faults from {report.files} files; {report.duplicates} duplicates "
+                f"{report.faults} faults{f', {report.calls} call edges' if report.calls else ''} "
+                f"from {report.files} files; {report.duplicates} duplicates "
                 f"skipped, {report.rejected} rejected, {report.orphans} spans without their parent"
             )
             for message in report.errors:
@@ -177,7 +200,7 @@ def ingest(
 def _read_any(report: Any) -> bool:
     """Whether the input held a good record: stored now, or a duplicate of a stored one
     (so a file imported again exits as its first import did)."""
-    stored = report.spans or report.metrics or report.logs or report.faults
+    stored = report.spans or report.metrics or report.logs or report.faults or report.calls
     return bool(stored or report.duplicates)
 
 
@@ -471,7 +494,12 @@ LabelsOpt = Annotated[
         help="fit --point on the store's fault labels of the period (svm, fisher-dbscan)",
     ),
 ]
-PointWindowOpt = Annotated[float, typer.Option(help="instance window, seconds")]
+PointWindowOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="instance window, seconds (default 60 with traces; without, the metrics' resolution)"
+    ),
+]
 PointSourcesOpt = Annotated[
     str, typer.Option(help="instance windows of: traces (RED features), metrics, or both")
 ]
@@ -508,7 +536,7 @@ def train(
     logs: LogsOpt = None,
     point: PointOpt = "ecod",
     labels: LabelsOpt = False,
-    point_window: PointWindowOpt = 60.0,
+    point_window: PointWindowOpt = None,
     point_sources: PointSourcesOpt = "traces,metrics",
     engine: EngineOpt = "local",
     scheduler: SchedulerOpt = None,
@@ -604,10 +632,14 @@ def _trained(doc: dict[str, Any]) -> None:
     """The human lines of a training document."""
     dets = doc["detectors"]
     names = " + ".join(d["name"] for d in dets.values())
-    typer.echo(
-        f"trained {names} on {doc['traces']} traces, {doc['events']} events, "
-        f"{doc['keys']} event keys ({doc['from']} to {doc['to']}) into {doc['model']}"
-    )
+    if dets:
+        typer.echo(
+            f"trained {names} on {doc['traces']} traces, {doc['events']} events, "
+            f"{doc['keys']} event keys ({doc['from']} to {doc['to']}) into {doc['model']}"
+        )
+    else:  # metrics alone
+        typer.echo(f"trained on metrics alone, no traces ({doc['from']} to {doc['to']}) "
+                   f"into {doc['model']}")  # fmt: skip
     for role, d in dets.items():
         typer.echo(
             f"  {role:8} {d['name']:14} threshold {d['threshold']:.4g}, validation "
@@ -866,12 +898,14 @@ def rca(
         store = pipeline.open_store(db_path(db), read_only=True)
         try:
             rows = pipeline.rca(store, lo, hi, evidence, method, Path(model), top)
+            if not rows:  # on stderr: --json keeps its list
+                from spanomaly.pipeline.rank import why_empty
+
+                typer.echo(f"nothing to rank: {why_empty(store, lo, hi, evidence)}", err=True)
         finally:
             store.close()
 
         def human() -> None:
-            if not rows:
-                typer.echo("no findings in the period: nothing to rank")
             for r in rows:
                 ev = r["evidence"]
                 assert isinstance(ev, dict)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # built on first use (module __getattr__): a CSV import never
     FAULTS: pa.Schema
     FAULT_TRACES: pa.Schema
     FINDINGS: pa.Schema
+    CALLS: pa.Schema
     TABLES: dict[str, pa.Schema]
 
 STATUS_VALUES = ("unset", "ok", "error")
@@ -111,6 +112,13 @@ _FAULT_TRACES = (
     _f("span_id", "string", "span where the fault acted (16 hex)"),
 )
 
+_CALLS = (
+    _f("caller", "string", "calling service", nullable=False),
+    _f("callee", "string", "called service", nullable=False),
+    _f("calls", "int64", "number of calls, where the source says; null otherwise"),
+    _f("source", "string", "file the edge came from"),
+)
+
 _FINDINGS = (
     _f("finding_id", "string", "stable id of the finding", nullable=False),
     _f(
@@ -140,6 +148,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "faults": _FAULTS,
     "fault_traces": _FAULT_TRACES,
     "findings": _FINDINGS,
+    "calls": _CALLS,
 }
 _SCHEMAS = {
     "SPANS": "spans",
@@ -148,6 +157,7 @@ _SCHEMAS = {
     "FAULTS": "faults",
     "FAULT_TRACES": "fault_traces",
     "FINDINGS": "findings",
+    "CALLS": "calls",
 }
 
 
@@ -199,6 +209,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "faults": ("fault_id",),
     "fault_traces": ("fault_id", "trace_id", "span_id"),
     "findings": ("finding_id",),
+    "calls": ("caller", "callee"),
 }
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import pyarrow as pa
 
-TableName = Literal["spans", "metrics", "logs", "faults", "fault_traces"]
+TableName = Literal["spans", "metrics", "logs", "faults", "fault_traces", "calls"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,6 @@ class DecodeOptions:
     duration_unit: str = "ns"
     fault_duration_s: float = 180.0
     batch_rows: int = 131_072
+    # wide metric CSVs: how a column name splits into service, instance and metric
+    # (`spanomaly.ingest.wide_metrics`); None: the default rule
+    series: str | None = None

@@ -29,11 +29,14 @@ TIME_FIELDS = ("start", "end", "duration")
 # `status` takes error|ok|unset or OTLP codes (2|1|0, STATUS_CODE_*); `error` a boolean column
 # log files (spanomaly.ingest.logs) map `time`, `body` and `severity` besides the ids
 LOG_ONLY_FIELDS = ("time", "body", "severity")
+# metric points in long form (spanomaly.ingest.long_metrics) map `time`, `name` and `value`
+METRIC_ONLY_FIELDS = ("name", "value")
 MAPPABLE = (
     tuple(n for n in names("spans") if n not in ("start_ns", "duration_ns"))
     + TIME_FIELDS
     + ("error",)
     + LOG_ONLY_FIELDS
+    + METRIC_ONLY_FIELDS
 )
 NEZHA_TRACE_COLUMNS = ("TraceID", "SpanID", "ParentID", "PodName", "OperationName")
 NEZHA_MAP = {

@@ -4,7 +4,8 @@ Every format is one `InputFormat` in the registry, in the order files are tested
 them. A file's kind comes from its first bytes (`files.sniff`); a CSV file's layout from its
 header, against the `columns` test of each CSV format (the Nezha / TrainTicket folder: a
 `label.json` of faults, per-pod metric CSVs, trace CSVs and log CSVs, told apart by their
-columns, never by their names). `plan` turns files into `Work`: one file for the formats
+columns, never by their names; metric CSVs of one column per series, plain fault labels and
+call edges, likewise). `plan` turns files into `Work`: one file for the formats
 decoded in Python, groups of files of one kind for those DuckDB reads itself.
 
 A new input format is a reader module and one `register(InputFormat(...))` here, with a tiny
@@ -18,11 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spanomaly.errors import InputError, SpanomalyError
+from spanomaly.errors import FormatError, InputError, SpanomalyError
 from spanomaly.ingest import csv as csv_spans
 from spanomaly.ingest import faults as fault_labels
 from spanomaly.ingest import logs as log_lines
 from spanomaly.ingest import metrics as csv_metrics
+from spanomaly.ingest import plain_labels, wide_metrics
 from spanomaly.ingest.base import Chunk, DecodeOptions, TableName
 from spanomaly.ingest.files import head, sniff
 
@@ -108,7 +110,7 @@ class Work:
 def identify(path: Path, fmt: str, options: DecodeOptions, headers: Headers) -> InputFormat:
     """The format of one file under `--format fmt`; a CSV file's columns go into headers."""
     data = head(path)  # read once for the kind and a CSV header
-    kind = sniff(path, data)
+    kind = _json_kind(path, data, options)
     if kind == "csv":  # any --format: the header (or the column map) decides
         columns = headers[path] = csv_spans.header(path, data)
         return _csv_layout(path, columns, fmt, options)
@@ -116,6 +118,22 @@ def identify(path: Path, fmt: str, options: DecodeOptions, headers: Headers) -> 
     if fmt not in ("auto", found.family) and found.family is not None:
         return _named(path, data, fmt, options, headers)  # the user's word wins over a guess
     return found
+
+
+def _json_kind(path: Path, data: bytes, options: DecodeOptions) -> str:
+    """The content kind (`files.sniff`), with the JSON formats of plain records: metric
+    points where the column map names a value, fault labels and call edges by their keys."""
+    json_like = data.lstrip()[:1] in (b"{", b"[")
+    if json_like and "value" in options.column_map:
+        return "long-metrics-jsonl"
+    try:
+        return sniff(path, data)
+    except FormatError:
+        if json_like and plain_labels.is_fault_labels(data):
+            return "fault-labels"
+        if json_like and plain_labels.is_call_edges(data):
+            return "call-edges"
+        raise
 
 
 def _named(
@@ -127,6 +145,8 @@ def _named(
         columns = headers[path] = csv_spans.header(path, data)
         return _csv_layout(path, columns, fmt, options)
     named = [f for f in REGISTRY.values() if f.family == fmt]
+    if fmt == "metrics":  # JSON lines of points, else a CSV (its reader names a bad line)
+        return REGISTRY["long-metrics-jsonl" if data.lstrip()[:1] == b"{" else "wide-metrics"]
     if len(named) > 1:  # OTLP: JSON (lines) or protobuf, by the first byte
         json_like = data.lstrip()[:1] in (b"{", b"[")
         named = [f for f in named if f.name.endswith("pb") != json_like] or named
@@ -137,16 +157,29 @@ def _csv_layout(path: Path, columns: list[str], fmt: str, options: DecodeOptions
     """The CSV format of a header: a column map decides, else the first layout that fits."""
     if "body" in options.column_map:
         return REGISTRY["csv-logs"]
+    if "value" in options.column_map:
+        return REGISTRY["long-metrics"]
     if fmt == "csv" or options.column_map:
         return REGISTRY["csv-spans"]
     for candidate in REGISTRY.values():
-        if candidate.columns is not None and candidate.columns(columns):
+        labels = candidate.family == "labels"  # only where guessed or asked for, alone then
+        if (
+            candidate.columns is None
+            or (fmt == "labels" and not labels)
+            or (fmt not in ("auto", "labels") and labels)
+        ):
+            continue
+        if candidate.columns(columns):
             return candidate
     if fmt == "nezha":
         return REGISTRY["csv-spans"]
+    if fmt == "metrics" or (fmt == "auto" and wide_metrics.is_wide(path, options)):
+        return REGISTRY["wide-metrics"]
     raise InputError(
         f"{path}: CSV of unknown layout (columns {', '.join(columns[:12])}); "
-        "give --format csv --map field=column,... or --format nezha"
+        "give --format csv --map field=column,... (spans), --format metrics (one column "
+        "per series; --series PATTERN), --map time=,service=,name=,value= (metric points) "
+        "or --format nezha"
     )
 
 
@@ -369,5 +402,73 @@ register(
         _logs("jsonl-logs"),
         b'{"timestamp":"2023-11-14T22:13:20Z","message":"hello","level":"info"}\n',
         grouped=True,
+    )
+)
+
+
+# metric points and plain labels (issue 20)
+def _wide(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+    return wide_metrics.decode_file(_one(files), options)
+
+
+def _long(json_lines: bool) -> Reader:
+    def read(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+        from spanomaly.ingest import long_metrics
+
+        return long_metrics.decode_file(_one(files), options, json_lines=json_lines)
+
+    return read
+
+
+register(
+    InputFormat(
+        "wide-metrics",
+        "metrics",
+        ("metrics",),
+        _wide,
+        b"time,svc-a_cpu,svc-a_mem,svc-b_cpu,svc-b_mem\n1700000000,0.5,1024,0.25,2048\n"
+        b"1700000001,0.75,1024,0.5,2048\n",
+    )
+)
+register(
+    InputFormat(
+        "long-metrics",
+        "metrics",
+        ("metrics",),
+        _long(json_lines=False),
+        b"ts,svc,metric,v,region\n1700000000,svc-a,cpu,0.5,eu\n1700000001,svc-a,cpu,0.75,eu\n",
+    )
+)
+register(
+    InputFormat(
+        "long-metrics-jsonl",
+        "metrics",
+        ("metrics",),
+        _long(json_lines=True),
+        b'{"ts":1700000000,"svc":"svc-a","metric":"cpu","v":0.5}\n'
+        b'{"ts":1700000001,"svc":"svc-a","metric":"cpu","v":0.75}\n',
+    )
+)
+register(
+    InputFormat(
+        "fault-labels",
+        "labels",
+        ("faults",),
+        lambda files, options, headers: plain_labels.decode_faults(
+            _one(files), options.fault_duration_s
+        ),
+        b'[{"start":"2023-11-14T22:13:20Z","end":1700000100,"service":"svc-a","instance":null,'
+        b'"kind":"cpu"}]',
+        columns=plain_labels.fault_columns,
+    )
+)
+register(
+    InputFormat(
+        "call-edges",
+        "labels",
+        ("calls",),
+        lambda files, options, headers: plain_labels.decode_edges(_one(files)),
+        b"caller,callee,calls\nsvc-a,svc-b,10\nsvc-b,svc-c,\n",
+        columns=plain_labels.edge_columns,
     )
 )

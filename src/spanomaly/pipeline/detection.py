@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from spanomaly.detect.confirm import CONFIRM_GAP_S, Confirmer
-from spanomaly.errors import InputError
+from spanomaly.errors import InputError, ModelError
 from spanomaly.ingest.base import Chunk
 from spanomaly.pipeline import reads, scaled
 from spanomaly.pipeline.features import PeriodData, instance_windows, overlapping, read_period
@@ -169,10 +169,14 @@ def detect(
     """
     if engine not in ENGINES:
         raise InputError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
-    models = load_models(model_dir)
+    models = load_models(model_dir, traces=False)  # a model of metrics alone has none
+    if models.traces is None and models.windows is None:
+        raise ModelError(f"{model_dir}: no trained model there (spanomaly train --model DIR)")
     confirmer = Confirmer(gap_s=confirm_gap_s, window_s=models.window_s)
     counts = Counts()
-    if engine == "dask":
+    if models.traces is None:  # metrics alone: the metric windows only
+        _windows_only(store, models, start_ns, end_ns, confirmer, counts)
+    elif engine == "dask":
         _detect_on_cluster(store, model_dir, models, start_ns, end_ns, scheduler, confirmer, counts)
     else:
         _detect_here(store, models, start_ns, end_ns, progress, confirmer, counts)

@@ -39,6 +39,7 @@ class IngestReport:
     logs: int = 0
     faults: int = 0
     fault_traces: int = 0
+    calls: int = 0  # call edges (caller, callee) of an edge list
     duplicates: int = 0
     rejected: int = 0
     files: int = 0
@@ -60,6 +61,7 @@ class IngestReport:
             "logs",
             "faults",
             "fault_traces",
+            "calls",
             "duplicates",
             "rejected",
         ):
@@ -81,6 +83,7 @@ class IngestReport:
             "logs": self.logs,
             "faults": self.faults,
             "fault_traces": self.fault_traces,
+            "calls": self.calls,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "orphans": self.orphans,

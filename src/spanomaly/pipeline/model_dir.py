@@ -47,6 +47,11 @@ def has_templates(model_dir: str | Path) -> bool:
     return (Path(model_dir) / TEMPLATES_FILE).exists()
 
 
+def has_trace_model(model_dir: str | Path | None) -> bool:
+    """Whether the directory holds a trace model (a model of metrics alone does not)."""
+    return model_dir is not None and (Path(model_dir) / "config.json").exists()
+
+
 def load_points(model_dir: str | Path) -> WindowModel | None:
     """The window model under model_dir, or None when there is none."""
     from spanomaly.detect.window_model import WindowModel
@@ -88,7 +93,7 @@ def load_models(model_dir: str | Path, traces: bool = True) -> Models:
     reads logs) and the window model."""
     from spanomaly.detect.model import TraceModel
 
-    has_traces = traces or (Path(model_dir) / "config.json").exists()
+    has_traces = traces or has_trace_model(model_dir)
     trace_model = TraceModel.load(model_dir) if has_traces else None
     windows = load_points(model_dir)
     logs = (trace_model is not None and trace_model.feature_config.logs) or (

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanomaly.errors import InputError, ModelError
-from spanomaly.pipeline import reads
-from spanomaly.pipeline.model_dir import load_points, point_window_ns
+from spanomaly.pipeline import metrics_only, reads
+from spanomaly.pipeline.model_dir import has_trace_model, load_points, point_window_ns
 from spanomaly.store.base import Store
 
 RCA_METHODS = ("ranked", "baseline")
@@ -42,6 +42,8 @@ def window_context(store: Store, start_ns: int, end_ns: int) -> WindowContext:
 
     events = reads.trace_events(store, start_ns, end_ns)
     graph = dependency_graph(events)
+    if graph.num_rows == 0:  # no spans show calls: an imported edge list may
+        graph = metrics_only.calls_graph(store)
     if events.num_rows:
         served = events.filter(
             pc.not_equal(events.column("parent_service"), events.column("service"))
@@ -97,12 +99,18 @@ def rank_period(
     if findings is None:
         found = reads.findings_between(store, start_ns, end_ns)
         findings = between(found, start_ns, end_ns, point_window_ns(model_dir))
+    model = load_points(model_dir) if model_dir is not None else None
+    if model is not None and not has_trace_model(model_dir):  # metrics alone
+        findings = metrics_only.period_findings(store, model, start_ns, end_ns, findings)
     return ranking.rank(findings, context.graph, context.traffic, evidence)
 
 
 def period_or_all(store: Store, start_ns: int | None, end_ns: int | None) -> tuple[int, int]:
-    """[start, end) of a period, the store's spans where a bound is not given."""
+    """[start, end) of a period, the store's spans (else its metrics) where a bound is not
+    given."""
     lo, hi = reads.span_range(store)
+    if lo is None:
+        lo, hi = metrics_only.metric_range(store)
     start = start_ns if start_ns is not None else (lo or 0)
     end = end_ns if end_ns is not None else ((hi or 0) + 1)
     if start >= end:
@@ -125,3 +133,26 @@ def rca(
     for r in rows:
         r["evidence"] = json.loads(r["evidence"])
     return rows[:top] if top else rows
+
+
+def why_empty(
+    store: Store, start_ns: int | None, end_ns: int | None, evidence: str = "both"
+) -> str:
+    """Why the ranking of a period is empty, in one line."""
+    start_ns, end_ns = period_or_all(store, start_ns, end_ns)
+    from spanomaly.detect.trace_findings import iso
+
+    total = store.sql("SELECT count(*) AS n FROM findings").to_pylist()[0]["n"]
+    inside = store.sql(
+        "SELECT count(*) AS n FROM findings WHERE time_ns >= ? AND time_ns <= ?",
+        [start_ns, end_ns],
+    ).to_pylist()[0]["n"]
+    period = f"{iso(start_ns)} to {iso(end_ns)}"
+    if not total:
+        return "the store holds no findings: run spanomaly detect first (with a trained model)"
+    if not inside:
+        return f"no findings from {period} ({total} elsewhere): detect flagged nothing there"
+    return (
+        f"none of the {inside} findings from {period} counts as --evidence {evidence} "
+        "(or all are marked normal)"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spanomaly.errors import InputError
-from spanomaly.pipeline import reads, scaled
+from spanomaly.pipeline import metrics_only, reads, scaled
 from spanomaly.pipeline.features import (
     LOG_COVERAGE,
     PeriodData,
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POINT_SOURCES = ("traces", "metrics")
+DEFAULT_WINDOW_S = 60.0  # the instance window where spans are there
 
 
 @dataclass
@@ -75,7 +76,8 @@ class PointOptions:
 
     detector: str | None = "ecod"
     params: dict[str, object] = field(default_factory=dict)
-    window_s: float = 60.0
+    # None: DEFAULT_WINDOW_S with spans, the metrics' resolution without (metrics_only)
+    window_s: float | None = None
     recent: int = 10
     target_fpr: float = 1e-3
     random_state: int = 0
@@ -103,7 +105,7 @@ class PointOptions:
         if self.labels and not needs:
             with_labels = [n for n, c in known.items() if c.requires_labels]
             raise InputError(f"--labels: only for {', '.join(with_labels)}")
-        if self.window_s <= 0:
+        if self.window_s is not None and self.window_s <= 0:
             raise InputError("--point-window: must be positive")
         bad = [x for x in self.sources if x not in POINT_SOURCES]
         if bad or not self.sources:
@@ -261,8 +263,6 @@ def _train_traces(
 
 def _trace_config(model_dir: str | Path) -> FeatureConfig | None:
     """The event keys of the trace model in model_dir (None: there is none, the default)."""
-    from dataclasses import replace
-
     from spanomaly.detect.model import TraceModel
 
     if not (Path(model_dir) / "config.json").exists():
@@ -282,6 +282,7 @@ def _fit_windows(
     from spanomaly.detect.window_model import WindowModel
     from spanomaly.features.windows import SelfTimeProfile
 
+    assert options.window_s is not None  # train and train_points choose it
     profile = SelfTimeProfile().fit(data.events)
     # the trace model's log templates, when it was trained with logs: log shares too
     use_logs = options.log_features is not False and has_templates(model_dir)
@@ -334,6 +335,8 @@ def train_points(
     """Fit the window model on the normal period; write it to <model_dir>/point/."""
     options = options or PointOptions()
     options.check()
+    if options.window_s is None:
+        options = replace(options, window_s=DEFAULT_WINDOW_S)
     exclude = list(exclude)
     data = read_period(store, start_ns, end_ns, exclude, _trace_config(model_dir))
     return _fit_windows(store, model_dir, data, (start_ns, end_ns), exclude, options)
@@ -362,6 +365,12 @@ def train(
     if point is not None and point.detector:
         point.check()
     period = training_period(store, start_ns, end_ns, window_s)
+    if not metrics_only.has_spans(store, *period):  # metrics alone: no trace model
+        chosen = metrics_only.metric_options(store, model_dir, period, point)
+        doc = train_points(store, model_dir, *period, exclude, chosen)
+        return metrics_only.training_doc(store, model_dir, period, doc)
+    if point is not None and point.window_s is None:
+        point = replace(point, window_s=DEFAULT_WINDOW_S)
     opts = options or TrainOptions()
     doc, data = _train_traces(store, model_dir, period, exclude, window_s, opts, engine, scheduler)  # fmt: skip
     if point is None or not point.detector:

@@ -80,21 +80,27 @@ class SqlReads:
     def stats(self) -> Stats:
         """Counts over the whole store."""
         con = self._con
-        spans, traces, instances, lo, hi = con.execute(
-            "SELECT count(*), count(DISTINCT trace_id), count(DISTINCT instance), min(start_ns), "
+        spans, traces, lo, hi = con.execute(
+            "SELECT count(*), count(DISTINCT trace_id), min(start_ns), "
             "max(start_ns + duration_ns) FROM spans"
-        ).fetchone()
+        ).fetchall()[0]
+        # services and instances of spans and of metrics (a store may hold metrics only)
+        services, instances = con.execute(
+            "SELECT list(DISTINCT service ORDER BY service) FILTER (WHERE service IS NOT NULL), "
+            "count(DISTINCT instance) FROM (SELECT DISTINCT service, instance FROM spans "
+            "UNION SELECT DISTINCT service, instance FROM metrics WHERE instance IS NOT NULL)"
+        ).fetchall()[0]
         mlo, mhi, metrics = con.execute(
             "SELECT min(time_ns), max(time_ns), count(*) FROM metrics"
-        ).fetchone()
-        logs = con.execute("SELECT count(*) FROM logs").fetchone()[0]
-        faults = con.execute("SELECT count(*) FROM faults").fetchone()[0]
+        ).fetchall()[0]
+        logs = con.execute("SELECT count(*) FROM logs").fetchall()[0][0]
+        faults = con.execute("SELECT count(*) FROM faults").fetchall()[0][0]
         lows = [v for v in (lo, mlo) if v is not None]
         highs = [v for v in (hi, mhi) if v is not None]
         return Stats(
             spans=spans,
             traces=traces,
-            services=self.services(),
+            services=list(services or []),
             instances=instances,
             metrics=metrics,
             logs=logs,
