@@ -39,9 +39,10 @@ def is_answer(data: bytes) -> bool:
 
 
 def _pick(labels: dict[str, str], mapped: str | None, choices: tuple[str, ...]) -> str | None:
+    """The label that names it: the one mapped, else the first of choices present."""
     if mapped is not None:
-        return labels.get(mapped)
-    return next((labels[k] for k in choices if labels.get(k)), None)
+        return mapped if mapped in labels else None
+    return next((k for k in choices if labels.get(k)), None)
 
 
 def decode_answer(
@@ -77,8 +78,11 @@ def _series(
     m = options.column_map
     labels = {str(k): str(v) for k, v in (series.get("metric") or {}).items()}
     name = (labels.get(m["name"]) if "name" in m else labels.get("__name__")) or query or "value"
-    service = _pick(labels, m.get("service"), SERVICE_LABELS)
-    instance = _pick(labels, m.get("instance"), INSTANCE_LABELS) or service
+    service_key = _pick(labels, m.get("service"), SERVICE_LABELS)
+    instance_key = _pick(labels, m.get("instance"), INSTANCE_LABELS)
+    keys = {service_key, instance_key}
+    service = labels.get(service_key) if service_key else None
+    instance = (labels.get(instance_key) if instance_key else None) or service
     service = service or instance
     where = f"series {i} ({name})"
     if service is None:
@@ -92,7 +96,7 @@ def _series(
     rejects.extend(Reject(source, where, "more bad points") for _ in bad[5:6])
     keep = ~np.isnan(v) & ~np.isin(np.arange(len(v)), bad)
     n = int(keep.sum())
-    used = {"__name__", m.get("service"), m.get("instance"), m.get("name")}
+    used = {"__name__", m.get("name"), *keys}
     attrs = {k: val for k, val in sorted(labels.items()) if k not in used}
     text = orjson.dumps(attrs).decode() if attrs else None
     columns = {"time_ns": np.round(t[keep] * 1e9).astype(np.int64), "service": [service] * n,
