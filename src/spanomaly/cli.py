@@ -106,7 +106,8 @@ def _main(
 
 PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
 FormatOpt = Annotated[
-    str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha|metrics|labels")
+    str,
+    typer.Option("--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels"),
 ]
 MapOpt = Annotated[
     str | None,
