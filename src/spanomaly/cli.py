@@ -106,7 +106,8 @@ def _main(
 
 PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
 FormatOpt = Annotated[
-    str, typer.Option("--format", help="auto|otlp|jaeger|zipkin|csv|nezha|metrics|labels")
+    str,
+    typer.Option("--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels"),
 ]
 MapOpt = Annotated[
     str | None,
@@ -155,6 +156,12 @@ def _decode_options(
     )
 
 
+FromOpt = Annotated[
+    str | None, typer.Option("--from", help="start: ISO-8601 or unix seconds (default: all)")
+]
+ToOpt = Annotated[str | None, typer.Option("--to", help="end, exclusive: ISO-8601 or unix seconds")]
+
+
 @app.command()
 def ingest(
     paths: PathsArg,
@@ -167,17 +174,36 @@ def ingest(
         float, typer.Option(help="seconds a labelled fault lasts (label files)")
     ] = DEFAULT_FAULT_DURATION_S,
     series: SeriesOpt = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--query", help="prometheus+http://HOST:9090: a PromQL expression (repeatable)"
+        ),
+    ] = None,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    step: Annotated[
+        str | None, typer.Option(help="prometheus+http://...: resolution (15, 15s, 1m)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Store spans, metrics, logs, fault labels and call edges from files (.gz/.zst too)."""
+    """Store spans, metrics, logs, fault labels and call edges from files (.gz/.zst too), or
+    range queries pulled from a running Prometheus (prometheus+http://HOST:9090)."""
     from spanomaly import pipeline
 
     with _errors():
         options = _decode_options(map_, time_unit, duration_unit, fault_duration, series)
+        pulled = [p for p in paths if p.startswith("prometheus+")]
+        if pulled and len(paths) > 1:
+            raise InputError(f"{pulled[0]}: pull from one Prometheus at a time, without files")
+        pull = _pull_request(pulled[0], query, from_, to, step) if pulled else None
         store = pipeline.open_store(db_path(db))
         try:
-            with _progress(not as_json) as progress:
-                report = pipeline.ingest(paths, store, fmt, options, progress)
+            if pull is not None:
+                report = pipeline.pull_prometheus(*pull, store=store, options=options)
+            else:
+                with _progress(not as_json) as progress:
+                    report = pipeline.ingest(paths, store, fmt, options, progress)
         finally:
             store.close()
         doc = report.to_json()
@@ -195,6 +221,22 @@ def ingest(
         _emit(doc, as_json, human)
         if report.files and report.rejected and not _read_any(report):
             raise typer.Exit(2)
+
+
+def _pull_request(
+    url: str, queries: list[str] | None, from_: str | None, to: str | None, step: str | None
+) -> tuple[str, list[str], int, int, float]:
+    """The checked arguments of a Prometheus pull: url, queries, start and end ns, step s."""
+    if not url.startswith(("prometheus+http://", "prometheus+https://")):
+        raise InputError(f"{url}: write prometheus+http://HOST:PORT")
+    if not queries:
+        raise InputError(f"{url}: give at least one --query EXPR")
+    lo, hi = _period(from_, to)
+    if lo is None or hi is None:
+        raise InputError(f"{url}: give --from and --to")
+    if step is None:
+        raise InputError(f"{url}: give --step (the resolution, e.g. 15s)")
+    return url, list(queries), lo, hi, parse_duration(step, "--step")
 
 
 def _read_any(report: Any) -> bool:
@@ -402,10 +444,6 @@ ModelOpt = Annotated[
     str,
     typer.Option("--model", help="model directory (config.json, safetensors, vocabulary)"),
 ]
-FromOpt = Annotated[
-    str | None, typer.Option("--from", help="start: ISO-8601 or unix seconds (default: all)")
-]
-ToOpt = Annotated[str | None, typer.Option("--to", help="end, exclusive: ISO-8601 or unix seconds")]
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -792,6 +830,10 @@ def testbed_run(
             "the system's temp folder, printed)",
         ),
     ] = None,
+    prometheus_port: Annotated[
+        int,
+        typer.Option(help="the agent also serves its readings at http://127.0.0.1:PORT/metrics"),
+    ] = 0,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -805,6 +847,8 @@ def testbed_run(
     with _errors():
         if minutes <= 0 or rate <= 0 or time_scale <= 0 or not 1 <= replicas <= 3:
             raise InputError("--minutes, --rate, --time-scale > 0; --replicas 1 to 3")
+        if not 0 <= prometheus_port <= 65535:
+            raise InputError(f"--prometheus-port: {prometheus_port} is not a port number")
         if profile not in PROFILES:
             raise InputError(f"--profile: one of {', '.join(PROFILES)}")
         cfg = RunConfig(
@@ -817,6 +861,7 @@ def testbed_run(
             replicas=replicas,
             profile=profile,
             run_dir=out,
+            prometheus_port=prometheus_port,
         )
         try:
             result = run(cfg)

@@ -163,7 +163,7 @@ def sniff(path: Path, data: bytes | None = None) -> str:
     given), not its name.
 
     Returns one of: 'otlp-json', 'otlp-jsonl', 'otlp-pb', 'jaeger', 'zipkin', 'nezha-labels',
-    'jsonl-logs', 'csv'. Raises FormatError when nothing fits.
+    'prometheus-json', 'jsonl-logs', 'csv'. Raises FormatError when nothing fits.
     """
     data = head(path) if data is None else data
     text = data.lstrip()
@@ -197,6 +197,8 @@ def _sniff_json(path: Path, text: bytes) -> str:
             or (b'"resourceLogs"' in window)
         ):
             return "otlp-jsonl" if multi else "otlp-json"
+        if b'"resultType"' in window and b'"result"' in window:
+            return "prometheus-json"
         if b'"traceID"' in window or (b'"data"' in window and b'"spans"' in window):
             return "jaeger"
         if b'"inject_pod"' in window or b'"inject_type"' in window:
@@ -209,7 +211,7 @@ def _sniff_json(path: Path, text: bytes) -> str:
         if b'"traceID"' in window:
             return "jaeger"
     raise FormatError(
-        f"{path}: JSON of an unknown kind (not OTLP, Jaeger, Zipkin, labels or log lines)"
+        f"{path}: JSON of an unknown kind (not OTLP, Jaeger, Zipkin, Prometheus, labels or log lines)"
     )
 
 

@@ -251,6 +251,12 @@ def _labels(files: list[Path], options: DecodeOptions, headers: Headers) -> Iter
     return fault_labels.decode_nezha_labels(_one(files), options.fault_duration_s)
 
 
+def _prometheus(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+    from spanomaly.ingest import prometheus
+
+    return prometheus.decode_file(_one(files), options)
+
+
 def _logs(kind: str) -> Reader:
     def read(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
         return log_lines.decode_files(files, kind, options, headers or None)
@@ -325,6 +331,17 @@ register(
         _labels,
         b'{"10_00":[{"inject_timestamp":"1700000000","inject_pod":"svc-a-5d8f9c7b6-x2x4q",'
         b'"inject_type":"cpu"}]}',
+    )
+)
+register(
+    InputFormat(
+        "prometheus-json",
+        "prometheus",
+        ("metrics",),
+        _prometheus,
+        b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"__name__":'
+        b'"process_cpu_utilization","service":"svc-a","instance":"svc-a-1"},'
+        b'"values":[[1700000000,"0.25"],[1700000015,"0.5"]]}]}}',
     )
 )
 # CSV layouts, in the order their headers are tested

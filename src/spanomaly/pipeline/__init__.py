@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from spanomaly.pipeline.ingest import IngestReport, Progress, ingest, open_store
+from spanomaly.pipeline.ingest import IngestReport, Progress, ingest, open_store, pull_prometheus
 
 if TYPE_CHECKING:
     from spanomaly.pipeline.detection import DETECT_CHUNK_S, detect, detect_points
@@ -87,6 +87,7 @@ __all__ = [
     "ingest",
     "load_points",
     "open_store",
+    "pull_prometheus",
     "rca",
     "span_range",
     "trace_events",

@@ -266,6 +266,25 @@ def ingest(
     return report
 
 
+def pull_prometheus(
+    url: str, queries: list[str], start_ns: int, end_ns: int, step_s: float, store: Store,
+    options: DecodeOptions | None = None,
+) -> IngestReport:  # fmt: skip
+    """Store the answers of range queries to a running Prometheus (`prometheus+http://...`),
+    all in one transaction: a query that fails stores nothing of the pull."""
+    from spanomaly.ingest import prometheus
+
+    report = IngestReport(files=0)
+    part = IngestReport()
+    with store.transaction():
+        for chunk in prometheus.pull(
+            url, queries, start_ns, end_ns, step_s, options or DecodeOptions()
+        ):
+            part.add(chunk.table, store.write(chunk))
+    report.merge(part)
+    return report
+
+
 PARQUET_PREFIX = "parquet:"  # --db / --store parquet:DIR: the partitioned Parquet dataset
 
 

@@ -6,7 +6,8 @@ MeterProvider (its resource names the service, instance, version and node, as an
 the instance would), each node one more; readings every ``--interval`` seconds.
 Per instance: ``process.cpu.utilization`` (share of one core), ``process.memory.rss``,
 ``process.threads``, ``process.open_fds``, ``process.io.read_bytes``/``write_bytes``,
-``process.context_switches``. Per node: ``node.cpu.utilization`` and ``node.memory.rss`` of
+``process.context_switches`` (with ``--prometheus-port``, also served for Prometheus at
+``/metrics``: `PROMETHEUS_GAUGES`, `PROMETHEUS_COUNTERS`). Per node: ``node.cpu.utilization`` and ``node.memory.rss`` of
 the node's instances, and ``system.cpu.utilization`` (the machine's: it shows CPU taken by
 processes outside the testbed, as the cpu_contention fault's). The machine's memory use is
 not sent: the testbed's nodes share one machine, whose memory moves with everything on it.
@@ -61,11 +62,16 @@ def _observer(get: Callable[[], float | None]) -> Callable[[Any], Iterable[Any]]
     return callback
 
 
-def start(targets: dict[str, dict[str, Any]], collector: str, interval_s: float) -> list[Any]:
-    """Meter providers for every instance and node; their readers export on their own."""
+def start(
+    targets: dict[str, dict[str, Any]], collector: str, interval_s: float, prometheus_port: int = 0
+) -> list[Any]:
+    """Meter providers for every instance and node; their readers export on their own. With
+    prometheus_port, the same readings are also served at http://127.0.0.1:PORT/metrics."""
     providers = []
     readers = {name: _Reader(int(t["pid"])) for name, t in targets.items()}
     latest: dict[str, dict[str, float] | None] = {}
+    if prometheus_port:
+        _serve_prometheus(targets, latest, prometheus_port)
 
     lock = threading.Lock()
 
@@ -129,13 +135,54 @@ def start(targets: dict[str, dict[str, Any]], collector: str, interval_s: float)
     return providers
 
 
+# Prometheus names of the readings (per instance); counters end in _total
+PROMETHEUS_GAUGES = {"cpu": "process_cpu_utilization", "rss": "process_memory_rss_bytes",
+                     "threads": "process_threads", "fds": "process_open_fds"}  # fmt: skip
+PROMETHEUS_COUNTERS = {"read": "process_io_read_bytes", "write": "process_io_write_bytes",
+                       "ctx": "process_context_switches"}  # fmt: skip
+
+
+def _serve_prometheus(
+    targets: dict[str, dict[str, Any]], latest: dict[str, dict[str, float] | None], port: int
+) -> None:
+    """Serve the latest readings (those the OTLP export took) at /metrics, labelled with
+    service, instance, version and node (scrape with `honor_labels: true`)."""
+    from prometheus_client import start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    keys = ["service", "instance", "version", "node"]
+
+    class Readings(Collector):
+        def collect(self) -> Iterable[Any]:
+            families = [
+                (k, GaugeMetricFamily(n, n, labels=keys)) for k, n in PROMETHEUS_GAUGES.items()
+            ]
+            families += [
+                (k, CounterMetricFamily(n, n, labels=keys)) for k, n in PROMETHEUS_COUNTERS.items()
+            ]
+            for name, t in sorted(targets.items()):
+                row = latest.get(name)
+                if row is None:
+                    continue
+                labels = [t["service"], name, t.get("version", "v1"), t["node"]]
+                for key, family in families:
+                    family.add_metric(labels, row[key])
+            return [f for _, f in families]
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Readings())
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="monitoring agent")
     p.add_argument("--targets", required=True)
     p.add_argument("--collector", required=True)
     p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--prometheus-port", type=int, default=0, help="serve /metrics too (0: no)")
     a = p.parse_args(argv)
-    providers = start(json.loads(a.targets), a.collector, a.interval)
+    providers = start(json.loads(a.targets), a.collector, a.interval, a.prometheus_port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -45,6 +45,7 @@ class RunConfig:
     seed: int = 0
     run_dir: Path | None = None
     agent_interval_s: float = 2.0
+    prometheus_port: int = 0  # the agent serves its readings for Prometheus here too (0: no)
     collector_args: list[str] = field(default_factory=list)  # more flags for `serve`
     # with a gate, fault times count from the moment it is set (not from the start of the
     # load), and the load ends `tail_s` after the last fault; `minutes` caps the load
@@ -186,7 +187,7 @@ def _start_agent(
     }  # fmt: skip
     sup.spawn("agent", [sys.executable, "-m", "spanomaly.testbed.agent", "--targets",
                         json.dumps(targets), "--collector", started.collector, "--interval",
-                        str(cfg.agent_interval_s)])  # fmt: skip
+                        str(cfg.agent_interval_s), "--prometheus-port", str(cfg.prometheus_port)])  # fmt: skip
     return {
         n: {"service": s, "version": targets[n]["version"], "node": targets[n]["node"],
             "pid": started.pids[n]}
