@@ -107,6 +107,8 @@ class Alerting:
                 else [i for i in changed if not i.resolved]
             )
             r.send(firing + resolved, self.dashboard, now)
+        for incident in changed:
+            incident.announced = True  # its labels are fixed from now on
         if now - self._sent_ns >= self.resend_ns:
             self._sent_ns = now
 
@@ -132,6 +134,11 @@ class Alerting:
         except Exception:  # an incident without suspects is still sent
             self.errors += 1
             log.exception("ranking the suspects of %s failed", incident.service)
+            return
+        if not incident.announced:  # the label names the ranking's instance of the service
+            ranked = [s for s in incident.suspects if s.get("service") == incident.service]
+            if ranked and ranked[0].get("instance"):
+                incident.instance = str(ranked[0]["instance"])
 
     def status(self) -> dict[str, Any]:
         """Open incidents and what each receiver did (GET /api/incidents)."""

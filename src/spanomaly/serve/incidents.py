@@ -2,7 +2,8 @@
 
 An incident opens with its service's first finding and ends once `gap_s` (plus the lateness
 of window findings, `late_s`) passes without another. What it carries is what an alert
-says: its start and last finding, the instance and kind of evidence it opened with (they
+says: its start and last finding, the instance (the ranking's first of the service when the
+incident is first sent, else the first finding's) and kind of evidence it opened with (they
 name the alert and stay fixed), how many findings, the first reasons, the largest
 score-to-threshold ratio (severity) and the ranking's top suspects.
 """
@@ -27,7 +28,9 @@ class Incident:
 
     id: str
     service: str
-    instance: str  # of the first finding
+    instance: (
+        str  # the ranking's first instance of the service when first sent, else the first finding's
+    )
     kind: str  # evidence of the first finding: trace, instance or span
     start_ns: int
     end_ns: int  # the latest finding's time
@@ -38,6 +41,7 @@ class Incident:
     detectors: dict[str, int] = field(default_factory=dict)  # findings per detector
     suspects: list[dict[str, Any]] = field(default_factory=list)
     resolved: bool = False
+    announced: bool = False  # sent once: the labels (instance) stay as they were sent
 
     @property
     def severity(self) -> str:
