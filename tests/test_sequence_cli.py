@@ -139,14 +139,14 @@ def test_train_window_from_a_start(tmp_path: Path, store: dict) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
-        (["detect", "--model", "nope"], 1, "nope: no model here"),
+        (["detect", "--model", "nope"], 1, "nope: no trained model there"),
         (["train", "--from", "yesterday"], 2, "--from: 'yesterday' is not ISO-8601"),
         (["train", "--window", "3 weeks"], 2, "--window: '3 weeks' is not a duration"),
         (["train", "--exclude", "5"], 2, "--exclude: '5' is not FROM/TO"),
         (["train", "--window", "1m", "--from", "1", "--to", "9"], 2, "not both"),
         (["train", "--sequence", "gru"], 2, "sequence detector: 'gru' is not one of"),
         (["train", "--key-fields", "service,colour"], 2, "--key-fields: colour"),
-        (["train", "--from", "2030-01-01"], 1, "no traces to train on"),
+        (["train", "--from", "2030-01-01"], 1, "no traces or metric points to train on"),
         (["detect", "--engine", "spark"], 2, "--engine: 'spark' is not one of"),
         (["feedback", "--finding", "x"], 2, "--normal"),
         (["feedback", "--finding", "x", "--normal"], 2, "no finding 'x'"),

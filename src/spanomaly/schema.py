@@ -119,6 +119,20 @@ _CALLS = (
     _f("source", "string", "file the edge came from"),
 )
 
+_SYSCALLS = (
+    _f("time_ns", "int64", "entry of the system call", "ns since epoch", nullable=False),
+    _f("duration_ns", "int64", "entry to exit; null when the exit is not in the trace", "ns"),
+    _f("name", "string", "system call, e.g. read, futex (no syscall_entry_ prefix)", nullable=False),
+    _f("ret", "int64", "return value (negative: -errno); null without an exit"),
+    _f("pid", "int64", "process id (thread group)"),
+    _f("tid", "int64", "thread id", nullable=False),
+    _f("process", "string", "process (command) name"),
+    _f("cpu", "int32", "CPU it ran on, where the trace says (LTTng); null for strace"),
+    _f("service", "string", "service of the traced process, where known"),
+    _f("instance", "string", "instance of the traced process, where known"),
+    _f("source", "string", "file or trace the call came from"),
+)
+
 _FINDINGS = (
     _f("finding_id", "string", "stable id of the finding", nullable=False),
     _f(
@@ -149,6 +163,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "fault_traces": _FAULT_TRACES,
     "findings": _FINDINGS,
     "calls": _CALLS,
+    "syscalls": _SYSCALLS,
 }
 _SCHEMAS = {
     "SPANS": "spans",
@@ -158,6 +173,7 @@ _SCHEMAS = {
     "FAULT_TRACES": "fault_traces",
     "FINDINGS": "findings",
     "CALLS": "calls",
+    "SYSCALLS": "syscalls",
 }
 
 
@@ -210,6 +226,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "fault_traces": ("fault_id", "trace_id", "span_id"),
     "findings": ("finding_id",),
     "calls": ("caller", "callee"),
+    "syscalls": ("tid", "time_ns", "name", "source"),
 }
 
 

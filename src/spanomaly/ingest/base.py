@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import pyarrow as pa
 
-TableName = Literal["spans", "metrics", "logs", "faults", "fault_traces", "calls"]
+TableName = Literal["spans", "metrics", "logs", "faults", "fault_traces", "calls", "syscalls"]
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class IngestReport:
     faults: int = 0
     fault_traces: int = 0
     calls: int = 0  # call edges (caller, callee) of an edge list
+    syscalls: int = 0  # system calls (LTTng kernel traces, strace output)
     duplicates: int = 0
     rejected: int = 0
     files: int = 0
@@ -62,6 +63,7 @@ class IngestReport:
             "faults",
             "fault_traces",
             "calls",
+            "syscalls",
             "duplicates",
             "rejected",
         ):
@@ -84,6 +86,7 @@ class IngestReport:
             "faults": self.faults,
             "fault_traces": self.fault_traces,
             "calls": self.calls,
+            "syscalls": self.syscalls,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "orphans": self.orphans,

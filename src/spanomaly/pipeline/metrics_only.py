@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spanomaly.errors import InputError
+from spanomaly.errors import InputError, ModelError
 from spanomaly.pipeline.reads import period_conditions
 from spanomaly.store.base import Store
 
@@ -96,7 +96,7 @@ def metric_options(
         raise InputError("no traces in the training period and --point none: nothing to train")
     start_ns, end_ns = period
     if metric_range(store)[0] is None:
-        raise InputError("no traces or metric points to train on in the chosen period")
+        raise ModelError("no traces or metric points to train on in the chosen period")
     window = point.window_s or resolution_s(store, start_ns, end_ns) or 60.0
     service, n, span = _fewest_windows(store, start_ns, end_ns, window)
     if n < MIN_NORMAL_WINDOWS:

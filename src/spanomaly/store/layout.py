@@ -68,8 +68,9 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
     "spans": ("hour", "bucket"),
     "metrics": ("hour",),
     "logs": ("hour",),
+    "syscalls": ("hour",),
 }
-_TIME_COLUMNS = {"metrics": "time_ns", "logs": "time_ns"}
+_TIME_COLUMNS = {"metrics": "time_ns", "logs": "time_ns", "syscalls": "time_ns"}
 
 
 def hour_sql(ns: str) -> str:
