@@ -18,7 +18,12 @@ its service (the column name split as the wide reader splits it). Figures per fa
 top-1, top-3, Avg@5 (the mean of top-1 ... top-5) of the service, and seconds per case.
 
     .venv/bin/python bench/metrics_rca.py [--data ../shared/data] [--cases DIR]
-        [--limit N] [--json OUT]
+        [--limit N] [--json OUT] [--python PY]
+
+The peers need the `bench` extra (RCAEval, pandas) in the interpreter that runs this
+script; pandas there costs each spanomaly command about 0.25 s more (pyarrow and DuckDB
+import it where it is installed), so `--python` can run the commands from an install of
+spanomaly alone (`python -m venv v && v/bin/pip install -e .`), as a user has it.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ sys.path.insert(0, str(REPO / "src"))
 ARCHIVE = "rcd-sock-shop.tar.zst"
 
 
+PYTHON = [sys.executable]  # the interpreter that runs the spanomaly commands (--python)
+
+
 def spanomaly(*args: str, cwd: Path) -> str:
     """Run one spanomaly command as a user would; its stdout."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run(
-        [sys.executable, "-m", "spanomaly", *args], cwd=cwd, env=env, capture_output=True,
+        [*PYTHON, "-m", "spanomaly", *args], cwd=cwd, env=env, capture_output=True,
         text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -137,7 +145,14 @@ def main() -> None:
     parser.add_argument("--cases", type=Path, help="an unpacked rcd-sock-shop folder")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the per-case results here")
+    parser.add_argument(
+        "--python", type=Path,
+        help="run the spanomaly commands with this interpreter (default: this one), e.g. a venv "
+        "without the bench extra: pyarrow and DuckDB import pandas where it is installed",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.python:
+        PYTHON[0] = str(args.python)
     sys.path.insert(0, str(REPO))
     rows = []
     with tempfile.TemporaryDirectory(prefix="metrics-rca-") as tmp:

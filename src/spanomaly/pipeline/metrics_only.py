@@ -178,16 +178,18 @@ def period_findings(
 
 def _evidence_row(first: dict[str, Any], ev: Any, start_ns: int, end_ns: int) -> dict[str, Any]:
     change = "" if ev.change is None else f", change {ev.change:+.1f}"
+    more = f" and {ev.metrics - 1} more metrics" if ev.metrics > 1 else ""
     return {
         **first, "finding_id": f"period:{ev.instance}:{start_ns}:{end_ns}", "time_ns": end_ns,
         "service": ev.service, "instance": ev.instance, "operation": None, "trace_id": None,
         "span_id": None, "score": ev.surprise, "threshold": None,
         "reason": f"{ev.instance} (metrics over the period): {ev.feature} median z "
-                  f"{ev.level:+.1f}{change}",
+                  f"{ev.level:+.1f}{change}{more}",
         "details": json.dumps({
             "source": "metrics", "surprise": round(ev.surprise, 4), "feature": ev.feature,
             "level_z": round(ev.level, 3),
             "change_z": None if ev.change is None else round(ev.change, 3),
+            "metrics": ev.metrics,
         }),
     }  # fmt: skip
 

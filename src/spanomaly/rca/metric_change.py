@@ -18,9 +18,17 @@ per metric:
   away from normal (the smaller of the two, where they agree in sign; none otherwise);
   without a recent past, the level.
 
-Its surprise is -log10 of the two-sided normal tail of that z, less log10 of the number
-of metrics compared (Bonferroni); the instance's is that of its most surprising metric,
-which `reason` names. Resource metrics (CPU, memory, I/O: what a fault consumes) and
+A metric's surprise is -log10 of the two-sided normal tail of that z. An instance's
+combines its metrics as an order statistic does: with m metrics compared, the chance that
+k of them are each at least as surprising as its k-th most surprising one is at most
+C(m, k) times that one's tail to the k-th power, so its surprise is the largest, over k, of
+k times the k-th largest surprise less log10 C(m, k) (k = 1 is the most surprising metric
+less log10 m: Bonferroni).
+A resource fault moves several of the faulty instance's resources (its CPU, its memory,
+its I/O), while a neighbour's single metric that follows it does not outweigh them however
+far the tails compress its move. Only resource metrics count one by one: an instance's
+symptoms (latency quantiles, load) are views of the same requests and count as one, their
+strongest. `reason` names the most surprising metric and how many more took part. Resource metrics (CPU, memory, I/O: what a fault consumes) and
 symptom metrics (latency, load, errors: what spreads from a faulty callee to its callers)
 are told apart by name (`metric_role`): an instance whose only evidence is symptoms is
 down-weighted by SYMPTOM_WEIGHT, as the ranking's graph rule does for a caller of a
@@ -37,7 +45,7 @@ import numpy as np
 
 SYMPTOM_WEIGHT = 0.5
 _SYMPTOM_TEXT = """
-lat latency duration response rt p50 p90 p95 p99 load workload requests request req rps qps
+lat latency duration response rt p50 p90 p95 p99 load lod workload requests request req rps qps
 throughput calls errors error err failures availability success status
 """
 SYMPTOM_WORDS = frozenset(_SYMPTOM_TEXT.split())
@@ -59,6 +67,7 @@ class Evidence:
     feature: str
     level: float
     change: float | None
+    metrics: int = 1  # metrics that took part in the surprise (k of the order statistic)
 
 
 def _two_sided(z: np.ndarray) -> np.ndarray:
@@ -80,7 +89,6 @@ def period_evidence(
     windows before start_ns are the recent past."""
     out = []
     role = np.array([metric_role(n) for n in names])
-    bonferroni = math.log10(max(len(names), 1))
     for inst in np.unique(instances):  # one pass per instance
         rows = instances == inst
         now = rows & (times >= start_ns)
@@ -92,13 +100,41 @@ def period_evidence(
         ev = level if change is None else np.where(
             level * change > 0, np.sign(level) * np.minimum(np.abs(level), np.abs(change)), 0.0
         )  # fmt: skip
-        s = np.maximum(_two_sided(ev) - bonferroni, 0.0)
+        s = _two_sided(ev)
         weighted = np.where(role == "symptom", SYMPTOM_WEIGHT * s, s)
         j = int(np.argmax(weighted))
+        surprise, k = combined_surprise(_independent(weighted, role))
         out.append(
             Evidence(
-                str(inst), str(services[rows][0]), float(weighted[j]), names[j],
-                float(level[j]), None if change is None else float(change[j]),
+                str(inst), str(services[rows][0]), surprise, names[j], float(level[j]),
+                None if change is None else float(change[j]), k,
             )
         )  # fmt: skip
     return out
+
+
+def _independent(surprises: np.ndarray, role: np.ndarray) -> np.ndarray:
+    """The surprises that count as separate evidence: each resource metric's, and the
+    strongest symptom's (an instance's latency quantiles and load are views of the same
+    requests, one phenomenon however many columns show it)."""
+    symptoms = surprises[role == "symptom"]
+    strongest = [symptoms.max()] if len(symptoms) else []
+    return np.concatenate([surprises[role != "symptom"], strongest])
+
+
+def combined_surprise(surprises: np.ndarray) -> tuple[float, int]:
+    """The order-statistic surprise of m metrics' surprises (-log10 tails): the largest, over
+    k, of k times the k-th largest less log10 C(m, k), never below 0; and that k."""
+    m = len(surprises)
+    ordered = np.sort(surprises)[::-1]
+    ordered = ordered[ordered > 0]  # a metric that did not move takes no part
+    if len(ordered) == 0:
+        return 0.0, 0
+    k = np.arange(1, len(ordered) + 1)
+    top = k * ordered
+    log_choose = np.array(
+        [math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) for i in k]
+    )
+    combined = top - log_choose / math.log(10.0)
+    best = int(np.argmax(combined))
+    return max(float(combined[best]), 0.0), best + 1
