@@ -49,23 +49,34 @@ from spanomaly.ingest.base import Chunk, DecodeOptions, Reject
 from spanomaly.ingest.files import content_view, plain_name
 
 _BLOCK_BYTES = 8 * 2**20  # text parsed per regex pass (about 80,000 lines)
-_TAIL = (
-    rb"\)\s*=\s*(?P<ret>-?\d+|0x[0-9a-fA-F]+|\?)(?:<[^>\n]*>)?(?:\s+(?P<err>E[A-Z0-9_]+))?"
-    rb"(?:\s+\([^\n]*\))?(?:\s+<(?:(?P<ds>\d+)\.(?P<df>\d+)|unavailable)>)?"
-)
-# one match per line (the newline included): every line is a call, a skipped line or bad
+# One match per line, its newline included: a call, a skipped line, or a bad line (of which
+# only the first character is kept). Matches follow each other from the start of the text
+# and the last alternative takes any line, so every match starts a line (no `^`). Few
+# groups: findall builds a tuple of them per line.
 _LINE = re.compile(
-    rb"^(?:(?:\[pid\s+(?P<bt>\d+)\]\s+|(?P<pt>\d+)\s+)?(?P<sec>\d+)\.(?P<frac>\d{1,9})\s+"
-    rb"(?:(?:<\.\.\.\s+(?P<rname>\w+)\s+resumed>|(?P<name>\w+)\()[^\n]*?"
-    rb"(?:(?P<unf><unfinished\s+\.\.\.>|strace:\s+Process\s+\d+\s+attached)|" + _TAIL + rb")"
-    rb"|(?P<skip>---\s[^\n]*---|\+\+\+\s[^\n]*\+\+\+)))[ \t\r]*\n"
-    rb"|^(?P<other>strace:\s[^\n]*|[ \t]*<unfinished\s+\.\.\.>[ \t\r]*|\[\s*Process\s[^\n]*|[ \t\r]*)\n"
-    rb"|^(?P<bad>[^\n]*)\n",
-    re.M,
+    rb"""
+    (?: (?:\[pid[ \t]+)? (?P<tid>\d+) \]? [ \t]+ )?          # [pid N] of -f, N of -o -f
+    (?P<time>\d+\.\d{1,9}) [ \t]+                           # -ttt
+    (?:
+        (?: <\.\.\.[ \t]+ (?P<rname>\w+) [ \t]+resumed> | (?P<name>\w+) \( )
+        [^\n]*                                              # greedy: the last `) = `
+        (?: (?P<unf> <unfinished[ \t]+\.\.\.> | strace:[ \t]+Process[ \t]+\d+[ \t]+attached )
+          | \) [ \t]* = [ \t]* (?P<ret> -?\d+ | 0x[0-9a-fA-F]+ | \? ) (?:<[^>\n]*>)?  # -y: 3</x>
+            (?: [ \t]+ (?P<err>E[A-Z0-9_]+) )? (?: [ \t]+ \([^\n]*\) )?
+            (?: [ \t]+ < (?: (?P<dur>\d+\.\d+) | unavailable ) > )?
+        )
+      | ---[ \t][^\n]*---                                   # a signal
+      | \+\+\+[ \t][^\n]*\+\+\+                               # an exit
+    ) [ \t\r]*\n
+    | (?: strace:[ \t][^\n]* | [ \t]*<unfinished[ \t]+\.\.\.>[ \t\r]* | \[[ \t]*Process[ \t][^\n]*
+        | [ \t\r]* ) \n                                     # strace's notes, blank lines
+    | (?P<bad>[^\n]) [^\n]*\n
+    """,
+    re.X,
 )
 _FORKS = re.compile(rb"(?:\bclone3?|\bv?fork)\b[^\n]*\)\s*=\s*(\d+)")
 _GROUP_NAMES = sorted(_LINE.groupindex, key=_LINE.groupindex.__getitem__)
-_THREAD_CLONE = re.compile(rb"^[^\n]*?\bclone3?\([^\n]*CLONE_THREAD", re.M)
+_THREAD_CLONE = re.compile(rb"[^\n]*?\bclone3?\(")
 _NAME = re.compile(r"^(?P<service>[^@/]+)@(?P<instance>[^/]+?)\.strace(?:\.(?P<tid>\d+))?$")
 _PID_SUFFIX = re.compile(r"\.(\d+)$")
 
@@ -111,11 +122,14 @@ def decode_file(path: Path, options: DecodeOptions) -> Iterator[Chunk]:
 
 def _thread_clones(block: bytes, first_line: int) -> np.ndarray:
     """Line numbers of the clone calls of a block that start a thread (CLONE_THREAD)."""
-    lines, pos, no = [], 0, first_line
-    for m in _THREAD_CLONE.finditer(block):
-        no += block.count(b"\n", pos, m.start())
-        pos = m.start()
-        lines.append(no)
+    lines, pos, no, hit = [], 0, first_line, block.find(b"CLONE_THREAD")
+    while hit >= 0:  # a few per thread started: found by bytes.find, not a line regex
+        start = block.rfind(b"\n", 0, hit) + 1
+        no += block.count(b"\n", pos, start)
+        pos = start
+        if _THREAD_CLONE.match(block, start, hit):
+            lines.append(no)
+        hit = block.find(b"CLONE_THREAD", block.find(b"\n", hit) + 1 or len(block))
     return np.asarray(lines, np.int64)
 
 
@@ -152,17 +166,16 @@ def _leader(text: bytes | memoryview) -> int:
     return -1
 
 
-def _ints(values: tuple[bytes, ...] | np.ndarray) -> np.ndarray:
+def _ints(arr: np.ndarray) -> np.ndarray:
     """Decimal byte strings as int64 (empty: 0)."""
-    arr = np.asarray(values, dtype="S")
     return np.where(arr == b"", b"0", arr).astype(np.int64)
 
 
-def _ns(whole: tuple[bytes, ...], frac: tuple[bytes, ...]) -> np.ndarray:
-    """Seconds and fraction digits (-ttt: 6, --timestamps=ns: 9) as integer nanoseconds."""
-    digits = np.asarray(frac, dtype="S")
-    scale = 10 ** (9 - np.strings.str_len(digits)).astype(np.int64)
-    return _ints(whole) * 1_000_000_000 + _ints(digits) * scale
+def _ns(text: np.ndarray) -> np.ndarray:
+    """Seconds with 1 to 9 decimals (-ttt: 6, --timestamps=unix,ns: 9) as nanoseconds."""
+    whole, _, frac = np.strings.partition(text, b".")
+    scale = 10 ** (9 - np.strings.str_len(frac)).astype(np.int64)
+    return _ints(whole) * 1_000_000_000 + _ints(frac) * scale
 
 
 def _parse(
@@ -172,39 +185,33 @@ def _parse(
     found = _LINE.findall(block)
     if not found:
         return _Rows.empty(), [], 0
-    cols = dict(zip(_GROUP_NAMES, zip(*found, strict=True), strict=True))
-    bad = np.flatnonzero(np.asarray(cols["bad"], dtype="S") != b"")
+    cols = {
+        k: np.asarray(v, "S") for k, v in zip(_GROUP_NAMES, zip(*found, strict=True), strict=True)
+    }
+    bad = np.flatnonzero(cols.pop("bad") != b"")
     rejects = [
         Reject(source, f"line {first_line + int(i)}", "not a line of strace -ttt output")
         for i in bad
     ]
-    name = np.asarray(cols["name"], dtype="S")
-    rname = np.asarray(cols["rname"], dtype="S")
-    calls = np.flatnonzero((name != b"") | (rname != b""))
-    records = len(calls) + len(bad)
-    pick = {k: [v[i] for i in calls] for k, v in cols.items() if k not in ("bad", "other")}
-    tid = np.maximum(_ints(pick["bt"]), _ints(pick["pt"]))
-    prefixed = (np.asarray(pick["bt"], dtype="S") != b"") | (np.asarray(pick["pt"], "S") != b"")
-    resumed = np.asarray(pick["rname"], dtype="S") != b""
-    kind = np.where(resumed, 2, np.where(np.asarray(pick["unf"], "S") != b"", 1, 0))
-    dur = _ns(pick["ds"], pick["df"])
-    ret, has_ret = _returns(pick["ret"], pick["err"])
+    calls = np.flatnonzero((cols["name"] != b"") | (cols["rname"] != b""))
+    c = {k: v[calls] for k, v in cols.items()}
+    resumed = c["rname"] != b""
+    ret, has_ret = _returns(c["ret"], c["err"])
     rows = _Rows(
         line=calls.astype(np.int64) + first_line,
-        tid=np.where(prefixed, tid, leader),
-        time=_ns(pick["sec"], pick["frac"]),
-        name=np.where(resumed, rname[calls], name[calls]),
-        kind=kind.astype(np.int8),
-        dur=np.where(np.asarray(pick["ds"], "S") != b"", dur, -1),
+        tid=np.where(c["tid"] != b"", _ints(c["tid"]), leader),
+        time=_ns(c["time"]),
+        name=np.where(resumed, c["rname"], c["name"]),
+        kind=np.where(resumed, 2, np.where(c["unf"] != b"", 1, 0)).astype(np.int8),
+        dur=np.where(c["dur"] != b"", _ns(c["dur"]), -1),
         ret=ret,
         has_ret=has_ret,
     )
-    return rows, rejects, records
+    return rows, rejects, len(calls) + len(bad)
 
 
-def _returns(ret: tuple[bytes, ...], err: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _returns(raw: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return values (hex too; -errno where the error name maps) and whether there is one."""
-    raw = np.asarray(ret, dtype="S")
     hexed = np.strings.startswith(raw, b"0x")
     known = (raw != b"") & (raw != b"?")
     values = np.zeros(len(raw), dtype=np.int64)
@@ -212,7 +219,7 @@ def _returns(ret: tuple[bytes, ...], err: tuple[bytes, ...]) -> tuple[np.ndarray
     values[plain] = raw[plain].astype(np.int64)
     if hexed.any():  # addresses (mmap, brk): few lines, parsed one by one
         values[hexed] = np.array([int(x, 16) for x in raw[hexed]], np.uint64).view(np.int64)
-    names, inverse = np.unique(np.asarray(err, dtype="S"), return_inverse=True)
+    names, inverse = np.unique(err, return_inverse=True)
     codes = np.array([getattr(errno, n.decode(), 0) if n else 0 for n in names], np.int64)
     code = codes[inverse]
     values = np.where(code > 0, -code, values)
