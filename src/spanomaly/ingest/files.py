@@ -27,6 +27,7 @@ _STRACE_LINE = re.compile(
     rb"^(?:\[pid\s+\d+\]\s+|\d+\s+)?\d{9,}\.\d{6,9}\s+(?:\w+\(|<\.\.\.\s|---\s|\+\+\+\s)"
 )
 _STRACE_NOTE = re.compile(rb"^(?:strace: |\s*<unfinished \.\.\.>)")  # strace's own lines
+_CTF_MAGICS = (b"\x57\x1d\xd1\x75", b"\x75\xd1\x1d\x57", b"/* CTF")  # packet, text metadata
 _STRACE_NAME = re.compile(r"\.strace(?:\.\d+)?$")
 LOG_TIME_KEYS = (
     "timestamp",
@@ -53,14 +54,46 @@ def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             raise InputError(f"{text}: no file matches this pattern")
         for p in matches:
             if p.is_dir():
-                for f in sorted(p.rglob("*")):
-                    if f.is_file() and not f.name.startswith(".") and _wanted(f):
-                        out[f] = None
+                out.update(dict.fromkeys(_folder_inputs(p)))
             elif p.is_file():
                 out[p] = None
             else:
                 raise InputError(f"{p}: no such file or folder")
     return list(out)
+
+
+def is_ctf_trace(path: Path) -> bool:
+    """Whether a folder is a CTF trace (LTTng): its `metadata` opens with a CTF magic."""
+    try:
+        with open(path / "metadata", "rb") as fh:
+            return fh.read(8).startswith(_CTF_MAGICS)
+    except OSError:
+        return False
+
+
+def _folder_inputs(folder: Path) -> list[Path]:
+    """The inputs under a folder: its files, and CTF trace folders whole (not their files)."""
+    traces = _ctf_traces(folder)
+    if folder in traces:
+        return [folder]
+    return [
+        f
+        for f in sorted(folder.rglob("*"))
+        if f in traces
+        or (
+            f.is_file()
+            and not f.name.startswith(".")
+            and _wanted(f)
+            and not any(t in f.parents for t in traces)
+        )
+    ]
+
+
+def _ctf_traces(folder: Path) -> set[Path]:
+    """The CTF trace folders at or under a folder."""
+    return {m.parent for m in folder.rglob("metadata") if is_ctf_trace(m.parent)} | (
+        {folder} if is_ctf_trace(folder) else set()
+    )
 
 
 def _wanted(path: Path) -> bool:

@@ -47,6 +47,7 @@ class InputFormat:
     sample: bytes  # a tiny valid file of the format (the contract test reads it)
     columns: Callable[[list[str]], bool] | None = None  # a CSV layout: its header test
     grouped: bool = False  # read by DuckDB itself, many files per query (no Arrow)
+    folder: bool = False  # an input is a folder (a CTF trace), not a file
 
 
 REGISTRY: dict[str, InputFormat] = {}
@@ -93,7 +94,12 @@ class Work:
     @property
     def size(self) -> int:
         """Bytes on disk (for progress)."""
-        return sum(f.stat().st_size for f in self.files)
+        return sum(
+            sum(g.stat().st_size for g in f.rglob("*") if g.is_file())
+            if f.is_dir()
+            else f.stat().st_size
+            for f in self.files
+        )
 
     def decode(self) -> Iterator[Chunk]:
         """The chunks of the files."""
@@ -109,6 +115,8 @@ class Work:
 
 def identify(path: Path, fmt: str, options: DecodeOptions, headers: Headers) -> InputFormat:
     """The format of one file under `--format fmt`; a CSV file's columns go into headers."""
+    if path.is_dir():  # `files.expand` gives a folder only where it is a CTF trace
+        return REGISTRY["lttng"]
     if fmt in _TRUSTED:  # line formats told only by their name or first lines: the user's
         return REGISTRY[_TRUSTED[fmt]]  # word decides (its reader names a line that is not)
     data = head(path)  # read once for the kind and a CSV header
@@ -502,3 +510,12 @@ register(
         b"[pid 13] 1700000000.000070 +++ exited with 0 +++\n",
     )
 )
+
+
+def _lttng(files: list[Path], options: DecodeOptions, headers: Headers) -> Iterator[Chunk]:
+    from spanomaly.ingest import lttng
+
+    return lttng.decode_trace(_one(files), options)
+
+
+register(InputFormat("lttng", "lttng", ("syscalls",), _lttng, b"", folder=True))
