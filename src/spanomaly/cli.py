@@ -107,7 +107,7 @@ def _main(
 PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
 FormatOpt = Annotated[
     str,
-    typer.Option("--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels"),
+    typer.Option("--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels|strace|lttng"),
 ]
 MapOpt = Annotated[
     str | None,
@@ -187,7 +187,8 @@ def ingest(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Store spans, metrics, logs, fault labels and call edges from files (.gz/.zst too), or
+    """Store spans, metrics, logs, fault labels, call edges and system calls (strace, LTTng)
+    from files (.gz/.zst too), or
     range queries pulled from a running Prometheus (prometheus+http://HOST:9090)."""
     from spanomaly import pipeline
 
