@@ -107,7 +107,9 @@ def _main(
 PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
 FormatOpt = Annotated[
     str,
-    typer.Option("--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels|strace|lttng"),
+    typer.Option(
+        "--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels|strace|lttng"
+    ),
 ]
 MapOpt = Annotated[
     str | None,
@@ -188,8 +190,8 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Store spans, metrics, logs, fault labels, call edges and system calls (strace, LTTng)
-    from files (.gz/.zst too), or
-    range queries pulled from a running Prometheus (prometheus+http://HOST:9090)."""
+    from files (.gz/.zst too), or range queries pulled from a running Prometheus
+    (prometheus+http://HOST:9090)."""
     from spanomaly import pipeline
 
     with _errors():
