@@ -107,7 +107,9 @@ def _main(
 PathsArg = Annotated[list[str], typer.Argument(help="files, folders (recursive) or globs")]
 FormatOpt = Annotated[
     str,
-    typer.Option("--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels"),
+    typer.Option(
+        "--format", help="auto|otlp|jaeger|zipkin|prometheus|csv|nezha|metrics|labels|strace|lttng"
+    ),
 ]
 MapOpt = Annotated[
     str | None,
@@ -187,8 +189,9 @@ def ingest(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Store spans, metrics, logs, fault labels and call edges from files (.gz/.zst too), or
-    range queries pulled from a running Prometheus (prometheus+http://HOST:9090)."""
+    """Store spans, metrics, logs, fault labels, call edges and system calls (strace, LTTng)
+    from files (.gz/.zst too), or range queries pulled from a running Prometheus
+    (prometheus+http://HOST:9090)."""
     from spanomaly import pipeline
 
     with _errors():
@@ -211,7 +214,8 @@ def ingest(
         def human() -> None:
             typer.echo(
                 f"stored {report.spans} spans, {report.metrics} metric points, {report.logs} logs, "
-                f"{report.faults} faults{f', {report.calls} call edges' if report.calls else ''} "
+                f"{report.faults} faults{f', {report.calls} call edges' if report.calls else ''}"
+                f"{f', {report.syscalls} syscalls' if report.syscalls else ''} "
                 f"from {report.files} files; {report.duplicates} duplicates "
                 f"skipped, {report.rejected} rejected, {report.orphans} spans without their parent"
             )
@@ -242,8 +246,8 @@ def _pull_request(
 def _read_any(report: Any) -> bool:
     """Whether the input held a good record: stored now, or a duplicate of a stored one
     (so a file imported again exits as its first import did)."""
-    stored = report.spans or report.metrics or report.logs or report.faults or report.calls
-    return bool(stored or report.duplicates)
+    tables = ("spans", "metrics", "logs", "faults", "calls", "syscalls")
+    return any(getattr(report, t) for t in tables) or bool(report.duplicates)
 
 
 @app.command()

@@ -54,6 +54,7 @@ class Stats:
     faults: int
     start_ns: int | None
     end_ns: int | None
+    syscalls: int = 0
 
     def to_json(self) -> dict[str, object]:
         """The JSON document of `spanomaly stats --json` (and of the server's /api/stats)."""
@@ -65,6 +66,7 @@ class Stats:
             "metrics": self.metrics,
             "logs": self.logs,
             "faults": self.faults,
+            "syscalls": self.syscalls,
             "from": _iso(self.start_ns),
             "to": _iso(self.end_ns),
         }

@@ -95,6 +95,7 @@ class SqlReads:
         ).fetchall()[0]
         logs = con.execute("SELECT count(*) FROM logs").fetchall()[0][0]
         faults = con.execute("SELECT count(*) FROM faults").fetchall()[0][0]
+        syscalls = con.execute("SELECT count(*) FROM syscalls").fetchall()[0][0]
         lows = [v for v in (lo, mlo) if v is not None]
         highs = [v for v in (hi, mhi) if v is not None]
         return Stats(
@@ -105,6 +106,7 @@ class SqlReads:
             metrics=metrics,
             logs=logs,
             faults=faults,
+            syscalls=syscalls,
             start_ns=min(lows) if lows else None,
             end_ns=max(highs) if highs else None,
         )
