@@ -1235,3 +1235,193 @@ def _console() -> Any:
     from rich.console import Console
 
     return Console(stderr=False)
+
+
+# -- fault-type classification of system-call and metric windows (issue 21) -------------------
+
+classify_app = typer.Typer(
+    help="Fault type of system-call (or metric) windows: train, run, evaluate by run.",
+    no_args_is_help=True,
+)
+app.add_typer(classify_app, name="classify")
+
+OnOpt = Annotated[str, typer.Option("--on", help="windows of: syscalls | metrics")]
+LengthOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="window length: calls (200) or a time (2s, 500ms); default 200 calls, metrics 10s"
+    ),
+]
+StrideOpt = Annotated[
+    str | None,
+    typer.Option(help="a new window every STRIDE, in the unit of --length (default: half)"),
+]
+ByOpt = Annotated[str, typer.Option("--by", help="system-call windows per thread | instance")]
+MinCallsOpt = Annotated[int, typer.Option(help="leave out windows with fewer calls")]
+LabelledOpt = Annotated[
+    float, typer.Option(help="fisher-dbscan: share of training windows that keep their label")
+]
+ClassifyFprOpt = Annotated[
+    float, typer.Option("--target-fpr", help="ecod: false-positive rate of its threshold")
+]
+VocabOpt = Annotated[int, typer.Option(help="system calls with a share feature of their own")]
+WidthOpt = Annotated[int, typer.Option("--ngram-width", help="hash buckets of the bigrams")]
+FisherOpt = Annotated[int, typer.Option(help="fisher-dbscan: features kept by Fisher score")]
+
+
+# the window and method options `classify train` and `classify evaluate` share, as
+# (ClassifyOptions field, annotation, default; --seed is random_state)
+_CLASSIFY_FIELDS = (
+    ("on", OnOpt, "syscalls"),
+    ("length", LengthOpt, None),
+    ("stride", StrideOpt, None),
+    ("by", ByOpt, "thread"),
+    ("min_calls", MinCallsOpt, 1),
+    ("labelled", LabelledOpt, 0.1),
+    ("target_fpr", ClassifyFprOpt, 0.01),
+    ("max_vocab", VocabOpt, 64),
+    ("width", WidthOpt, 32),
+    ("fisher_features", FisherOpt, 5),
+    ("seed", SeedOpt, 0),  # random_state
+)
+
+
+def _with_classify_options(command: F) -> F:
+    """Give a command the shared options; it receives them as one ClassifyOptions
+    (`options`, checked: a bad option is a one-line error)."""
+    import functools
+    import inspect
+    import typing
+
+    sig = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)  # the strings, resolved
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in sig.parameters.values()
+        if p.name != "options"
+    ]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+        for name, ann, default in _CLASSIFY_FIELDS
+    ]
+    kw_own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        from spanomaly.pipeline.classify import ClassifyOptions
+
+        values = {name: kwargs.pop(name) for name, _, _ in _CLASSIFY_FIELDS}
+        values["random_state"] = values.pop("seed")
+        with _errors():
+            options = ClassifyOptions(method=kwargs.get("method", "svm"), **values)
+            options.check()
+        return command(options=options, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=kw_own + shared)  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _reading(db: str | None) -> Iterator[Any]:
+    """The store, open for reading while the block runs."""
+    from spanomaly import pipeline
+
+    store = pipeline.open_store(db_path(db), read_only=True)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@classify_app.command("train")
+@_with_classify_options
+def classify_train(
+    options: Any,
+    model: Annotated[str, typer.Option("--model", help="model directory to write")],
+    method: Annotated[str, typer.Option(help="svm | fisher-dbscan | ecod")] = "svm",
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a classifier on the labelled windows of the period (labels: the store's faults)."""
+    from spanomaly.pipeline.classify import train_classifier
+
+    with _errors():
+        period = _period(from_, to)
+        with _reading(db) as store:
+            doc = train_classifier(store, model, options, *period)
+        classes = ", ".join(f"{c} {n}" for c, n in doc["classes"].items())
+        _emit(doc, as_json, lambda: typer.echo(
+            f"{doc['method']} on {doc['windows']} {doc['on']} windows of {len(doc['runs'])} "
+            f"runs ({classes}) -> {doc['model']}"))  # fmt: skip
+
+
+@classify_app.command("run")
+def classify_run(
+    model: Annotated[str, typer.Option("--model", help="model directory (classify train)")],
+    db: DbOpt = None,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The class (and the SVM's probability) of every window of the period."""
+    from spanomaly.pipeline.classify import run_classifier
+
+    with _errors():
+        with _reading(db) as store:
+            rows = run_classifier(store, model, *_period(from_, to))
+
+        def human() -> None:
+            for r in rows:
+                p = "" if r["probability"] is None else f"  p {r['probability']:.2f}"
+                who = r["instance"] + ("" if r["thread"] is None else f" tid {r['thread']}")
+                typer.echo(f"{r['start_ns']}  {r['end_ns']}  {who}  {r['class']}{p}")
+
+        _emit(rows, as_json, human)
+
+
+@classify_app.command("evaluate")
+@_with_classify_options
+def classify_evaluate(
+    options: Any,
+    db: DbOpt = None,
+    methods: Annotated[
+        str, typer.Option(help="comma-separated: svm,fisher-dbscan,ecod (default all)")
+    ] = "svm,fisher-dbscan,ecod",
+    folds: Annotated[int, typer.Option(help="folds of the cross-validation by run")] = 5,
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="also write the figures as an HTML page")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cross-validate the classifiers by run (a run is never split across folds)."""
+    from spanomaly.pipeline.classify import evaluate_classifiers
+
+    with _errors():
+        chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+        with _reading(db) as store:
+            doc = evaluate_classifiers(store, options, chosen, folds, *_period(from_, to))
+        if html is not None:
+            from spanomaly.report.html import write_classification
+
+            doc["html"] = str(write_classification(html, doc))
+        _emit(doc, as_json, lambda: _classified(doc))
+
+
+def _classified(doc: dict[str, Any]) -> None:
+    """The human lines of a classifier evaluation."""
+    typer.echo(
+        f"{doc['windows']} {doc['on']} windows of {doc['runs']} runs, {doc['folds']} folds by run"
+    )
+    for method, m in doc["methods"].items():
+        if "per_class" not in m:  # ecod: normal vs anomalous
+            typer.echo(f"  {method}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+                       f"F1 {m['f1']:.3f} (anomalous vs normal)")  # fmt: skip
+            continue
+        per = "  ".join(f"{c} {v['f1']:.3f}" for c, v in m["per_class"].items())
+        typer.echo(f"  {method}: macro F1 {m['macro_f1']:.3f}; F1 per class: {per}")
+    if doc.get("html"):
+        typer.echo(f"  html: {doc['html']}")

@@ -7,9 +7,13 @@
     det.predict_class(X)       # class name per window
     det.score(X)               # best non-normal decision value minus the normal one (> 0:
                                # the SVM prefers a fault type; threshold 0)
+    FaultTypeSVM(probability=True).fit(X, y).predict_proba(X)   # per window and class
 
 An RBF-kernel SVC (one-vs-rest decision values, balanced class weights) on features scaled
-by their training mean and standard deviation. The model file keeps the training windows
+by their training mean and standard deviation; with `probability`, class probabilities
+from a sigmoid (Platt) calibration of the same SVM over a seeded stratified k-fold
+(`CalibratedClassifierCV(ensemble=False)`, what scikit-learn 1.9 puts in place of
+`SVC(probability=True)`; one-hot where a class has a single window). The model file keeps the training windows
 and labels and refits on load (deterministic); no pickle.
 """
 
@@ -42,6 +46,7 @@ class FaultTypeSVM(PointDetector):
         gamma: str | float = "scale",
         normal_label: str = "normal",
         cv_folds: int = 5,
+        probability: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -49,6 +54,7 @@ class FaultTypeSVM(PointDetector):
         self.gamma = gamma
         self.normal_label = normal_label
         self.cv_folds = cv_folds
+        self.probability = probability
 
     def _estimator(self) -> Any:
         from sklearn.pipeline import make_pipeline
@@ -84,7 +90,22 @@ class FaultTypeSVM(PointDetector):
         else:
             self.cv_accuracy_ = float("nan")
         self.X_train_, self.y_train_ = X, codes.astype(np.int64)
+        self._refit()
+
+    def _refit(self) -> None:
+        """The SVM (and, with probability, its calibration) on the training windows."""
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.model_selection import StratifiedKFold
+
+        X, codes = self.X_train_, self.y_train_
         self.estimator_ = self._estimator().fit(X, codes)
+        self.calibrated_ = None
+        folds = int(min(5, np.bincount(codes).min()))
+        if self.probability and folds >= 2:
+            cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
+            self.calibrated_ = CalibratedClassifierCV(
+                self._estimator(), method="sigmoid", cv=cv, ensemble=False
+            ).fit(X, codes)
 
     def _own_threshold(self) -> float:
         return 0.0
@@ -94,6 +115,16 @@ class FaultTypeSVM(PointDetector):
         X = self._matrix(X)
         self._check_fitted(X)
         return np.asarray(self.classes_, dtype=object)[self.estimator_.predict(X)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Per window, the probability of each class of classes_ (needs `probability`)."""
+        if not self.probability:
+            raise ModelError(f"{self.name}: fitted without probability=True")
+        X = self._matrix(X)
+        self._check_fitted(X)
+        if self.calibrated_ is None:
+            return np.eye(len(self.classes_))[self.estimator_.predict(X)]
+        return np.asarray(self.calibrated_.predict_proba(X), dtype=np.float64)
 
     def _score(self, X: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
         d = self.estimator_.decision_function(X)
@@ -120,4 +151,4 @@ class FaultTypeSVM(PointDetector):
         self.cv_accuracy_ = float("nan") if cv is None else float(cv)
         self.X_train_ = np.asarray(arrays["X_train_"], dtype=np.float64)
         self.y_train_ = np.asarray(arrays["y_train_"]).astype(np.int64)
-        self.estimator_ = self._estimator().fit(self.X_train_, self.y_train_)
+        self._refit()

@@ -439,3 +439,75 @@ match the requests the injector touched; the graph shows where the findings sit 
 graph; the waterfalls show the most anomalous traces with the deviating span in red; the
 last panels show the faulty instance's metrics that moved most during each fault.</div>
 """
+
+
+# -- the classifiers' evaluation (spanomaly classify evaluate) --------------------------------
+
+
+def _matrix_table(m: dict[str, Any], table_id: str) -> str:
+    classes = [escape(str(c)) for c in m["classes"]]
+    head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{c}</th>" for c in classes) + "</tr>"
+    rows = "".join(
+        f"<tr><th>{classes[i]}</th>"
+        + "".join(
+            f"<td class='n{' ok' if i == j and v else ''}'>{v}</td>" for j, v in enumerate(row)
+        )
+        + "</tr>"
+        for i, row in enumerate(m["confusion"])
+    )
+    return f"<table id='{table_id}'>{head}{rows}</table>"
+
+
+def _prf_table(per_class: dict[str, Any], table_id: str) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(str(c))}</td><td class='n'>{v['support']}</td>"
+        f"<td class='n'>{v['precision']:.3f}</td><td class='n'>{v['recall']:.3f}</td>"
+        f"<td class='n'>{v['f1']:.3f}</td></tr>"
+        for c, v in per_class.items()
+    )
+    head = "<tr><th>class</th><th>windows</th><th>precision</th><th>recall</th><th>F1</th></tr>"
+    return f"<table id='{table_id}'>{head}{rows}</table>"
+
+
+def classification_section(doc: dict[str, Any]) -> str:
+    """HTML of a classifier evaluation (`classify evaluate --json`): per method the
+    confusion matrix and per-class precision, recall and F1 (ECOD: normal vs anomalous)."""
+    spec = doc.get("spec") or {}
+    parts = [
+        "<h2 id='classify'>Fault-type classification, cross-validated by run</h2>",
+        f"<p class='sub'>{doc['windows']} {escape(str(doc['on']))} windows of {doc['runs']} "
+        f"runs, {doc['folds']} folds (a run never in two); windows of {spec.get('length')} "
+        f"{'calls' if spec.get('unit') == 'calls' else 'ns'} every {spec.get('stride')}, "
+        f"per {escape(str(spec.get('by')))}</p>",
+    ]
+    for method, m in doc["methods"].items():
+        name = escape(method)
+        if "per_class" in m:
+            title = f"{name}: macro F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f}"
+            if "labelled" in m:
+                title += f" ({100 * m['labelled']:.0f} % of the training windows labelled)"
+            parts += [f"<h3>{title}</h3>", "<div class='grid'>",
+                      _matrix_table(m, f"confusion-{name}"),
+                      _prf_table(m["per_class"], f"prf-{name}"), "</div>"]  # fmt: skip
+        else:
+            parts += [
+                f"<h3>{name} (unsupervised reference: anomalous vs normal): precision "
+                f"{m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f}</h3>",
+                _matrix_table(m["matrix"], f"confusion-{name}"),
+            ]
+    return "\n".join(parts)
+
+
+def write_classification(path: Path, doc: dict[str, Any], title: str = "spanomaly classify") -> Path:  # fmt: skip
+    """A self-contained HTML page of a classifier evaluation; its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    html = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'\">"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{escape(title)}</h1>{classification_section(doc)}</body></html>\n"
+    )
+    path.write_text(html)
+    return path
