@@ -119,3 +119,13 @@ def test_an_explicit_format_wins_over_the_guess(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=str(jaeger)):  # the reader names the file
         for unit in work:
             list(unit.decode())
+
+
+def test_a_list_of_trace_ids_is_skipped_and_a_one_column_csv_is_text(tmp_path: Path) -> None:
+    ids = tmp_path / "08_43_traceid.csv"  # a Nezha layout's traceid/ file
+    ids.write_text("3708ea2f230730c028e784d6304a9a8e\n37990f95f08ae37a1a8bc7dc8250af81\n")
+    assert plan([ids], "auto", DecodeOptions()) == ([], [])
+    one = tmp_path / "one.csv"
+    one.write_text("colour\nred\n")
+    work, refused = plan([one], "auto", DecodeOptions())
+    assert work == [] and "CSV of unknown layout (columns colour)" in refused[0]

@@ -248,9 +248,24 @@ def _looks_like_text(data: bytes) -> bool:
     if b"\x00" in sample:
         return False
     printable = len(sample) - len(sample.translate(None, _PRINTABLE))
-    # a CSV header longer than the sample (a wide metrics CSV) has no line break in it yet
+    # a CSV header longer than the sample (a wide metrics CSV) has no line break in it yet;
+    # a one-column CSV has no comma
     whole_line = b"\n" in sample or len(sample) == 4096
-    return printable >= 0.95 * len(sample) and b"," in sample and whole_line
+    return printable >= 0.95 * len(sample) and whole_line
+
+
+_ID_LINE = re.compile(rb"(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{32})\r?")
+
+
+def is_id_list(path: Path) -> bool:
+    """Whether a file is a bare list of trace or span ids, one a line (a Nezha layout's
+    `traceid/` files): no records of its own, the ids are in the trace files."""
+    data = head(path)
+    lines = data.split(b"\n")
+    if len(data) >= _SNIFF_BYTES:
+        lines = lines[:-1]  # the last line may be cut
+    lines = [line for line in lines if line.strip()]
+    return bool(lines) and all(_ID_LINE.fullmatch(line) for line in lines)
 
 
 def _sniff_json(path: Path, text: bytes) -> str:

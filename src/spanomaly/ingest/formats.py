@@ -15,6 +15,7 @@ table's schema, and a damaged copy is a one-line error naming the file).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,9 @@ from spanomaly.ingest import logs as log_lines
 from spanomaly.ingest import metrics as csv_metrics
 from spanomaly.ingest import plain_labels, wide_metrics
 from spanomaly.ingest.base import Chunk, DecodeOptions, TableName
-from spanomaly.ingest.files import head, sniff
+from spanomaly.ingest.files import head, is_id_list, sniff
+
+logger = logging.getLogger(__name__)
 
 Headers = dict[Path, list[str]]  # the columns of each CSV file, read while sniffing
 Reader = Callable[[list[Path], DecodeOptions, Headers], Iterator[Chunk]]
@@ -207,6 +210,9 @@ def plan(files: list[Path], fmt: str, options: DecodeOptions) -> tuple[list[Work
     refused: list[str] = []
     for path in files:
         try:
+            if fmt in ("auto", "nezha") and not path.is_dir() and is_id_list(path):
+                logger.info("%s: a list of ids, one a line: nothing to store, skipped", path)
+                continue
             found = identify(path, fmt, options, headers)
         except SpanomalyError as exc:
             refused.append(str(exc))
