@@ -48,7 +48,8 @@ def labels(run: Path, out: Path) -> Path:
     lines = []
     for line in (run / "faults.jsonl").read_text().splitlines():
         f = json.loads(line)
-        lines.append(json.dumps({"fault_id": f["fault_id"], "kind": f["kind"],
+        # fault ids repeat from run to run of one schedule: the run's name keeps them apart
+        lines.append(json.dumps({"fault_id": f"{run.name}/{f['fault_id']}", "kind": f["kind"],
                                  "service": f["service"], "instance": f["instance"],
                                  "start": f["start_ns"], "end": f["end_ns"]}))  # fmt: skip
     out.write_text("\n".join(lines) + "\n")

@@ -100,7 +100,8 @@ def test_a_testbed_fault_fires_in_alertmanager_then_resolves(
                 argv, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err
             )
         seen: list[dict[str, Any]] = []
-        watch = threading.Thread(target=_watch, args=(am.url, seen, load), daemon=True)
+        resolved = threading.Event()  # the receiver got the fault's resolve: stop watching
+        watch = threading.Thread(target=_watch, args=(am.url, seen, resolved), daemon=True)
         watch.start()
         try:
             time.sleep(max(0.0, began + 50 - time.time()))
@@ -109,9 +110,14 @@ def test_a_testbed_fault_fires_in_alertmanager_then_resolves(
             r = httpx.post(server.url + "/api/model/retrain", json=retrain, timeout=300)
             assert r.status_code == 200, r.text
             assert load.wait(timeout=400) == 0, (tmp_path / "testbed.log").read_text()[-3000:]
+            waited = time.monotonic() + 90  # for the resolve; the asserts below say what came
+            while not _resolved(hook.got) and time.monotonic() < waited:
+                time.sleep(1)
+            resolved.set()
         finally:
             if load.poll() is None:
                 load.kill()
+            resolved.set()
         watch.join(timeout=60)
         movies = [a for a in seen if a["labels"]["service"] == "movies"]
         assert movies, f"no alert on movies in Alertmanager; saw {[a['labels'] for a in seen]}"
@@ -132,13 +138,19 @@ def test_a_testbed_fault_fires_in_alertmanager_then_resolves(
         assert incidents["receivers"]["alertmanager"]["failed"] == 0
 
 
-def _watch(am: str, seen: list[dict[str, Any]], load: subprocess.Popen[bytes]) -> None:
-    """Keep every active alert Alertmanager's API shows while the load runs, and a minute
-    after it (an incident ends its gap and lateness after its last finding)."""
-    ended: float | None = None
-    while ended is None or time.monotonic() < ended + 60:
-        if ended is None and load.poll() is not None:
-            ended = time.monotonic()
+def _resolved(got: list[tuple[Any, bytes]]) -> bool:
+    """Whether the receiver was told the fault's incident resolved."""
+    return any(
+        a["status"] == "resolved" and a["labels"].get("instance") == "movies-1"
+        for _, body in got
+        for a in json.loads(body)["alerts"]
+    )
+
+
+def _watch(am: str, seen: list[dict[str, Any]], done: threading.Event) -> None:
+    """Keep every active alert Alertmanager's API shows until the fault's incident is
+    resolved (an incident ends its gap and lateness after its last finding)."""
+    while not done.is_set():
         try:
             for a in httpx.get(am + "/api/v2/alerts", timeout=5).json():
                 if a["status"]["state"] == "active" and a["fingerprint"] not in {
