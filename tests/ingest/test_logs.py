@@ -97,6 +97,18 @@ def test_csv_logs_with_a_column_map(tmp_path: Path) -> None:
     assert rows[1]["span_id"] is None
 
 
+def test_a_body_mapped_to_a_numeric_column_is_refused_saying_what_to_give(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "wide.csv"  # a metrics CSV taken for logs by a wrong --map
+    f.write_text("time,carts_cpu,carts_mem\n1700000000,0.5,100\n1700000001,0.7,101\n")
+    opts = DecodeOptions(column_map=parse_map("time=time,body=carts_cpu"))
+    report, rows = _ingest(tmp_path, [f], fmt="csv", options=opts)
+    assert report.logs == 0 and rows == []  # type: ignore[attr-defined]
+    assert "holds numbers, not log lines" in report.errors[0]  # type: ignore[attr-defined]
+    assert "--format metrics" in report.errors[0]  # type: ignore[attr-defined]
+
+
 def test_json_lines_logs_by_their_usual_keys(tmp_path: Path) -> None:
     records = [
         {"timestamp": "2024-01-01T00:00:00.5Z", "level": "error", "message": "caught ValueError",

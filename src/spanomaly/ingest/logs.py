@@ -183,6 +183,14 @@ def csv_select(files: list[Path], mapping: dict[str, str], columns: list[str], u
     if missing:
         raise InputError(f"{files[0]}: line 1: missing column {', '.join(missing)}")
     _check_map(files[0], mapping)
+    from spanomaly.ingest.wide_metrics import numeric_column  # wide_metrics imports this module
+
+    if numeric_column(files[0], mapping["body"]):
+        raise InputError(
+            f"{files[0]}: column {mapping['body']} (mapped to body) holds numbers, not log "
+            "lines; for one column per series give --format metrics, for metric points "
+            "--map time=,service=,name=,value="
+        )
     m = {k: _q(v) for k, v in mapping.items() if k in LOG_FIELDS}
     return _select(_mapped_cols(m, unit), _csv_reader(files, columns))
 
