@@ -73,7 +73,7 @@ def _fault_windows(store: object) -> list[tuple[int, int]]:
 
 def _summary(doc: dict) -> dict:
     if not doc.get("faults"):  # a period without faults: its false alarms
-        return {k: doc.get(k) for k in ("false_alarms", "false_alarms_per_hour", "trace")}
+        return {k: doc.get(k) for k in ("findings", "incidents")}  # every one a false alarm
     s = doc["rca"]["service"]
     per = {
         k: {
@@ -83,7 +83,7 @@ def _summary(doc: dict) -> dict:
         }
         for k, v in doc["per_type"].items()
     }
-    keep = ("detected", "faults", "false_alarms", "false_alarms_per_hour", "trace")
+    keep = ("detected", "faults", "false_alarms_per_hour", "trace_fpr")
     return {"AS@1": s["top1"], "AS@3": s["top3"], "per_type": per, **{k: doc.get(k) for k in keep}}
 
 
