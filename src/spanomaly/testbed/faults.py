@@ -59,8 +59,12 @@ def default_schedule() -> Path:
     return Path(str(resources.files("spanomaly.testbed") / "default_faults.toml"))
 
 
-def load_schedule(path: Path | None, instances: dict[str, str], scale: float = 1.0) -> list[Fault]:
-    """Faults from a TOML file (default: the shipped one), times multiplied by `scale`."""
+def load_schedule(
+    path: Path | None, instances: dict[str, str], scale: float = 1.0, run_id: str = ""
+) -> list[Fault]:
+    """Faults from a TOML file (default: the shipped one), times multiplied by `scale`; their
+    ids begin with run_id, so that runs of one schedule ingested into one store stay apart."""
+    prefix = f"{run_id}-" if run_id else ""
     path = path or default_schedule()
     try:
         doc = tomllib.loads(path.read_text())
@@ -84,7 +88,13 @@ def load_schedule(path: Path | None, instances: dict[str, str], scale: float = 1
         duration = float(entry.pop("duration", 0 if kind == "version" else 30)) * scale
         faults.append(
             Fault(
-                f"f{n:02d}-{kind}-{target or service}", kind, service, target, at, duration, entry
+                f"{prefix}f{n:02d}-{kind}-{target or service}",
+                kind,
+                service,
+                target,
+                at,
+                duration,
+                entry,
             )
         )
     return faults

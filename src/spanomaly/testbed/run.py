@@ -222,7 +222,7 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
     for sub in ("logs", "control", "truth", "data"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     instances = instance_names(cfg.replicas)
-    schedule = load_schedule(cfg.faults, instances, cfg.time_scale)
+    schedule = load_schedule(cfg.faults, instances, cfg.time_scale, run_id[:8])
     v2 = _versions(schedule, instances)
     sup = Supervisor(run_id, run_dir / "logs")
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
