@@ -254,6 +254,25 @@ def _looks_like_text(data: bytes) -> bool:
     return printable >= 0.95 * len(sample) and whole_line
 
 
+def numeric_column(path: Path, column: str, rows: int = 20) -> bool:
+    """Whether a CSV column holds only numbers in the file's first rows (a metric series)."""
+    import csv
+    import io
+
+    text = head(path).decode("utf-8", "replace").lstrip("\ufeff")
+    lines = text.splitlines()[: rows + 1]
+    table = [r for r in csv.reader(io.StringIO("\n".join(lines))) if r]
+    if len(table) < 2 or column not in table[0]:
+        return False
+    j = table[0].index(column)
+    cells = [r[j] for r in table[1:] if len(r) > j and r[j].strip()]
+    try:
+        [float(c) for c in cells]
+    except ValueError:
+        return False
+    return bool(cells)
+
+
 _ID_LINE = re.compile(rb"(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{32})\r?")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from spanomaly.errors import InputError
 from spanomaly.ingest.base import Chunk, DecodeOptions, SqlSource
 from spanomaly.ingest.csv import POD_SUFFIX, UNITS_NS, _lit, _q, csv_reader
-from spanomaly.ingest.files import LOG_BODY_KEYS, LOG_TIME_KEYS
+from spanomaly.ingest.files import LOG_BODY_KEYS, LOG_TIME_KEYS, numeric_column
 
 LOG_FIELDS = ("time", "body", "severity", "trace_id", "span_id", "service", "instance", "host")
 NEZHA_LOG_COLUMNS = ("TimeUnixNano", "PodName", "TraceID", "SpanID", "Log")
@@ -183,8 +183,6 @@ def csv_select(files: list[Path], mapping: dict[str, str], columns: list[str], u
     if missing:
         raise InputError(f"{files[0]}: line 1: missing column {', '.join(missing)}")
     _check_map(files[0], mapping)
-    from spanomaly.ingest.wide_metrics import numeric_column  # wide_metrics imports this module
-
     if numeric_column(files[0], mapping["body"]):
         raise InputError(
             f"{files[0]}: column {mapping['body']} (mapped to body) holds numbers, not log "

@@ -164,16 +164,6 @@ def _head_rows(path: Path) -> list[list[str]]:
     return [row for row in csv.reader(io.StringIO(text)) if row]
 
 
-def numeric_column(path: Path, column: str) -> bool:
-    """Whether a CSV column holds only numbers in the file's first rows (a metric series)."""
-    rows = _head_rows(path)
-    if len(rows) < 2 or column not in rows[0]:
-        return False
-    j = rows[0].index(column)
-    cells = [r[j] for r in rows[1:] if len(r) > j and r[j].strip()]
-    return bool(cells) and all(_is_number(c) for c in cells)
-
-
 def _is_number(cell: str) -> bool:
     try:
         float(cell)
