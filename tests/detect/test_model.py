@@ -165,3 +165,48 @@ def test_an_error_is_named_where_it_started_not_where_it_surfaced(model: TraceMo
     assert result.anomalous.all()
     row = result.findings.to_pylist()[0]
     assert row["span_id"] == ids["order_read"] and row["service"] == "order-service"
+
+
+def test_of_error_lines_up_a_call_chain_the_deepest_is_named(model: TraceModel) -> None:
+    import pyarrow as pa
+
+    from spanomaly.detect.trace_findings import span_depth
+    from spanomaly.features.logs import interleave
+    from spanomaly.features.traces import EVENT_COLUMNS, Sequences
+    from tests.synthetic import order_request
+
+    b = TraceBuilder(seed=10)
+    ids = b.add(order_request(), T0 + 4 * 10**12)
+    spans = events(b.table())
+    rows = {r["span_id"]: r for r in spans.to_pylist()}
+    root = next(r for r in rows.values() if r["parent_id"] is None)
+    # the database read fails; the service logs it, and so does the gateway the failure
+    # reached, later but on a span above it (its line comes first in the trace's events)
+    lines = []
+    for r, at in ((rows[ids["order_read"]], 1), (root, 2)):
+        line = {c: r.get(c) for c in EVENT_COLUMNS}
+        line.update(
+            parent_id=r["span_id"], operation="log: failed", parent_service=r["service"],
+            callee="", status_class="error", blame_service=r["service"],
+            blame_instance=r["instance"], key=f"log | {r['service']} | ERROR | failed",
+            start_ns=root["start_ns"] + at * 10**6, duration_ns=0, self_ns=0,
+        )  # fmt: skip
+        lines.append(line)
+    schema = spans.select(EVENT_COLUMNS).schema
+    both = interleave(spans, pa.Table.from_pylist(lines, schema=schema))
+    row = model.detect(both).findings.to_pylist()[0]
+    assert row["service"] == "order-service" and "failed" in row["operation"]
+    keys, sids = both.column("key").to_pylist(), both.column("span_id").to_pylist()
+    at_gateway, at_order = (
+        keys.index(f"log | {s} | ERROR | failed") for s in ("gateway", "order-service")
+    )
+    assert at_gateway < at_order  # not the first error line: the deepest
+    seq = Sequences(np.zeros(both.num_rows, np.int64), np.array([0, both.num_rows]), 4, events=both)
+    depth = span_depth(seq)
+    read = next(
+        i
+        for i, (k, s) in enumerate(zip(keys, sids, strict=True))
+        if s == ids["order_read"] and not k.startswith("log")
+    )
+    assert depth[sids.index(root["span_id"])] == 0 and depth[at_gateway] == 1
+    assert depth[at_order] == depth[read] + 1 == 4

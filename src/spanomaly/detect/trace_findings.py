@@ -30,6 +30,7 @@ from spanomaly.timeparse import iso
 TOP_EXPECTED = 5
 LOG_KEY_PREFIX = "log | "  # event keys of log lines (spanomaly.features.logs)
 MAX_LISTED_EVENTS = 10
+MAX_DEPTH = 512  # of a span tree (as features.traces orders it)
 EVENT_COLUMNS = (
     "span_id", "service", "instance", "operation", "key", "parent_service", "blame_service",
     "blame_instance", "start_ns", "duration_ns", "self_ns",
@@ -255,13 +256,17 @@ def _primary(
         anomalous = det.event_flags(ev)
         if role == "sequence":
             # the first deviating event; the end when only the end deviates. A
-            # deviating error-level log line says where a failure was caught: the first
-            # of them is named. Else, errors travel up the call tree (a failed call
-            # fails its callers), so where deviating spans are errors, the last of them
-            # (the deepest) is named.
+            # deviating error-level log line says where a failure was caught: one of
+            # them is named. Errors travel up the call tree (a failed call fails its
+            # callers, and each may log it again), so the deepest deviating error line
+            # is named (the first of the deepest); where deviating spans are errors and
+            # no line is, the last of them (the deepest) is named.
             lines = _error_lines(data)
             weight = anomalous.astype(np.float64)
-            weight[anomalous & lines] = 2.0
+            on = anomalous & lines
+            if on.any():
+                depth = span_depth(data)
+                weight[on] = 2.0 + depth[on] / (float(depth[on].max()) + 1.0)
             idx = segment_argmax(weight, data.offsets)
             has = np.zeros(data.n_traces, dtype=bool)
             ok = idx >= 0
@@ -361,6 +366,37 @@ def _log_flow_only(
         or (serious[before] & (idx > lo)).any()
         or (seq.reason[idx] == Reason.UNKNOWN).any()
     )
+
+
+def span_depth(data: Sequences) -> np.ndarray:
+    """Per event: its depth in its trace's span tree (a root 0, a log line one below its
+    own span's event); an event whose parent is not among the trace's spans counts as a
+    root."""
+    ev = data.events
+    depth = np.zeros(data.n_events, dtype=np.int64)
+    if ev is None or not data.n_events:
+        return depth
+    is_log = pc.starts_with(ev.column("key"), LOG_KEY_PREFIX).to_numpy(zero_copy_only=False)
+    tid = pc.cast(ev.column("trace_id"), pa.string())
+    own = pc.binary_join_element_wise(tid, pc.fill_null(ev.column("span_id"), ""), "\x1f")
+    up = pc.binary_join_element_wise(tid, pc.fill_null(ev.column("parent_id"), ""), "\x1f")
+    spans = np.flatnonzero(~is_log)
+    keys = pc.take(own, pa.array(spans, pa.int64()))
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    idx = pc.index_in(up, value_set=keys)
+    found = pc.is_valid(idx).to_numpy(zero_copy_only=False)
+    pos = pc.fill_null(idx, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    parent = np.where(found, spans[pos] if len(spans) else -1, -1)
+    parent[parent == np.arange(len(parent))] = -1  # a span that names itself its parent
+    cur = parent
+    for _ in range(MAX_DEPTH):  # one step up the tree for every event at once
+        has = cur >= 0
+        if not has.any():
+            break
+        depth += has
+        cur = np.where(has, parent[np.maximum(cur, 0)], -1)
+    return depth
 
 
 def _error_lines(data: Sequences) -> np.ndarray:
