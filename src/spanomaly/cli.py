@@ -842,6 +842,7 @@ def testbed_run(
             "repeatable, or all) into OUT/syscalls/SERVICE@INSTANCE.strace",
         ),
     ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the load's arrivals and journeys")] = 0,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -871,6 +872,7 @@ def testbed_run(
             run_dir=out,
             prometheus_port=prometheus_port,
             syscalls=syscalls or [],
+            seed=seed,
         )
         try:
             result = run(cfg)
