@@ -211,7 +211,8 @@ def ingest(
         def human() -> None:
             typer.echo(
                 f"stored {report.spans} spans, {report.metrics} metric points, {report.logs} logs, "
-                f"{report.faults} faults{f', {report.calls} call edges' if report.calls else ''} "
+                f"{report.faults} faults{f', {report.calls} call edges' if report.calls else ''}"
+                f"{f', {report.syscalls} syscalls' if report.syscalls else ''} "
                 f"from {report.files} files; {report.duplicates} duplicates "
                 f"skipped, {report.rejected} rejected, {report.orphans} spans without their parent"
             )
@@ -242,8 +243,8 @@ def _pull_request(
 def _read_any(report: Any) -> bool:
     """Whether the input held a good record: stored now, or a duplicate of a stored one
     (so a file imported again exits as its first import did)."""
-    stored = report.spans or report.metrics or report.logs or report.faults or report.calls
-    return bool(stored or report.duplicates)
+    tables = ("spans", "metrics", "logs", "faults", "calls", "syscalls")
+    return any(getattr(report, t) for t in tables) or bool(report.duplicates)
 
 
 @app.command()

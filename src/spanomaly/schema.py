@@ -122,7 +122,9 @@ _CALLS = (
 _SYSCALLS = (
     _f("time_ns", "int64", "entry of the system call", "ns since epoch", nullable=False),
     _f("duration_ns", "int64", "entry to exit; null when the exit is not in the trace", "ns"),
-    _f("name", "string", "system call, e.g. read, futex (no syscall_entry_ prefix)", nullable=False),
+    _f(
+        "name", "string", "system call, e.g. read, futex (no syscall_entry_ prefix)", nullable=False
+    ),
     _f("ret", "int64", "return value (negative: -errno); null without an exit"),
     _f("pid", "int64", "process id (thread group)"),
     _f("tid", "int64", "thread id", nullable=False),

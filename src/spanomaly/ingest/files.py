@@ -8,6 +8,7 @@ import gzip
 import io
 import mmap
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +22,12 @@ _SNIFF_BYTES = 65536
 _PRINTABLE = bytes(range(32, 127)) + b"\t\n\r"
 # keys of a JSON-lines log record: a message and a time (spanomaly.ingest.logs reads them)
 LOG_BODY_KEYS = ("message", "msg", "body", "log", "text")
+# a line of `strace -ttt` output: an optional thread, a time, then a call, signal or exit
+_STRACE_LINE = re.compile(
+    rb"^(?:\[pid\s+\d+\]\s+|\d+\s+)?\d{9,}\.\d{6,9}\s+(?:\w+\(|<\.\.\.\s|---\s|\+\+\+\s)"
+)
+_STRACE_NOTE = re.compile(rb"^(?:strace: |\s*<unfinished \.\.\.>)")  # strace's own lines
+_STRACE_NAME = re.compile(r"\.strace(?:\.\d+)?$")
 LOG_TIME_KEYS = (
     "timestamp",
     "time",
@@ -163,17 +170,44 @@ def sniff(path: Path, data: bytes | None = None) -> str:
     given), not its name.
 
     Returns one of: 'otlp-json', 'otlp-jsonl', 'otlp-pb', 'jaeger', 'zipkin', 'nezha-labels',
-    'prometheus-json', 'jsonl-logs', 'csv'. Raises FormatError when nothing fits.
+    'prometheus-json', 'jsonl-logs', 'strace', 'csv'. Raises FormatError when nothing fits.
     """
     data = head(path) if data is None else data
     text = data.lstrip()
     if not text:
         raise FormatError(f"{path}: empty file")
+    if is_strace(path, text):  # before JSON: `[pid N] ...` opens with a bracket
+        return "strace"
     if text[:1] in (b"{", b"["):
         return _sniff_json(path, text)
     if _looks_like_text(data):
         return "csv"
     return "otlp-pb"
+
+
+def plain_name(path: Path) -> str:
+    """The file name without a compression suffix (.gz, .zst)."""
+    name = path.name
+    for suffix in (".gz", ".zst"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_strace(path: Path, data: bytes) -> bool:
+    """Whether a file is strace output: named *.strace (*.strace.PID of -ff), or NUL-free
+    text whose first line and two thirds of its first ten are `-ttt` calls, signals or
+    exits, or strace's own notes (the rest: the traced program's output, interleaved)."""
+    if _STRACE_NAME.search(plain_name(path)):
+        return True
+    window = data[:8192]
+    lines = [line for line in window.split(b"\n")[:10] if line.strip()]
+    if len(lines) > 1 and len(data) > len(window):
+        lines = lines[:-1]  # the last line may be cut by the window
+    if not lines or b"\x00" in window or not _STRACE_LINE.match(lines[0]):
+        return False
+    known = sum(1 for x in lines if _STRACE_LINE.match(x) or _STRACE_NOTE.match(x))
+    return 3 * known >= 2 * len(lines)
 
 
 def _looks_like_text(data: bytes) -> bool:
