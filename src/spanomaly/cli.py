@@ -881,10 +881,11 @@ def testbed_run(
             raise InputError(str(exc)) from exc
         doc = result.summary
         for name in ("faults", "fault_traces"):  # the run folder's own labels
+            rows = getattr(result, name).to_pylist()
+            if name == "faults":  # plain fault labels too: `spanomaly ingest faults.jsonl`
+                rows = [r | {"start": r["start_ns"], "end": r["end_ns"]} for r in rows]
             path = result.run_dir / f"{name}.jsonl"
-            path.write_text(
-                "".join(json.dumps(r) + "\n" for r in getattr(result, name).to_pylist())
-            )
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if collector is None:  # the collector is down: the store is ours to write
             store = pipeline.open_store(str(cfg.db))
             try:
