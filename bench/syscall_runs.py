@@ -10,8 +10,10 @@ movies-1; movies-2, its peer, stays normal). A run folder holds
 `syscalls/SERVICE@INSTANCE.strace` (`strace -f -ttt -T`), `faults.jsonl` (the injector's
 windows, the labels), `summary.json` (the command's answer), the store and the logs.
 
-Then every run is checked: per recording its size, lines, calls, threads and unparsed
-lines; per fault window the target's calls per second, its median duration of non-waiting
+Then every run is checked: its recordings and labels go through `spanomaly ingest
+RUN/syscalls RUN/faults.jsonl --db RUN/syscalls.duckdb` (the strace reader), and per
+recording come its size, lines, stored calls, threads and calls left without a duration
+(unfinished at the end); per fault window (from the store's `faults`) the target's calls per second, its median duration of non-waiting
 calls and the syscall whose rate moved most, each against the run's normal seconds (outside
 every window and 5 s after it), beside the peer in the same seconds. `--overhead` also
 times one cheap call with and without strace attached and runs the load 45 s three ways
@@ -45,8 +47,6 @@ SCHEDULE = REPO / "src/spanomaly/testbed/syscall_faults.toml"
 # calls that wait for something (their -T is the wait, not the cost of the call)
 WAITS = {"epoll_pwait", "epoll_wait", "futex", "poll", "ppoll", "select", "pselect6",
          "clock_nanosleep", "nanosleep", "restart_syscall", "accept4", "io_uring_enter"}  # fmt: skip
-LINE = r"^(?P<tid>\d+) +(?P<t>\d+\.\d+) (?P<name>[a-z_0-9]+)\("
-DURATION = r"<(?P<dur>\d+\.\d+)>$"
 MARGIN_S = 5
 
 
@@ -83,21 +83,22 @@ def record(out: Path, k: int, args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def parse(path: Path) -> pa.Table:
-    """tid, time (s), name, duration (s) of every call line of a recording (vectorised)."""
-    lines = pa.array(path.read_text(errors="replace").splitlines())
-    head = pc.extract_regex(lines, LINE)
-    dur = pc.extract_regex(lines, DURATION)
-    ok = pc.is_valid(head)
-    return pa.table(
-        {
-            "tid": pc.cast(pc.struct_field(head, "tid"), pa.int64()),
-            "t": pc.cast(pc.struct_field(head, "t"), pa.float64()),
-            "name": pc.struct_field(head, "name"),
-            "dur": pc.cast(pc.struct_field(dur, "dur"), pa.float64()),
-            "ok": ok,
-        }
-    )
+def ingest(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The run's recordings and labels into a store of their own, through `spanomaly ingest`
+    (the strace reader); the store and the command's answer."""
+    db = run_dir / "syscalls.duckdb"
+    db.unlink(missing_ok=True)
+    doc = json.loads(spanomaly("ingest", str(run_dir / "syscalls"), str(run_dir / "faults.jsonl"),
+                               "--db", str(db), "--json"))  # fmt: skip
+    return db, doc
+
+
+def read_calls(con: Any, instance: str) -> pa.Table:
+    """tid, entry time (s), name and duration (µs) of an instance's stored calls."""
+    return con.sql(
+        "SELECT tid, time_ns / 1e9 AS t, name, duration_ns / 1e3 AS dur FROM syscalls "
+        "WHERE instance = $i ORDER BY time_ns", params={"i": instance}
+    ).to_arrow_table()  # fmt: skip
 
 
 def per_second(t: np.ndarray, t0: float, n: int) -> np.ndarray:
@@ -108,14 +109,14 @@ def per_second(t: np.ndarray, t0: float, n: int) -> np.ndarray:
 
 
 def _seconds(faults: list[dict[str, Any]], t0: float, n: int) -> tuple[np.ndarray, list]:
-    """The normal seconds (a mask) and each fault's seconds."""
+    """The normal seconds (a mask) and each fault's whole seconds."""
     normal = np.ones(n, bool)
     normal[:MARGIN_S] = normal[-MARGIN_S:] = False
     windows = []
     for f in faults:
         a, b = int(f["start_ns"] / 1e9 - t0), int(f["end_ns"] / 1e9 - t0)
         normal[max(0, a) : min(n, b + MARGIN_S)] = False
-        windows.append((f, slice(max(0, a + 1), min(n, b))))  # whole seconds inside
+        windows.append((f, slice(max(0, a + 1), min(n, b))))
     return normal, windows
 
 
@@ -130,23 +131,15 @@ def _moved(names: dict[str, np.ndarray], normal: np.ndarray, win: slice) -> tupl
 
 
 def _median_cost(tab: pa.Table, t0: float, normal: np.ndarray, win: slice) -> tuple[float, float]:
-    """Median -T (µs) of non-waiting calls in the window and in the normal seconds."""
+    """Median duration (µs) of non-waiting calls in the window and in the normal seconds."""
     keep = pc.and_(pc.is_valid(tab["dur"]), pc.invert(pc.is_in(tab["name"], pa.array(WAITS))))
     sub = tab.filter(keep)
     sec = (sub["t"].to_numpy() - t0).astype(np.int64).clip(0, len(normal) - 1)
-    dur = sub["dur"].to_numpy() * 1e6
+    dur = sub["dur"].to_numpy()
     inside = (sec >= win.start) & (sec < win.stop)
     return float(np.median(dur[inside])) if inside.any() else float("nan"), float(
         np.median(dur[normal[sec]])
     )
-
-
-def file_stats(path: Path, tab: pa.Table) -> dict[str, int]:
-    """Size, lines, calls, threads and other lines (resumptions, exits, signals) of a file."""
-    calls = tab.filter(tab["ok"])
-    return {"bytes": path.stat().st_size, "lines": tab.num_rows, "calls": calls.num_rows,
-            "threads": len(pc.unique(calls["tid"])),
-            "other_lines": tab.num_rows - calls.num_rows}  # fmt: skip
 
 
 def _name_rates(calls: pa.Table, t0: float, n: int) -> dict[str, np.ndarray]:
@@ -159,20 +152,38 @@ def _name_rates(calls: pa.Table, t0: float, n: int) -> dict[str, np.ndarray]:
     return rates
 
 
+def file_stats(con: Any, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per recording: bytes, lines, stored calls, threads, calls without a duration."""
+    stats = {}
+    for path in sorted((run_dir / "syscalls").glob("*.strace")):
+        instance = path.stem.split("@", 1)[1]
+        ((calls, threads, open_),) = con.sql(
+            "SELECT count(*), count(DISTINCT tid), count(*) - count(duration_ns) FROM syscalls "
+            "WHERE instance = $i", params={"i": instance}
+        ).fetchall()  # fmt: skip
+        stats[path.name] = {"bytes": path.stat().st_size,
+                            "lines": path.read_bytes().count(b"\n"), "calls": calls,
+                            "threads": threads, "no_duration": open_}  # fmt: skip
+    return stats
+
+
 def check_run(run_dir: Path, target: str, peer: str) -> dict[str, Any]:
-    """Files, calls and the fault windows against the normal seconds of one run."""
-    files = sorted((run_dir / "syscalls").glob("*.strace"))
-    faults = [json.loads(x) for x in (run_dir / "faults.jsonl").read_text().splitlines()]
-    tabs = {p.stem.split("@", 1)[1]: parse(p) for p in files}
-    out: dict[str, Any] = {"run": run_dir.name, "windows": []}
-    out["files"] = {p.name: file_stats(p, tabs[p.stem.split("@", 1)[1]]) for p in files}
-    calls = {i: t.filter(t["ok"]) for i, t in tabs.items()}
+    """The run ingested; its files, and each fault window against the normal seconds."""
+    import duckdb
+
+    db, doc = ingest(run_dir)
+    con = duckdb.connect(str(db), read_only=True)
+    out: dict[str, Any] = {"run": run_dir.name, "rejected": doc["rejected"], "windows": []}
+    out["files"] = file_stats(con, run_dir)
+    faults = con.sql("SELECT * FROM faults WHERE instance = $i ORDER BY start_ns",
+                     params={"i": target}).to_arrow_table().to_pylist()  # fmt: skip
+    calls = {i: read_calls(con, i) for i in (target, peer)}
+    con.close()
     t0 = max(float(pc.min(c["t"]).as_py()) for c in calls.values())
     n = int(min(float(pc.max(c["t"]).as_py()) for c in calls.values()) - t0)
-    normal, windows = _seconds([f for f in faults if f["instance"] == target], t0, n)
-    rate = {i: per_second(c["t"].to_numpy(), t0, n) for i, c in calls.items()}
+    normal, windows = _seconds(faults, t0, n)
+    mine, theirs = (per_second(calls[i]["t"].to_numpy(), t0, n) for i in (target, peer))
     names = _name_rates(calls[target], t0, n)
-    mine, theirs = rate[target], rate[peer]
     for f, win in windows:
         moved, ratio = _moved(names, normal, win)
         cost_in, cost_norm = _median_cost(calls[target], t0, normal, win)
@@ -227,13 +238,13 @@ def overhead_load(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 def report(checks: list[dict[str, Any]]) -> str:
     """A markdown table of every run's windows and one of its files."""
     rows = [
-        "| run | file | MB | lines | calls | threads | other lines |",
+        "| run | file | MB | lines | calls | threads | no duration |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in checks:
         for name, f in c["files"].items():
             rows.append(f"| {c['run']} | {name} | {f['bytes'] / 1e6:.1f} | {f['lines']:,} | "
-                        f"{f['calls']:,} | {f['threads']} | {f['other_lines']:,} |")  # fmt: skip
+                        f"{f['calls']:,} | {f['threads']} | {f['no_duration']:,} |")  # fmt: skip
     rows += ["", "| run | kind | s | calls/s (normal) | z | peer ratio | median µs (normal) "
              "| moved most |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in checks:
