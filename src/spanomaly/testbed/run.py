@@ -157,7 +157,7 @@ def _start(
         collector = f"http://127.0.0.1:{ports[-1]}"
         _wait_port(ports[-1], 60, lambda: sup.procs["collector"].poll() is None)
     routes = {n: [listen[n], upstream[n]] for n in names}
-    injector.spawn = sup.spawn
+    injector.spawn, injector.halt = sup.spawn, sup.stop
     injector._publish()
     sup.spawn("proxy", [sys.executable, "-m", "spanomaly.testbed.proxy", "--routes",
                         json.dumps(routes), "--control", str(injector.proxy_control)])  # fmt: skip
