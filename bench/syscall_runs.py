@@ -13,7 +13,7 @@ windows, the labels), `summary.json` (the command's answer), the store and the l
 Then every run is checked: its recordings and labels go through `spanomaly ingest
 RUN/syscalls RUN/faults.jsonl --db RUN/syscalls.duckdb` (the strace reader), and per
 recording come its size, lines, stored calls, threads and calls left without a duration
-(unfinished at the end); per fault window (from the store's `faults`) the target's calls per second, its median duration of non-waiting
+(unfinished at the end); per fault window (from the store's `faults`) the target's calls per second, its p50 / p99 duration of non-waiting
 calls and the syscall whose rate moved most, each against the run's normal seconds (outside
 every window and 5 s after it), beside the peer in the same seconds. `--overhead` also
 times one cheap call with and without strace attached and runs the load 45 s three ways
@@ -130,16 +130,25 @@ def _moved(names: dict[str, np.ndarray], normal: np.ndarray, win: slice) -> tupl
     return best, ratio
 
 
-def _median_cost(tab: pa.Table, t0: float, normal: np.ndarray, win: slice) -> tuple[float, float]:
-    """Median duration (µs) of non-waiting calls in the window and in the normal seconds."""
+def _cost(tab: pa.Table, t0: float, normal: np.ndarray, win: slice) -> dict[str, float]:
+    """p50 and p99 duration (µs) of non-waiting calls in the window and the normal seconds."""
     keep = pc.and_(pc.is_valid(tab["dur"]), pc.invert(pc.is_in(tab["name"], pa.array(WAITS))))
     sub = tab.filter(keep)
     sec = (sub["t"].to_numpy() - t0).astype(np.int64).clip(0, len(normal) - 1)
     dur = sub["dur"].to_numpy()
-    inside = (sec >= win.start) & (sec < win.stop)
-    return float(np.median(dur[inside])) if inside.any() else float("nan"), float(
-        np.median(dur[normal[sec]])
-    )
+    inside = dur[(sec >= win.start) & (sec < win.stop)]
+    if not inside.size:
+        inside = np.array([np.nan])
+    q = [50, 99]
+    (p50, p99), (n50, n99) = np.percentile(inside, q), np.percentile(dur[normal[sec]], q)
+    loop = tab.filter(pc.and_(pc.is_valid(tab["dur"]), pc.equal(tab["name"], "epoll_pwait")))
+    lsec = (loop["t"].to_numpy() - t0).astype(np.int64).clip(0, len(normal) - 1)
+    ldur = loop["dur"].to_numpy()
+    lin = ldur[(lsec >= win.start) & (lsec < win.stop)]
+    return {"p50_us": round(p50, 1), "p99_us": round(p99, 1),
+            "normal_p50_us": round(n50, 1), "normal_p99_us": round(n99, 1),
+            "loop_wait_p50_us": round(float(np.median(lin)), 1) if lin.size else None,
+            "normal_loop_wait_p50_us": round(float(np.median(ldur[normal[lsec]])), 1)}  # fmt: skip
 
 
 def _name_rates(calls: pa.Table, t0: float, n: int) -> dict[str, np.ndarray]:
@@ -186,16 +195,14 @@ def check_run(run_dir: Path, target: str, peer: str) -> dict[str, Any]:
     names = _name_rates(calls[target], t0, n)
     for f, win in windows:
         moved, ratio = _moved(names, normal, win)
-        cost_in, cost_norm = _median_cost(calls[target], t0, normal, win)
         out["windows"].append({
             "kind": f["kind"], "seconds": win.stop - win.start,
             "calls_per_s": round(mine[win].mean(), 1),
             "normal_calls_per_s": round(mine[normal].mean(), 1),
             "z": round((mine[win].mean() - mine[normal].mean()) / (mine[normal].std() or 1.0), 2),
             "peer_ratio": round(theirs[win].mean() / (theirs[normal].mean() or 1.0), 2),
-            "median_cost_us": round(cost_in, 1), "normal_median_cost_us": round(cost_norm, 1),
             "moved": moved, "moved_ratio": round(ratio, 2),
-        })  # fmt: skip
+        } | _cost(calls[target], t0, normal, win))  # fmt: skip
     return out
 
 
@@ -245,14 +252,15 @@ def report(checks: list[dict[str, Any]]) -> str:
         for name, f in c["files"].items():
             rows.append(f"| {c['run']} | {name} | {f['bytes'] / 1e6:.1f} | {f['lines']:,} | "
                         f"{f['calls']:,} | {f['threads']} | {f['no_duration']:,} |")  # fmt: skip
-    rows += ["", "| run | kind | s | calls/s (normal) | z | peer ratio | median µs (normal) "
-             "| moved most |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows += ["", "| run | kind | s | calls/s (normal) | z | peer ratio | p50 / p99 µs (normal) "
+             "| epoll_pwait p50 µs (normal) | moved most |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in checks:
         for w in c["windows"]:
             rows.append(
                 f"| {c['run']} | {w['kind']} | {w['seconds']} | {w['calls_per_s']} "
                 f"({w['normal_calls_per_s']}) | {w['z']} | {w['peer_ratio']} | "
-                f"{w['median_cost_us']} ({w['normal_median_cost_us']}) | "
+                f"{w['p50_us']} / {w['p99_us']} ({w['normal_p50_us']} / {w['normal_p99_us']}) | "
+                f"{w['loop_wait_p50_us']} ({w['normal_loop_wait_p50_us']}) | "
                 f"{w['moved']} x{w['moved_ratio']} |"
             )
     return "\n".join(rows)
