@@ -838,6 +838,15 @@ def testbed_run(
         int,
         typer.Option(help="the agent also serves its readings at http://127.0.0.1:PORT/metrics"),
     ] = 0,
+    syscalls: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--syscalls",
+            help="record these instances' system calls with strace (INSTANCE[,INSTANCE...], "
+            "repeatable, or all) into OUT/syscalls/SERVICE@INSTANCE.strace",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the load's arrivals and journeys")] = 0,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -866,12 +875,20 @@ def testbed_run(
             profile=profile,
             run_dir=out,
             prometheus_port=prometheus_port,
+            syscalls=syscalls or [],
+            seed=seed,
         )
         try:
             result = run(cfg)
         except ScheduleError as exc:
             raise InputError(str(exc)) from exc
         doc = result.summary
+        for name in ("faults", "fault_traces"):  # the run folder's own labels
+            rows = getattr(result, name).to_pylist()
+            if name == "faults":  # plain fault labels too: `spanomaly ingest faults.jsonl`
+                rows = [r | {"start": r["start_ns"], "end": r["end_ns"]} for r in rows]
+            path = result.run_dir / f"{name}.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if collector is None:  # the collector is down: the store is ours to write
             store = pipeline.open_store(str(cfg.db))
             try:
@@ -881,11 +898,6 @@ def testbed_run(
             finally:
                 store.close()
         else:
-            for name in ("faults", "fault_traces"):
-                path = result.run_dir / f"{name}.jsonl"
-                path.write_text(
-                    "".join(json.dumps(r) + "\n" for r in getattr(result, name).to_pylist())
-                )
             doc["ground_truth_dir"] = str(result.run_dir)
 
         def human() -> None:
@@ -897,6 +909,9 @@ def testbed_run(
                 f"{doc['fault_traces']} faulty requests recorded"
             )
             typer.echo(f"  run folder {doc['run_dir']} (process logs, ground truth)")
+            if doc.get("syscalls"):
+                typer.echo(f"  system calls of {', '.join(doc['syscalls'])} in "
+                           f"{result.run_dir / 'syscalls'}")  # fmt: skip
             if doc.get("crashed"):
                 typer.echo(f"  crashed: {', '.join(doc['crashed'])}")
             if "store" in doc:

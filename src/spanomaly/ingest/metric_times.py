@@ -19,6 +19,8 @@ def parse_time_ns(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a time")
     number: float | None
+    if isinstance(value, int) and abs(value) >= 10**17:  # ns already: exact, not via float
+        return value
     if isinstance(value, int | float):
         number = float(value)
     else:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 import tomllib
@@ -108,10 +107,11 @@ class Injector:
         self.pids = pids
         self.services = services
         self.active: list[Fault] = []
-        self.stressors: dict[str, subprocess.Popen[bytes]] = {}
+        self.stressors: dict[str, str] = {}  # fault:instance -> the supervisor's stress-ng
         self.cgroups: dict[str, Path] = {}
         self.affinity: dict[int, list[int]] = {}
         self.spawn: Any = None  # Supervisor.spawn, for stress-ng under supervision
+        self.halt: Any = None  # Supervisor.stop, to end it
 
     def instance_control(self, instance: str) -> Path:
         return self.control_dir / f"{instance}.json"
@@ -160,16 +160,14 @@ class Injector:
         self._publish()
         for inst in fault.targets(self.services):
             key = f"{fault.fault_id}:{inst}"
-            if key in self.stressors:
-                proc = self.stressors.pop(key)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 9)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(2)
+            if key in self.stressors and self.halt is not None:
+                self.halt([self.stressors.pop(key)], 1.0)  # its group, not reported crashed
             pid = self.pids[inst]
             if fault.kind == "cpu_contention" and pid in self.affinity:
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(pid, self.affinity.pop(pid))
+                cpus = self.affinity.pop(pid)
+                for task in [pid, *_threads(pid)]:  # every thread was pinned
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(task, cpus)
             if key in self.cgroups:
                 self._unthrottle(pid, self.cgroups.pop(key))
         fault.end_ns = time.time_ns()
@@ -214,7 +212,9 @@ class Injector:
         except OSError as exc:
             log.warning("%s: cannot pin %s: %s", fault.fault_id, inst, exc)
             return False
-        self.stressors[f"{fault.fault_id}:{inst}"] = self.spawn(f"stress-{fault.fault_id}", argv)
+        name = f"stress-{fault.fault_id}-{inst}"
+        self.spawn(name, argv)
+        self.stressors[f"{fault.fault_id}:{inst}"] = name
         return True
 
     def _throttle(self, fault: Fault, inst: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from spanomaly.schema import FAULT_TRACES, FAULTS
-from spanomaly.testbed import load
+from spanomaly.testbed import load, syscalls
 from spanomaly.testbed.faults import Fault, Injector, load_schedule
 from spanomaly.testbed.supervisor import Supervisor
 
@@ -51,6 +51,8 @@ class RunConfig:
     # load), and the load ends `tail_s` after the last fault; `minutes` caps the load
     faults_gate: threading.Event | None = None
     tail_s: float = 6.0
+    # instances whose system calls strace records (names, comma lists or "all")
+    syscalls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -155,7 +157,7 @@ def _start(
         collector = f"http://127.0.0.1:{ports[-1]}"
         _wait_port(ports[-1], 60, lambda: sup.procs["collector"].poll() is None)
     routes = {n: [listen[n], upstream[n]] for n in names}
-    injector.spawn = sup.spawn
+    injector.spawn, injector.halt = sup.spawn, sup.stop
     injector._publish()
     sup.spawn("proxy", [sys.executable, "-m", "spanomaly.testbed.proxy", "--routes",
                         json.dumps(routes), "--control", str(injector.proxy_control)])  # fmt: skip
@@ -207,6 +209,7 @@ def _stop(
         if fault.end_ns is None:
             fault.end_ns = t_end
     sup.stop([n for n in sup.procs if n in instances])  # instances flush their spans on SIGTERM
+    sup.stop(syscalls.tracers(sup), timeout_s=10)  # each ends with its instance; flushed
     sup.stop(["agent"])
     sup.stop([n for n in sup.procs if n not in ("collector",)])
     time.sleep(0.5)
@@ -224,6 +227,9 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
     instances = instance_names(cfg.replicas)
     schedule = load_schedule(cfg.faults, instances, cfg.time_scale, run_id[:8])
     v2 = _versions(schedule, instances)
+    traced = syscalls.chosen(cfg.syscalls, instances)
+    if traced:
+        syscalls.strace_path()
     sup = Supervisor(run_id, run_dir / "logs")
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Ctrl-C stops the run even where it was started with SIGINT ignored (a background job
@@ -238,6 +244,8 @@ def run(cfg: RunConfig, on_start: Any = None) -> RunResult:
         started = _start(cfg, sup, injector, instances, v2, run_dir)
         summary["collector"] = started.collector
         summary["instances"] = _start_agent(cfg, sup, instances, v2, started)
+        recordings = syscalls.start_tracers(sup, started.pids, instances, traced, run_dir)
+        summary["syscalls"] = {n: str(p) for n, p in recordings.items()}
         if on_start is not None:
             on_start(run_id, summary)
         t_start = time.time_ns()
