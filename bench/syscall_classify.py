@@ -13,7 +13,7 @@ Target (issue 21): SVM per-class F1 >= 0.9 cross-validated by run, Fisher+DBSCAN
 within 0.1 of the SVM's.
 
     .venv/bin/python bench/syscall_classify.py [--runs /work/tt/syscall-runs]
-        [--length 2s] [--stride 1s] [--by instance] [--folds 5] [--json OUT] [--html OUT]
+        [--length 5s] [--stride 1s] [--by instance] [--folds 5] [--json OUT] [--html OUT]
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def spanomaly(db: Path, *args: str) -> str:
 
 
 def labels(run: Path, out: Path) -> Path:
-    """The run's faults.jsonl (start_ns, end_ns) as plain fault labels (start, end)."""
+    """The run's faults.jsonl (start_ns, end_ns) as plain fault labels (start, end), the
+    fault id prefixed by the run's folder (every run of a schedule numbers its faults
+    alike, and the store keeps one fault per id)."""
     lines = []
     for line in (run / "faults.jsonl").read_text().splitlines():
         f = json.loads(line)
@@ -89,7 +91,7 @@ def main() -> None:
     """Ingest the recordings, evaluate the classifiers, print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, default=Path("/work/tt/syscall-runs"))
-    ap.add_argument("--length", default="2s")
+    ap.add_argument("--length", default="5s")
     ap.add_argument("--stride", default="1s")
     ap.add_argument("--by", default="instance")
     ap.add_argument("--folds", default="5")

@@ -1281,7 +1281,9 @@ ClassifyFprOpt = Annotated[
 ]
 VocabOpt = Annotated[int, typer.Option(help="system calls with a share feature of their own")]
 WidthOpt = Annotated[int, typer.Option("--ngram-width", help="hash buckets of the bigrams")]
-FisherOpt = Annotated[int, typer.Option(help="fisher-dbscan: features kept by Fisher score")]
+FisherOpt = Annotated[
+    int, typer.Option(help="fisher-dbscan: at most this many features, chosen by Fisher score")
+]
 
 
 # the window and method options `classify train` and `classify evaluate` share, as
@@ -1296,7 +1298,7 @@ _CLASSIFY_FIELDS = (
     ("target_fpr", ClassifyFprOpt, 0.01),
     ("max_vocab", VocabOpt, 64),
     ("width", WidthOpt, 32),
-    ("fisher_features", FisherOpt, 5),
+    ("fisher_features", FisherOpt, 12),
     ("seed", SeedOpt, 0),  # random_state
 )
 

@@ -105,7 +105,9 @@ def test_windows_by_time_per_thread_and_per_instance() -> None:
     w = call_windows(tiny(), WindowSpec(20, 10, "time", "instance", min_calls=3))
     assert list(zip(w.column("start_ns"), w.hi - w.lo, strict=True)) == [(10, 4), (20, 3)]
     X = SyscallFeatures(width=4).fit(w).transform(w)
-    assert X.shape == (2, 4 + 4 + 7)  # epoll_wait read write <other>, bigrams, the rest
+    # epoll_wait read write <other>, bigrams, durations and the rest, gaps, call families,
+    # the three calls' own durations
+    assert X.shape == (2, 4 + 4 + 7 + 5 + 9 + 3)
 
 
 def test_unseen_calls_fall_in_the_other_slot() -> None:
@@ -145,3 +147,31 @@ def test_the_run_is_the_source_folder() -> None:
     assert run_of("runs/r1/syscalls/a@b.strace") == "runs/r1/syscalls"
     assert run_of("trace.strace") == "trace.strace"
     assert run_of(None) == ""
+
+
+def test_gaps_between_calls_and_call_families() -> None:
+    rows = [(0, 1000, "read"), (3000, 2000, "futex"), (10000, 1000, "write")]  # one thread
+    t = tiny().slice(0, 3)
+    t = t.set_column(0, "time_ns", pa.array([r[0] for r in rows], pa.int64()))
+    t = t.set_column(1, "duration_ns", pa.array([r[1] for r in rows], pa.int64()))
+    t = t.set_column(2, "name", pa.array([r[2] for r in rows]))
+    t = t.set_column(5, "tid", pa.array([1, 1, 1], pa.int64()))
+    w = call_windows(t, WindowSpec(20000, 20000, "time", "instance"))
+    f = SyscallFeatures(width=2, timed_calls=2).fit(w)
+    assert f.timed == ["futex", "read"]  # one call each: ties by name
+    col = dict(zip(f.names, f.transform(w)[0], strict=True))
+    gaps = [ld(2), ld(5)]  # 3000 - 1000 and 10000 - 5000 ns
+    assert col["t.gap_mean"] == pytest.approx(np.mean(gaps))
+    assert col["t.gap_p50"] == pytest.approx(np.quantile(gaps, 0.5))
+    assert col["t.gap_max"] == pytest.approx(ld(5))
+    assert col["t.busy_share"] == pytest.approx(3000 / 10000)  # inside read and futex
+    assert col["c.wait.share"] == pytest.approx(1 / 3) and col["c.io.share"] == pytest.approx(2 / 3)
+    assert col["c.wait.d_mean"] == pytest.approx(ld(2)) and col["c.io.d_mean"] == pytest.approx(
+        ld(1)
+    )
+    assert col["c.other.share"] == 0 and col["c.other.d_mean"] == 0
+    assert col["k.futex.d_mean"] == pytest.approx(ld(2)) and col["k.read.d_mean"] == pytest.approx(
+        ld(1)
+    )
+    again = SyscallFeatures.from_json(f.to_json())
+    assert again.timed == f.timed and np.array_equal(again.transform(w), f.transform(w))

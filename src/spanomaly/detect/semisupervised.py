@@ -1,24 +1,29 @@
 """Semi-supervised point detection: Fisher-score feature selection from a few labelled
-windows, then DBSCAN into the sought number of classes, each cluster named by its
-labelled members.
+windows, then DBSCAN over all windows, each cluster named by its labelled members.
 
-    det = FisherDBSCAN(n_features=5)
+    det = FisherDBSCAN(max_features=12)
     det.fit(X, y)            # y: a class name per window, None (or "") where unlabelled
-    det.predict_class(X)     # class name per window (the nearest core sample's cluster)
-    det.score(X)             # distance to the nearest core sample of a normal cluster / eps
+    det.predict_class(X)     # class name per window (its nearest reference's)
+    det.score(X)             # distance to the nearest normal reference / its reach
 
-1. Fisher score of each feature on the labelled windows: between-class over within-class
-   variance, sum_c n_c (mu_c - mu)^2 / sum_c n_c sigma_c^2; the `n_features` best are kept.
-2. The kept features are scaled robustly (median, MAD) over all windows, labelled or not.
-3. DBSCAN over all windows with the eps that yields the sought number of clusters (the
-   number of labelled classes unless `n_classes` says otherwise): eps is searched over the
-   quantiles of the windows' distances to their `min_samples`-th neighbour; among the eps
-   that give that many clusters, the one that leaves the fewest windows as noise.
-4. A cluster is named by the majority of its labelled members; a cluster without labelled
-   members takes the name of the nearest labelled window.
+1. The features are standardised (mean, standard deviation) over all windows, labelled
+   or not.
+2. Iterative Fisher-score selection on the labelled windows: the Fisher score of each
+   feature, sum_c n_c (mu_c - mu)^2 / sum_c n_c sigma_c^2, ranks the candidates (the
+   `n_candidates` best); starting from none, the candidate that most raises the labelled
+   windows' leave-one-out nearest-neighbour accuracy, balanced over the classes, is added,
+   until no candidate raises it or `max_features` are kept.
+3. DBSCAN over all windows in the kept features, eps the median over the labelled windows
+   of the distance to their `min_samples`-th nearest window (their own class's density).
+4. A cluster is named by the majority of its labelled members; clusters without any, and
+   noise, take no name. The references are the core samples of the named clusters, under
+   their cluster's name, and the labelled windows, under their own; a window (fitted or
+   new) is of its nearest reference's class, so there are as many classes as labelled ones.
 
-The threshold (1.0: farther than eps from every normal core) comes from the fitted eps;
-the labels of scored data are never used.
+The score is the distance to the nearest normal reference over the reach of normal: eps, or
+the 99th percentile over the fitted windows named normal of the distance to their nearest
+normal reference but themselves, where larger;
+the threshold is 1.0. The labels of scored data are never used.
 """
 
 from __future__ import annotations
@@ -50,9 +55,32 @@ def _labels(y: Any) -> np.ndarray:
     return np.array(["" if v is None else str(v) for v in y], dtype=object)
 
 
+def _loo_accuracy(Z: np.ndarray, y: np.ndarray) -> float:
+    """Leave-one-out 1-nearest-neighbour accuracy of labels y, balanced over the classes."""
+    d = ((Z[:, None, :] - Z[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d, np.inf)
+    hit = y[np.argmin(d, axis=1)] == y
+    return float(np.mean([hit[y == c].mean() for c in np.unique(y)]))
+
+
+def select_features(Z: np.ndarray, y: np.ndarray, max_features: int, n_candidates: int) -> np.ndarray:  # fmt: skip
+    """Forward selection among the best Fisher scores (see the module docstring)."""
+    candidates = list(np.argsort(-fisher_scores(Z, y), kind="stable")[:n_candidates])
+    kept: list[int] = []
+    best = -1.0
+    while candidates and len(kept) < max_features:  # a dozen rounds
+        gains = [_loo_accuracy(Z[:, [*kept, j]], y) for j in candidates]
+        i = int(np.argmax(gains))
+        if gains[i] <= best:
+            break
+        best = gains[i]
+        kept.append(int(candidates.pop(i)))
+    return np.array(sorted(kept), dtype=np.int64)
+
+
 @register
 class FisherDBSCAN(PointDetector):
-    """Fisher-score feature selection on labelled windows, then DBSCAN into n classes."""
+    """Fisher-score feature selection on labelled windows, then DBSCAN named by them."""
 
     name = "fisher-dbscan"
     requires_labels = True  # some: None or "" where a window is unlabelled
@@ -62,19 +90,17 @@ class FisherDBSCAN(PointDetector):
     def __init__(
         self,
         *,
-        n_classes: int | None = None,
-        n_features: int = 5,
+        max_features: int = 12,
+        n_candidates: int = 30,
         min_samples: int = 5,
         normal_label: str = "normal",
-        n_eps: int = 60,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
-        self.n_classes = n_classes
-        self.n_features = n_features
+        self.max_features = max_features
+        self.n_candidates = n_candidates
         self.min_samples = min_samples
         self.normal_label = normal_label
-        self.n_eps = n_eps
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None, groups: np.ndarray | None) -> None:
         """Fit on all windows; y names the labelled ones (None or '' elsewhere)."""
@@ -87,48 +113,38 @@ class FisherDBSCAN(PointDetector):
         if len(classes) < 2:
             raise ModelError(f"{self.name}: the labelled windows need at least two classes")
         self.classes_ = classes
-        self.fisher_ = fisher_scores(X[known], y[known])
-        k = min(self.n_features, X.shape[1])
-        self.selected_ = np.sort(np.argsort(-self.fisher_, kind="stable")[:k])
-        Z = X[:, self.selected_]
-        self.center_ = np.median(Z, axis=0)
-        mad = 1.4826 * np.median(np.abs(Z - self.center_), axis=0)
-        self.scale_ = np.where(mad > 0, mad, np.maximum(Z.std(axis=0), 1e-9))
-        Z = (Z - self.center_) / self.scale_
-        want = self.n_classes or len(classes)
-        m = min(self.min_samples, Z.shape[0] - 1)
-        dist, _ = NearestNeighbors(n_neighbors=m + 1).fit(Z).kneighbors(Z)
-        candidates = np.unique(np.quantile(dist[:, -1], np.linspace(0.5, 0.999, self.n_eps)))
-        best: tuple[int, int, float, np.ndarray] | None = None
-        for eps in candidates[candidates > 0]:  # a few dozen DBSCAN runs
-            labels = DBSCAN(eps=float(eps), min_samples=m).fit(Z).labels_
-            n_clusters = len(set(labels.tolist()) - {-1})
-            key = (abs(n_clusters - want), int((labels == -1).sum()))
-            if best is None or key < best[:2]:
-                best = (*key, float(eps), labels)
-        assert best is not None
-        _, _, self.eps_, labels = best
+        self.center_ = X.mean(axis=0)
+        self.scale_ = np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
+        Z = (X - self.center_) / self.scale_
+        self.fisher_ = fisher_scores(Z[known], y[known])
+        self.selected_ = select_features(Z[known], y[known], self.max_features, self.n_candidates)
+        Z = Z[:, self.selected_]
+        m = max(1, min(self.min_samples, Z.shape[0] - 1))
+        dist, _ = NearestNeighbors(n_neighbors=m + 1).fit(Z).kneighbors(Z[known])
+        self.eps_ = float(max(np.median(dist[:, -1]), 1e-9))
         model = DBSCAN(eps=self.eps_, min_samples=m).fit(Z)
-        labels = model.labels_
-        self.labels_ = labels
-        names: dict[int, str] = {}
-        lab_idx = np.flatnonzero(known)
-        for c in sorted(set(labels.tolist()) - {-1}):
-            members = y[(labels == c) & known]
+        self.labels_ = model.labels_
+        names = {}
+        for c in sorted(set(self.labels_.tolist()) - {-1}):  # the clusters
+            members = y[(self.labels_ == c) & known]
             if len(members):
                 values, counts = np.unique(members, return_counts=True)
                 names[c] = str(values[np.argmax(counts)])
-            else:  # the nearest labelled window names it
-                centroid = Z[labels == c].mean(axis=0)
-                near = lab_idx[np.argmin(((Z[lab_idx] - centroid) ** 2).sum(axis=1))]
-                names[c] = str(y[near])
         self.cluster_names_ = names
-        core = model.core_sample_indices_
-        if not len(core):
-            raise ModelError(f"{self.name}: DBSCAN found no core samples")
-        self.cores_ = Z[core]
-        self.core_names_ = np.array([names[int(labels[i])] for i in core], dtype=object)
+        core = np.array([i for i in model.core_sample_indices_ if int(self.labels_[i]) in names],
+                        dtype=np.int64)  # fmt: skip
+        lab = np.flatnonzero(known)
+        self.cores_ = np.vstack([Z[core].reshape(-1, Z.shape[1]), Z[lab]])
+        self.core_names_ = np.array([names[int(self.labels_[i])] for i in core] + y[lab].tolist(),
+                                    dtype=object)  # fmt: skip
         self._index()
+        self.reach_ = self.eps_
+        if self.nn_normal_ is not None:  # how far the fitted windows named normal lie
+            normal = self.predict_class_z(Z) == self.normal_label
+            k = min(2, self.nn_normal_.n_samples_fit_)
+            if normal.any():  # the nearest but itself, as a new window's would be
+                d = self.nn_normal_.kneighbors(Z[normal], n_neighbors=k)[0][:, -1]
+                self.reach_ = float(max(self.eps_, np.quantile(d, 0.99)))
 
     def _index(self) -> None:
         from sklearn.neighbors import NearestNeighbors
@@ -138,28 +154,33 @@ class FisherDBSCAN(PointDetector):
         self.nn_normal_ = NearestNeighbors(n_neighbors=1).fit(normal) if len(normal) else None
 
     def _z(self, X: np.ndarray) -> np.ndarray:
-        return (X[:, self.selected_] - self.center_) / self.scale_
+        return ((X - self.center_) / self.scale_)[:, self.selected_]
 
     def _own_threshold(self) -> float:
         return 1.0
 
     def predict_class(self, X: Any) -> np.ndarray:
-        """The class name of each window: the cluster of its nearest core sample."""
+        """The class name of each window: its nearest reference's."""
         X = self._matrix(X)
         self._check_fitted(X)
-        _, idx = self.nn_.kneighbors(self._z(X))
+        return self.predict_class_z(self._z(X))
+
+    def predict_class_z(self, Z: np.ndarray) -> np.ndarray:
+        """The class of each window already in the kept, standardised features."""
+        _, idx = self.nn_.kneighbors(Z)
         return self.core_names_[idx[:, 0]]
 
     def _score(self, X: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
         if self.nn_normal_ is None:
             return np.full(X.shape[0], np.inf)
         dist, _ = self.nn_normal_.kneighbors(self._z(X))
-        return dist[:, 0] / self.eps_
+        return dist[:, 0] / self.reach_
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return (
             {
                 "eps_": self.eps_,
+                "reach_": self.reach_,
                 "classes_": self.classes_,
                 "cluster_names_": {str(k): v for k, v in self.cluster_names_.items()},
                 "core_names_": self.core_names_.tolist(),
@@ -176,6 +197,7 @@ class FisherDBSCAN(PointDetector):
 
     def _load_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.eps_ = float(values["eps_"])
+        self.reach_ = float(values.get("reach_", self.eps_))
         self.classes_ = list(values["classes_"])
         self.cluster_names_ = {int(k): v for k, v in values["cluster_names_"].items()}
         self.core_names_ = np.array(values["core_names_"], dtype=object)

@@ -33,6 +33,18 @@ Features (names in `SyscallFeatures.names`):
     e.error_share share of the calls with a return value that returned < 0 (-errno)
     r.log_calls   ln(1 + calls in the window)
     r.log_rate    ln(1 + calls per second over the window's start to end)
+    t.gap_mean, t.gap_p50, t.gap_p95, t.gap_max
+                  of ln(1 + µs) from a call's exit to the same thread's next call (both
+                  in the window): the thread's running time in user space plus its wait
+                  for a CPU, what CPU faults (contention, throttling, busy code) change
+    t.busy_share  share of those threads' time spent inside calls
+    c.<family>.share, c.<family>.d_mean, c.<family>.d_p95
+                  per family of calls (wait: epoll/futex/poll/select/sleeps/accept; io:
+                  read/write/recv/send/pread/fsync...; other): its share of the calls and
+                  the mean and p95 of ln(1 + duration in µs)
+    k.<call>.d_mean
+                  mean ln(1 + duration in µs) of each of the `timed_calls` (8) commonest
+                  training calls (0 where the window has none)
 
 Everything is numpy over columns (sort, bincount, reduceat); the only loops run over the
 distinct sources and call names.
@@ -57,6 +69,21 @@ BY = ("thread", "instance")
 OTHER = "<other>"
 DURATION_FEATURES = ("d.mean", "d.p50", "d.p95", "d.max")
 TAIL_FEATURES = ("e.error_share", "r.log_calls", "r.log_rate")
+GAP_FEATURES = ("t.gap_mean", "t.gap_p50", "t.gap_p95", "t.gap_max", "t.busy_share")
+# Families of Linux system calls: those that block waiting for an event or a lock, and those
+# that move data (files, pipes, sockets); everything else is "other".
+WAIT_CALLS = frozenset({
+    "epoll_wait", "epoll_pwait", "epoll_pwait2", "futex", "futex_waitv", "poll", "ppoll",
+    "select", "pselect6", "nanosleep", "clock_nanosleep", "wait4", "waitid", "pause",
+    "sched_yield", "rt_sigtimedwait", "accept", "accept4",
+})  # fmt: skip
+IO_CALLS = frozenset({
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
+    "preadv2", "pwritev2", "recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg",
+    "sendmmsg", "sendfile", "splice", "io_uring_enter", "fsync", "fdatasync",
+})  # fmt: skip
+CALL_CLASSES = ("wait", "io", "other")
+CLASS_FEATURES = tuple(f"c.{k}.{s}" for k in CALL_CLASSES for s in ("share", "d_mean", "d_p95"))
 KEY_NAMES = ("run", "service", "instance", "thread", "start_ns", "end_ns")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": NS, "m": 60 * NS, "h": 3600 * NS}
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -358,6 +385,35 @@ def _quantiles(win: np.ndarray, v: np.ndarray, n_win: int, qs: tuple[float, ...]
     return out
 
 
+def _gaps(windows: SyscallWindows, win: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per window: mean, p50, p95 and max of ln(1 + µs) between a call's exit and the same
+    thread's next call (both in the window), and the share of the threads' time inside calls."""
+    c, n_win = windows.calls, windows.n
+    prev = c.prev[idx]
+    ok = prev >= windows.lo[win]  # the thread's previous call is in the window
+    gap = np.maximum(c.time[idx[ok]] - c.end[prev[ok]], 0).astype(np.float64)
+    stats = _quantiles(win[ok], np.log1p(gap / 1e3), n_win, (0.5, 0.95))
+    inside = np.maximum(c.end[prev[ok]] - c.time[prev[ok]], 0).astype(np.float64)
+    busy = np.bincount(win[ok], weights=inside, minlength=n_win)
+    idle = np.bincount(win[ok], weights=gap, minlength=n_win)
+    return np.column_stack([stats, busy / np.maximum(busy + idle, 1)])
+
+
+def _call_classes(windows: SyscallWindows, win: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per window and family of calls (CALL_CLASSES): its share of the calls, and the mean
+    and p95 of ln(1 + µs) of its calls with an exit."""
+    c, n_win, K = windows.calls, windows.n, len(CALL_CLASSES)
+    family = np.array([0 if n in WAIT_CALLS else 1 if n in IO_CALLS else 2 for n in c.names],
+                      dtype=np.int64)[c.name[idx]]  # fmt: skip
+    share = np.bincount(win * K + family, minlength=n_win * K).reshape(n_win, K)
+    share = share / np.maximum(share.sum(axis=1), 1)[:, None]
+    d = c.log_dur[idx]
+    known = np.isfinite(d)
+    stats = _quantiles(win[known] * K + family[known], d[known], n_win * K, (0.95,))
+    stats = stats[:, :2].reshape(n_win, K, 2)  # mean, p95
+    return np.concatenate([share[:, :, None], stats], axis=2).reshape(n_win, 3 * K)
+
+
 @dataclass
 class SyscallFeatures:
     """The vocabulary of calls and the feature map of windows (see the module docstring)."""
@@ -365,21 +421,28 @@ class SyscallFeatures:
     max_vocab: int = 64
     width: int = 32
     vocabulary: list[str] = field(default_factory=list)
+    timed_calls: int = 8
+    timed: list[str] = field(default_factory=list)
 
     def fit(self, windows: SyscallWindows) -> SyscallFeatures:
-        """Learn the vocabulary: the commonest calls of the windows (ties by name)."""
+        """Learn the vocabulary: the commonest calls of the windows (ties by name), and the
+        `timed_calls` commonest of them whose durations are features of their own."""
         _, idx = _expand(windows.lo, windows.hi)
         counts = np.bincount(windows.calls.name[idx], minlength=len(windows.calls.names))
         order = np.lexsort((windows.calls.names.astype(str), -counts))
         order = order[counts[order] > 0][: self.max_vocab]
         self.vocabulary = sorted(str(windows.calls.names[i]) for i in order)
+        self.timed = [str(windows.calls.names[i]) for i in order[: self.timed_calls]]
         return self
 
     @property
     def names(self) -> list[str]:
         """The feature names, in column order."""
         calls = [f"f.{c}" for c in (*self.vocabulary, OTHER)]
-        return calls + [f"g.{k}" for k in range(self.width)] + [*DURATION_FEATURES, *TAIL_FEATURES]  # fmt: skip
+        bigrams = [f"g.{k}" for k in range(self.width)]
+        timed = [f"k.{c}.d_mean" for c in self.timed]
+        return [*calls, *bigrams, *DURATION_FEATURES, *TAIL_FEATURES, *GAP_FEATURES,
+                *CLASS_FEATURES, *timed]  # fmt: skip
 
     def transform(self, windows: SyscallWindows) -> np.ndarray:
         """The feature matrix of the windows."""
@@ -391,7 +454,23 @@ class SyscallFeatures:
         code = np.array([slot.get(str(n), V) for n in c.names], dtype=np.int64)[c.name]
         freq = np.bincount(win * (V + 1) + code[idx], minlength=n_win * (V + 1))
         freq = freq.reshape(n_win, V + 1) / np.maximum(lens, 1)[:, None]
-        return np.hstack([freq, self._bigrams(windows, win, idx), self._tail(windows, win, idx, lens)])  # fmt: skip
+        return np.hstack([
+            freq, self._bigrams(windows, win, idx), self._tail(windows, win, idx, lens),
+            _gaps(windows, win, idx), _call_classes(windows, win, idx),
+            self._timed(windows, win, idx),
+        ])  # fmt: skip
+
+    def _timed(self, windows: SyscallWindows, win: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Mean ln(1 + µs) of each timed call in the window (0 where it has none)."""
+        c, n_win, K = windows.calls, windows.n, len(self.timed)
+        slot = {name: i for i, name in enumerate(self.timed)}
+        code = np.array([slot.get(str(n), -1) for n in c.names], dtype=np.int64)[c.name[idx]]
+        d = c.log_dur[idx]
+        ok = (code >= 0) & np.isfinite(d)
+        cell = win[ok] * K + code[ok]
+        total = np.bincount(cell, weights=d[ok], minlength=n_win * K)
+        count = np.bincount(cell, minlength=n_win * K)
+        return (total / np.maximum(count, 1)).reshape(n_win, K)
 
     def _bigrams(self, windows: SyscallWindows, win: np.ndarray, idx: np.ndarray) -> np.ndarray:
         c, n_win = windows.calls, windows.n
@@ -421,9 +500,11 @@ class SyscallFeatures:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        return {"max_vocab": self.max_vocab, "width": self.width, "vocabulary": self.vocabulary}
+        return {"max_vocab": self.max_vocab, "width": self.width, "vocabulary": self.vocabulary,
+                "timed_calls": self.timed_calls, "timed": self.timed}  # fmt: skip
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SyscallFeatures:
         """The features written by `to_json`."""
-        return cls(int(doc["max_vocab"]), int(doc["width"]), [str(v) for v in doc["vocabulary"]])
+        return cls(int(doc["max_vocab"]), int(doc["width"]), [str(v) for v in doc["vocabulary"]],
+                   int(doc.get("timed_calls", 0)), [str(v) for v in doc.get("timed", [])])  # fmt: skip

@@ -67,7 +67,7 @@ class ClassifyOptions:
     target_fpr: float = 0.01  # ecod
     max_vocab: int = 64
     width: int = 32
-    fisher_features: int = 5
+    fisher_features: int = 12
     random_state: int = 0
 
     def spec(self) -> WindowSpec:
@@ -282,7 +282,7 @@ def fit_method(method: str, X: np.ndarray, y: np.ndarray, options: ClassifyOptio
     if method == "fisher-dbscan":
         known = _labelled_mask(y, options.labelled, seed)
         semi = np.where(known, y, "").astype(object)
-        det = FisherDBSCAN(n_features=options.fisher_features, random_state=seed)
+        det = FisherDBSCAN(max_features=options.fisher_features, random_state=seed)
         return det.fit(X, semi)
     normal = X[y == NORMAL]
     if len(normal) < 10:
