@@ -1298,7 +1298,7 @@ _CLASSIFY_FIELDS = (
     ("target_fpr", ClassifyFprOpt, 0.01),
     ("max_vocab", VocabOpt, 64),
     ("width", WidthOpt, 32),
-    ("fisher_features", FisherOpt, 12),
+    ("fisher_features", FisherOpt, 80),
     ("seed", SeedOpt, 0),  # random_state
 )
 

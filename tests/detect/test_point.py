@@ -11,7 +11,7 @@ import pytest
 
 from spanomaly.detect.base import Detector, detectors
 from spanomaly.detect.point import ECOD, PeerDetector, group_median
-from spanomaly.detect.semisupervised import FisherDBSCAN, fisher_scores
+from spanomaly.detect.semisupervised import FisherDBSCAN, fisher_scores, spread
 from spanomaly.detect.svm import FaultTypeSVM
 
 UNSUPERVISED = sorted(n for n, c in detectors("point").items() if not c.requires_labels)
@@ -167,6 +167,35 @@ def test_semi_supervised_with_five_percent_labelled() -> None:
     assert flagged[y != "normal"].mean() >= 0.9 and flagged[y == "normal"].mean() <= 0.1
 
 
+def test_labels_spread_along_their_cluster_not_to_the_nearest_label() -> None:
+    x = np.arange(0, 10.01, 0.1)
+    chains = np.vstack([np.column_stack([x, np.zeros_like(x)]), np.column_stack([x, np.full_like(x, 2.0)])])  # fmt: skip
+    W = np.vstack([chains, [[30.0, 30.0]]])  # and one window far from both
+    y = np.array(["a"] * len(x) + ["b"] * len(x) + [""], dtype=object)
+    labelled = np.zeros(len(W), dtype=bool)
+    labelled[[0, 2 * len(x) - 1]] = True  # chain a at x = 0, chain b at x = 10
+    clusters, names = spread(W, y, labelled, m=3, eps=0.3)
+    assert len(set(clusters[:-1].tolist())) == 2 and clusters[-1] == -1
+    # (9.9, 0) lies 2.0 from b's label and 9.9 from a's: it is still a's, along its chain
+    assert (names[: len(x)] == "a").all() and (names[len(x) : -1] == "b").all()
+    assert names[-1] == ""
+
+
+def test_semi_supervised_by_run_chooses_its_space_on_labels_alone(tmp_path: Path) -> None:
+    X, y = typed_windows(1200, 4)
+    runs = np.repeat(np.arange(3), 400)
+    labelled = np.random.default_rng(5).random(len(y)) < 0.05
+    det = FisherDBSCAN(features_grid=(2, 10), eps_grid=(1.0, 2.0)).fit(
+        X, np.where(labelled, y, None), groups=runs
+    )
+    assert det.k_ == 10 and det.eps_factor_ in (1.0, 2.0)  # 2 features cannot tell 5 types
+    assert (det.predict_class(X) == y).mean() >= 0.9
+    det.save(tmp_path)
+    back = FisherDBSCAN.load(tmp_path)
+    assert (back.k_, back.eps_factor_) == (det.k_, det.eps_factor_)
+    assert (back.predict_class(X) == det.predict_class(X)).all()
+
+
 def test_svm_names_fault_types(tmp_path: Path) -> None:
     X, y = typed_windows(600, 6)
     det = FaultTypeSVM().fit(X, y)
@@ -178,3 +207,17 @@ def test_svm_names_fault_types(tmp_path: Path) -> None:
     back = FaultTypeSVM.load(tmp_path)
     assert (back.predict_class(X_new) == det.predict_class(X_new)).all()
     assert back.cv_accuracy_ == pytest.approx(det.cv_accuracy_)
+
+
+def test_svm_search_picks_c_and_gamma_by_group(tmp_path: Path) -> None:
+    X, y = typed_windows(600, 6)
+    runs = np.repeat(np.arange(3), 200)
+    grid = {"C_grid": (0.01, 10.0), "gamma_grid": (0.3,)}
+    det = FaultTypeSVM(search=True, **grid).fit(X, y, groups=runs)
+    assert det.C_ == 10.0 and det.gamma_ == pytest.approx(0.3 / X.shape[1])  # 0.01 underfits
+    assert FaultTypeSVM(search=True, **grid).fit(X, y).C_ == 10.0  # no groups: C kept
+    det.save(tmp_path)
+    back = FaultTypeSVM.load(tmp_path)
+    assert (back.C_, back.gamma_) == (det.C_, det.gamma_)
+    X_new, _ = typed_windows(100, 7)
+    assert (back.predict_class(X_new) == det.predict_class(X_new)).all()

@@ -98,20 +98,33 @@ def test_windows_by_calls_per_instance_interleave_threads() -> None:
 def test_windows_by_time_per_thread_and_per_instance() -> None:
     w = call_windows(tiny(), WindowSpec(20, 10, "time", "thread"))
     rows = list(zip(w.column("thread"), w.column("start_ns"), w.hi - w.lo, strict=True))
-    # thread 1 (calls at 10..50): starts 0, 10, ..., 50; thread 2 (15, 25): 0, 10, 20
-    assert rows == [(1, 0, 1), (1, 10, 2), (1, 20, 2), (1, 30, 2), (1, 40, 2), (1, 50, 1),
-                    (2, 0, 1), (2, 10, 2), (2, 20, 1)]  # fmt: skip
+    # the instance's calls span 10..50, so windows start at 10, 20, 30 (end 30, 40, 50);
+    # thread 1 (calls at 10..50) has two calls in each; thread 2 (15, 25) two, one, none
+    assert rows == [(1, 10, 2), (1, 20, 2), (1, 30, 2), (2, 10, 2), (2, 20, 1)]
     assert (w.column("end_ns") - w.column("start_ns") == 20).all()
     w = call_windows(tiny(), WindowSpec(20, 10, "time", "instance", min_calls=3))
     assert list(zip(w.column("start_ns"), w.hi - w.lo, strict=True)) == [(10, 4), (20, 3)]
     X = SyscallFeatures(width=4).fit(w).transform(w)
     # epoll_wait read write <other>, bigrams, durations and the rest, gaps, call families,
-    # the three calls' own durations
-    assert X.shape == (2, 4 + 4 + 7 + 5 + 9 + 3)
+    # the three calls' own durations, return values
+    assert X.shape == (2, 4 + 4 + 7 + 5 + 9 + 3 + 10)
+
+
+def test_return_values_per_direction_and_error() -> None:
+    w = call_windows(tiny(), WindowSpec(7, 7, "calls", "instance"))
+    f = SyscallFeatures(width=4).fit(w)
+    col = {n: v for n, v in zip(f.names, f.transform(w)[0], strict=True)}
+    # reads returned 1, 0 and 3 bytes (one unfinished); the one write -EAGAIN
+    assert col["v.in.bytes_mean"] == pytest.approx(math.log(8) / 3)
+    assert col["v.in.bytes_p95"] == pytest.approx(math.log(2) + 0.9 * math.log(2))
+    assert col["v.in.zero_share"] == pytest.approx(1 / 3)
+    assert col["v.in.rate"] == pytest.approx(math.log1p(4 / 5040e-9))
+    assert [col[f"v.out.{s}"] for s in ("bytes_mean", "zero_share", "rate")] == [0, 0, 0]
+    assert col["v.eagain_share"] == pytest.approx(1 / 6) and col["v.fail_share"] == 0
 
 
 def test_unseen_calls_fall_in_the_other_slot() -> None:
-    spec = WindowSpec(20, 20, "time", "thread")
+    spec = WindowSpec(2, 1, "calls", "thread")
     w = call_windows(tiny(), spec)
     f = SyscallFeatures(max_vocab=1, width=2).fit(w)
     assert f.vocabulary == ["read"]
@@ -119,6 +132,14 @@ def test_unseen_calls_fall_in_the_other_slot() -> None:
     assert X[:, 0] + X[:, 1] == pytest.approx(np.ones(w.n))
     again = SyscallFeatures.from_json(f.to_json())
     assert np.array_equal(again.transform(w), X)
+
+
+def test_time_windows_lie_within_the_recording() -> None:
+    # a window lies within the recording, from its first call to its last: the instance's
+    # calls span 10..50, so 10, 20 and 30 start windows, 0 and 40 do not
+    w = call_windows(tiny(), WindowSpec(20, 10, "time", "instance"))
+    assert w.column("start_ns").tolist() == [10, 20, 30]
+    assert call_windows(tiny(), WindowSpec(50, 10, "time", "instance")).n == 0
 
 
 def test_row_order_does_not_change_the_windows() -> None:
@@ -156,7 +177,7 @@ def test_gaps_between_calls_and_call_families() -> None:
     t = t.set_column(1, "duration_ns", pa.array([r[1] for r in rows], pa.int64()))
     t = t.set_column(2, "name", pa.array([r[2] for r in rows]))
     t = t.set_column(5, "tid", pa.array([1, 1, 1], pa.int64()))
-    w = call_windows(t, WindowSpec(20000, 20000, "time", "instance"))
+    w = call_windows(t, WindowSpec(3, 3, "calls", "instance"))
     f = SyscallFeatures(width=2, timed_calls=2).fit(w)
     assert f.timed == ["futex", "read"]  # one call each: ties by name
     col = dict(zip(f.names, f.transform(w)[0], strict=True))

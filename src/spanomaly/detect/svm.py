@@ -15,6 +15,13 @@ from a sigmoid (Platt) calibration of the same SVM over a seeded stratified k-fo
 (`CalibratedClassifierCV(ensemble=False)`, what scikit-learn 1.9 puts in place of
 `SVC(probability=True)`; one-hot where a class has a single window). The model file keeps the training windows
 and labels and refits on load (deterministic); no pickle.
+
+With `search=True` and `groups` (one id per window: the run it was recorded in; windows of
+one run are not independent), C and gamma are chosen by a grid search (`C_grid`; gamma =
+each of `gamma_grid` / the number of features, around scikit-learn's "scale" on
+standardised features) cross-validated by group (GroupKFold, at most 3 folds), best macro
+F1; they are learned state (`C_`, `gamma_`). Without groups, or with one group, the given
+C and gamma are kept.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ class FaultTypeSVM(PointDetector):
         normal_label: str = "normal",
         cv_folds: int = 5,
         probability: bool = False,
+        search: bool = False,
+        C_grid: tuple[float, ...] = (1.0, 10.0, 100.0),
+        gamma_grid: tuple[float, ...] = (0.1, 0.3, 1.0),
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -55,6 +65,25 @@ class FaultTypeSVM(PointDetector):
         self.normal_label = normal_label
         self.cv_folds = cv_folds
         self.probability = probability
+        self.search = search
+        self.C_grid = tuple(C_grid)  # a list once read back from JSON
+        self.gamma_grid = tuple(gamma_grid)
+
+    def _search(self, X: np.ndarray, codes: np.ndarray, groups: np.ndarray | None) -> None:
+        """C_ and gamma_: the grid's best macro F1 by group, else C and gamma."""
+        from sklearn.model_selection import GridSearchCV, GroupKFold
+
+        self.C_, self.gamma_ = float(self.C), self.gamma
+        n_groups = 0 if groups is None else len(np.unique(groups))
+        if not self.search or n_groups < 2:
+            return
+        grid = {"svc__C": [float(c) for c in self.C_grid],
+                "svc__gamma": [float(g) / X.shape[1] for g in self.gamma_grid]}  # fmt: skip
+        cv = GroupKFold(n_splits=min(3, n_groups))
+        found = GridSearchCV(self._estimator(), grid, scoring="f1_macro", cv=cv)
+        found.fit(X, codes, groups=groups)
+        self.C_ = float(found.best_params_["svc__C"])
+        self.gamma_ = float(found.best_params_["svc__gamma"])
 
     def _estimator(self) -> Any:
         from sklearn.pipeline import make_pipeline
@@ -64,8 +93,8 @@ class FaultTypeSVM(PointDetector):
         return make_pipeline(
             StandardScaler(),
             SVC(
-                C=self.C,
-                gamma=self.gamma,
+                C=getattr(self, "C_", self.C),
+                gamma=getattr(self, "gamma_", self.gamma),
                 class_weight="balanced",
                 decision_function_shape="ovr",
                 random_state=self.random_state,
@@ -83,6 +112,7 @@ class FaultTypeSVM(PointDetector):
             raise ModelError(f"{self.name}: needs at least two classes")
         self.classes_ = [str(c) for c in classes]
         codes = np.searchsorted(classes, y)
+        self._search(X, codes, groups)
         folds = int(min(self.cv_folds, counts.min()))
         if folds >= 2:
             cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
@@ -141,6 +171,8 @@ class FaultTypeSVM(PointDetector):
             {
                 "classes_": self.classes_,
                 "cv_accuracy_": None if np.isnan(self.cv_accuracy_) else self.cv_accuracy_,
+                "C_": self.C_,
+                "gamma_": self.gamma_,
             },
             {"X_train_": self.X_train_, "y_train_": self.y_train_},
         )
@@ -149,6 +181,8 @@ class FaultTypeSVM(PointDetector):
         self.classes_ = list(values["classes_"])
         cv = values["cv_accuracy_"]
         self.cv_accuracy_ = float("nan") if cv is None else float(cv)
+        self.C_ = float(values.get("C_", self.C))
+        self.gamma_ = values.get("gamma_", self.gamma)
         self.X_train_ = np.asarray(arrays["X_train_"], dtype=np.float64)
         self.y_train_ = np.asarray(arrays["y_train_"]).astype(np.int64)
         self._refit()

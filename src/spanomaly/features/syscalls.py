@@ -10,8 +10,10 @@ A window holds the calls of one thread (`by="thread"`: run, service, instance, t
 one instance (`by="instance"`: run, service, instance; its threads interleaved in time):
 `length` calls every `stride` calls (only whole windows: a thread with fewer calls gives
 none), or the calls entering in [start, start + length) with starts on the multiples of
-`stride` ns since the epoch (so the windows of all threads and instances line up), empty
-windows and those under `min_calls` left out.
+`stride` ns since the epoch (so the windows of all threads and instances line up), only
+windows the recording covers whole (from the first to the last call of the thread's
+instance in the run: a window cut by the start or end of tracing holds a fraction of its
+calls, unlike any other), empty windows and those under `min_calls` left out.
 
 Each window carries run, service, instance, thread (tid; null per instance), start_ns and
 end_ns (calls: the first call's entry to the latest exit; time: the window's bounds). The
@@ -45,6 +47,16 @@ Features (names in `SyscallFeatures.names`):
     k.<call>.d_mean
                   mean ln(1 + duration in µs) of each of the `timed_calls` (8) commonest
                   training calls (0 where the window has none)
+    v.<dir>.bytes_mean, v.<dir>.bytes_p95, v.<dir>.zero_share, v.<dir>.rate
+                  what the calls that move data returned, per direction (in: read, recv,
+                  pread...; out: write, send, pwrite...): mean and p95 of ln(1 + bytes)
+                  over the successful calls, the share that returned 0 (end of file: a
+                  closed connection), ln(1 + bytes per second); a response that shrinks
+                  (an error page, an empty result) or connections that close show here
+    v.eagain_share, v.fail_share
+                  of the calls with a return value: the share that returned -EAGAIN
+                  (a non-blocking call with nothing to do yet) and the share of the other
+                  errors (resets, broken pipes, missing files)
 
 Everything is numpy over columns (sort, bincount, reduceat); the only loops run over the
 distinct sources and call names.
@@ -82,8 +94,20 @@ IO_CALLS = frozenset({
     "preadv2", "pwritev2", "recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg",
     "sendmmsg", "sendfile", "splice", "io_uring_enter", "fsync", "fdatasync",
 })  # fmt: skip
+IN_CALLS = frozenset({
+    "read", "readv", "pread64", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg",
+})  # fmt: skip
+OUT_CALLS = frozenset({
+    "write", "writev", "pwrite64", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg",
+    "sendfile",
+})  # fmt: skip
+EAGAIN = 11  # Linux's errno of "try again" (EWOULDBLOCK too), the same on every arch it runs
 CALL_CLASSES = ("wait", "io", "other")
 CLASS_FEATURES = tuple(f"c.{k}.{s}" for k in CALL_CLASSES for s in ("share", "d_mean", "d_p95"))
+RETURN_FEATURES = (
+    *(f"v.{d}.{s}" for d in ("in", "out") for s in ("bytes_mean", "bytes_p95", "zero_share", "rate")),
+    "v.eagain_share", "v.fail_share",
+)  # fmt: skip
 KEY_NAMES = ("run", "service", "instance", "thread", "start_ns", "end_ns")
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": NS, "m": 60 * NS, "h": 3600 * NS}
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -174,6 +198,7 @@ class Calls:
     names: np.ndarray  # distinct call names, sorted
     prev: np.ndarray  # the previous call of the same thread in the group, or -1
     keys: pa.Table  # per group: run, service, instance, thread
+    recording: np.ndarray  # per group: its (run, service, instance), a code
 
     @property
     def n(self) -> int:
@@ -233,7 +258,17 @@ def prepare(table: pa.Table, by: str = "thread") -> Calls:
         names=names,
         prev=_previous_of_thread(group, tid),
         keys=keys,
+        recording=_recordings(uniq),
     )
+
+
+def _recordings(uniq: np.ndarray) -> np.ndarray:
+    """Per group (run, service, instance, thread codes): a code of its run, service and
+    instance."""
+    if not len(uniq):
+        return np.zeros(0, dtype=np.int64)
+    ident = np.rec.fromarrays([uniq["f0"], uniq["f1"], uniq["f2"]])
+    return np.unique(ident, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def _previous_of_thread(group: np.ndarray, tid: np.ndarray) -> np.ndarray:
@@ -332,12 +367,26 @@ def call_windows(table: pa.Table, spec: WindowSpec) -> SyscallWindows:
         end = start + L
         lo = _rows_before(calls.group, calls.time, owner, start)
         hi = _rows_before(calls.group, calls.time, owner, end)
+        first_t, last_t = _recording_bounds(calls.recording, t0, t1, has)
+        rec = calls.recording[owner]
+        covered = (start >= first_t[rec]) & (end <= last_t[rec])
+        lo, hi = np.where(covered, lo, 0), np.where(covered, hi, 0)  # not covered: empty
     keep = (hi - lo) >= spec.min_calls
     owner, lo, hi, start, end = owner[keep], lo[keep], hi[keep], start[keep], end[keep]
     keys = calls.keys.take(pa.array(owner, pa.int64()))
     keys = keys.append_column("start_ns", pa.array(start, pa.int64()))
     keys = keys.append_column("end_ns", pa.array(end, pa.int64()))
     return SyscallWindows(calls, lo, hi, keys, spec)
+
+
+def _recording_bounds(recording: np.ndarray, t0: np.ndarray, t1: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per recording: the time of its first and last call, from those of its groups."""
+    n = int(recording.max()) + 1 if len(recording) else 0
+    first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first, recording[has], t0[has])  # per group: thousands at most
+    np.maximum.at(last, recording[has], t1[has])
+    return first, last
 
 
 def _range_max(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -414,6 +463,28 @@ def _call_classes(windows: SyscallWindows, win: np.ndarray, idx: np.ndarray) -> 
     return np.concatenate([share[:, :, None], stats], axis=2).reshape(n_win, 3 * K)
 
 
+def _returns(windows: SyscallWindows, win: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per window: RETURN_FEATURES (see the module docstring)."""
+    c, n_win = windows.calls, windows.n
+    r = c.ret[idx]
+    has = np.isfinite(r)
+    seconds = np.maximum(windows.column("end_ns") - windows.column("start_ns"), 1000) / NS
+    cols = []
+    for calls in (IN_CALLS, OUT_CALLS):  # two directions
+        of = np.array([str(n) in calls for n in c.names], dtype=bool)[c.name[idx]]
+        ok = of & has & (r >= 0)
+        size = np.log1p(np.where(ok, r, 0))
+        stats = _quantiles(win[ok], size[ok], n_win, (0.95,))[:, :2]
+        n_ok = np.bincount(win[ok], minlength=n_win)
+        zero = np.bincount(win[ok], weights=(r[ok] == 0), minlength=n_win)
+        total = np.bincount(win[ok], weights=r[ok], minlength=n_win)
+        cols += [stats, (zero / np.maximum(n_ok, 1))[:, None], np.log1p(total / seconds)[:, None]]
+    n_ret = np.maximum(np.bincount(win[has], minlength=n_win), 1)
+    eagain = np.bincount(win[has], weights=(r[has] == -EAGAIN), minlength=n_win)
+    fail = np.bincount(win[has], weights=(r[has] < 0) & (r[has] != -EAGAIN), minlength=n_win)
+    return np.column_stack([*cols, eagain / n_ret, fail / n_ret])
+
+
 @dataclass
 class SyscallFeatures:
     """The vocabulary of calls and the feature map of windows (see the module docstring)."""
@@ -442,7 +513,7 @@ class SyscallFeatures:
         bigrams = [f"g.{k}" for k in range(self.width)]
         timed = [f"k.{c}.d_mean" for c in self.timed]
         return [*calls, *bigrams, *DURATION_FEATURES, *TAIL_FEATURES, *GAP_FEATURES,
-                *CLASS_FEATURES, *timed]  # fmt: skip
+                *CLASS_FEATURES, *timed, *RETURN_FEATURES]  # fmt: skip
 
     def transform(self, windows: SyscallWindows) -> np.ndarray:
         """The feature matrix of the windows."""
@@ -457,7 +528,7 @@ class SyscallFeatures:
         return np.hstack([
             freq, self._bigrams(windows, win, idx), self._tail(windows, win, idx, lens),
             _gaps(windows, win, idx), _call_classes(windows, win, idx),
-            self._timed(windows, win, idx),
+            self._timed(windows, win, idx), _returns(windows, win, idx),
         ])  # fmt: skip
 
     def _timed(self, windows: SyscallWindows, win: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ such a fault only partly overlaps is left out of training and evaluation; all ot
 `normal`. The run of a metric window is the system-call run whose time range it overlaps,
 else its stretch of metric windows (no gap over 5 windows), named `time:<start_ns>`.
 
-Methods: `svm` (FaultTypeSVM: balanced class weights, probabilities by Platt scaling),
+Methods: `svm` (FaultTypeSVM: balanced class weights, C and gamma by a grid search
+cross-validated by run within the training windows, probabilities by Platt scaling),
 `fisher-dbscan` (FisherDBSCAN with a labelled fraction of the training windows, drawn per
 class so each class has one at least; k = the labelled classes), `ecod` (ECOD on the normal
 training windows, threshold at target_fpr on a held-out share of them: normal or
@@ -67,7 +68,7 @@ class ClassifyOptions:
     target_fpr: float = 0.01  # ecod
     max_vocab: int = 64
     width: int = 32
-    fisher_features: int = 12
+    fisher_features: int = 80
     random_state: int = 0
 
     def spec(self) -> WindowSpec:
@@ -267,8 +268,9 @@ def _labelled_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def fit_method(method: str, X: np.ndarray, y: np.ndarray, options: ClassifyOptions) -> PointDetector:  # fmt: skip
-    """The fitted detector of a method on the training windows and their labels."""
+def fit_method(method: str, X: np.ndarray, y: np.ndarray, options: ClassifyOptions,
+               runs: np.ndarray | None = None) -> PointDetector:  # fmt: skip
+    """The fitted detector of a method on the training windows, their labels and runs."""
     from spanomaly.detect.point import ECOD
     from spanomaly.detect.semisupervised import FisherDBSCAN
     from spanomaly.detect.svm import FaultTypeSVM
@@ -278,12 +280,13 @@ def fit_method(method: str, X: np.ndarray, y: np.ndarray, options: ClassifyOptio
         raise InputError(f"--method {method}: the training windows have one class only "
                          f"({y[0] if len(y) else 'none'}); it needs faults too")  # fmt: skip
     if method == "svm":
-        return FaultTypeSVM(probability=True, cv_folds=0, random_state=seed).fit(X, y)
+        svm = FaultTypeSVM(probability=True, cv_folds=0, search=True, random_state=seed)
+        return svm.fit(X, y, groups=runs)
     if method == "fisher-dbscan":
         known = _labelled_mask(y, options.labelled, seed)
         semi = np.where(known, y, "").astype(object)
         det = FisherDBSCAN(max_features=options.fisher_features, random_state=seed)
-        return det.fit(X, semi)
+        return det.fit(X, semi, groups=runs)
     normal = X[y == NORMAL]
     if len(normal) < 10:
         raise InputError(f"--method ecod: {len(normal)} normal training windows, need 10")
@@ -317,7 +320,8 @@ def train_classifier(
     options.check()
     data, y = labelled_data(store, options, lo, hi)
     feats = _features(options).fit(data.windows)
-    det = fit_method(options.method, feats.transform(data.windows), y, options)
+    det = fit_method(options.method, feats.transform(data.windows), y, options,
+                     data.column("run"))  # fmt: skip
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     det.save(out, PREFIX)
@@ -381,18 +385,30 @@ def _folds(groups: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarray]
     return list(splitter.split(np.zeros(len(groups)), groups=groups))
 
 
+def _fold_matrices(data: Data, options: ClassifyOptions,
+                   splits: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Per fold: the training and test windows' features, the vocabulary fitted on the
+    training fold (once for every method)."""
+    out = []
+    runs = data.column("run")
+    for train, test in splits:  # a few folds
+        assert not set(runs[train].tolist()) & set(runs[test].tolist())
+        feats = _features(options).fit(data.take(train).windows)
+        out.append((feats.transform(data.take(train).windows), feats.transform(data.take(test).windows)))  # fmt: skip
+    return out
+
+
 def _cross_validate(data: Data, y: np.ndarray, method: str, options: ClassifyOptions,
-                    splits: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:  # fmt: skip
+                    splits: list[tuple[np.ndarray, np.ndarray]],
+                    matrices: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:  # fmt: skip
     """Out-of-fold predictions of one method and its figures."""
     from spanomaly.evaluate import classes as figures
 
     predicted = np.full(len(y), "", dtype=object)
     runs = data.column("run")
-    for train, test in splits:  # a few folds
-        assert not set(runs[train].tolist()) & set(runs[test].tolist())
-        feats = _features(options).fit(data.take(train).windows)
-        det = fit_method(method, feats.transform(data.take(train).windows), y[train], options)
-        predicted[test] = predict(det, feats.transform(data.take(test).windows))[0]
+    for (train, test), (X_train, X_test) in zip(splits, matrices, strict=True):  # a few folds
+        det = fit_method(method, X_train, y[train], options, runs[train])
+        predicted[test] = predict(det, X_test)[0]
     if method == "ecod":
         doc = figures.binary(y != NORMAL, predicted != NORMAL)
         doc["matrix"] = figures.report(np.where(y == NORMAL, NORMAL, ANOMALOUS), predicted, [NORMAL, ANOMALOUS])  # fmt: skip
@@ -420,6 +436,7 @@ def evaluate_classifiers(
     data, y = labelled_data(store, options, lo, hi)
     runs = data.column("run")
     splits = _folds(runs, folds)
+    matrices = _fold_matrices(data, options, splits)
     classes, counts = np.unique(y, return_counts=True)
     return {
         "on": options.on,
@@ -429,6 +446,7 @@ def evaluate_classifiers(
         "folds": len(splits),
         "classes": {str(c): int(n) for c, n in zip(classes, counts, strict=True)},
         "methods": {
-            m: _cross_validate(data, y, m, replace(options, method=m), splits) for m in methods
+            m: _cross_validate(data, y, m, replace(options, method=m), splits, matrices)
+            for m in methods
         },
     }
