@@ -4,6 +4,7 @@ with 5 % of the windows labelled, and the SVM naming fault types."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from spanomaly.detect.base import Detector, detectors
 from spanomaly.detect.point import ECOD, PeerDetector, group_median
 from spanomaly.detect.semisupervised import FisherDBSCAN, fisher_scores, spread
 from spanomaly.detect.svm import FaultTypeSVM
+from spanomaly.errors import ModelError
 
 UNSUPERVISED = sorted(n for n, c in detectors("point").items() if not c.requires_labels)
 D = 8
@@ -194,6 +196,14 @@ def test_semi_supervised_by_run_chooses_its_space_on_labels_alone(tmp_path: Path
     back = FisherDBSCAN.load(tmp_path)
     assert (back.k_, back.eps_factor_) == (det.k_, det.eps_factor_)
     assert (back.predict_class(X) == det.predict_class(X)).all()
+    # a model saved before k and eps were chosen: a one-line error, not a KeyError
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["state"]["k_"]
+    config["params"]["n_candidates"] = 30
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="retrain") as err:
+        FisherDBSCAN.load(tmp_path)
+    assert "\n" not in str(err.value)
 
 
 def test_svm_names_fault_types(tmp_path: Path) -> None:

@@ -336,12 +336,16 @@ class Detector:
                 f"detector {name}: state version {config.get('state_version')} is not "
                 f"{STATE_VERSION}; retrain with this version of spanomaly"
             )
-        det = known[name](**config["params"])
-        for k, v in config["fitted"].items():
-            setattr(det, k, float("inf") if v is None and k == "threshold_" else v)
-        for k in det._COMMON_ARRAYS:
-            setattr(det, k, np.asarray(arrays[k], dtype=np.float64))
-        det._load_state(config["state"], arrays)
+        try:  # a detector whose parameters or state changed since the model was saved
+            det = known[name](**config["params"])
+            for k, v in config["fitted"].items():
+                setattr(det, k, float("inf") if v is None and k == "threshold_" else v)
+            for k in det._COMMON_ARRAYS:
+                setattr(det, k, np.asarray(arrays[k], dtype=np.float64))
+            det._load_state(config["state"], arrays)
+        except (TypeError, KeyError) as exc:
+            raise ModelError(f"detector {name}: the saved model does not fit this version of "
+                             f"spanomaly ({type(exc).__name__}: {exc}); retrain") from exc  # fmt: skip
         return det  # type: ignore[return-value]
 
     def save(self, directory: str | Path, prefix: str = "") -> None:
