@@ -67,12 +67,11 @@ def _labels(y: Any) -> np.ndarray:
     return np.array(["" if v is None else str(v) for v in y], dtype=object)
 
 
-def fisher_space(Z: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k features of the best Fisher scores for labels y (sorted) and their weights,
-    the square roots of the scores."""
-    f = fisher_scores(Z, y)
-    cols = np.sort(np.argsort(-f, kind="stable")[:k])
-    return cols.astype(np.int64), np.sqrt(f[cols])
+def fisher_space(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k features of the best Fisher scores (sorted) and their weights, the square
+    roots of the scores."""
+    cols = np.sort(np.argsort(-scores, kind="stable")[:k])
+    return cols.astype(np.int64), np.sqrt(scores[cols])
 
 
 def _eps(W: np.ndarray, labelled: np.ndarray, m: int, factor: float) -> float:
@@ -170,7 +169,7 @@ class FisherDBSCAN(PointDetector):
         named, taken = known, y
         for _ in range(self.iterations):  # a few rounds
             fisher = fisher_scores(Z[named], taken[named])
-            cols, w = fisher_space(Z[named], taken[named], k)
+            cols, w = fisher_space(fisher, k)
             W = Z[:, cols] * w
             eps = _eps(W, known, m, factor)
             clusters, names = spread(W, y, known, m, eps)

@@ -393,8 +393,9 @@ def _fold_matrices(data: Data, options: ClassifyOptions,
     runs = data.column("run")
     for train, test in splits:  # a few folds
         assert not set(runs[train].tolist()) & set(runs[test].tolist())
-        feats = _features(options).fit(data.take(train).windows)
-        out.append((feats.transform(data.take(train).windows), feats.transform(data.take(test).windows)))  # fmt: skip
+        windows = data.take(train).windows
+        feats = _features(options).fit(windows)
+        out.append((feats.transform(windows), feats.transform(data.take(test).windows)))
     return out
 
 
