@@ -809,6 +809,43 @@ def feedback(
         _emit(doc, as_json, human)
 
 
+@app.command()
+def adapt(
+    from_: FromOpt = None,
+    to: ToOpt = None,
+    db: DbOpt = None,
+    model: ModelOpt = DEFAULT_MODEL_DIR,
+    as_json: JsonOpt = False,
+) -> None:
+    """Update a trained model with a short normal period of a new deployment (new pods, log
+    lines and levels), keeping what it knew."""
+    from spanomaly import pipeline
+
+    with _errors():
+        store = pipeline.open_store(db_path(db))
+        try:
+            doc = pipeline.adapt(
+                store, Path(model), parse_time(from_, "--from"), parse_time(to, "--to")
+            )
+        finally:
+            store.close()
+
+        def human() -> None:
+            tr = doc["traces"]
+            text = (
+                f"model {model} adapted on {tr['traces']} traces ({tr['new_keys']} new event "
+                f"keys; flagged before {tr['flagged_before']}, after {tr['flagged_after']})"
+            )
+            if "new_templates" in doc:
+                text += f", {doc['log_lines']} log lines ({doc['new_templates']} new templates)"
+            if doc.get("windows"):
+                moved = sum(sum(m.values()) for m in doc["windows"]["moved"].values())
+                text += f", {moved} window feature levels moved"
+            typer.echo(text)
+
+        _emit(doc, as_json, human)
+
+
 testbed_app = typer.Typer(help="The demo application: services, load, faults, ground truth.")
 app.add_typer(testbed_app, name="testbed")
 

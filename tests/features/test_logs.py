@@ -136,3 +136,31 @@ def test_window_counts_per_instance() -> None:
     joined = lf.with_window_counts(windows, counts).to_pylist()
     assert joined[0]["l.error_share"] == pytest.approx(1 / 3) and joined[1]["l.error_share"] == 0
     assert "lines_s" not in joined[0]  # only the shares become features
+
+
+def test_extend_mines_only_unseen_lines_and_keeps_the_known_templates() -> None:
+    miner = lf.TemplateMiner().fit(pa.array(NORMAL))
+    known = miner.to_json()["templates"]
+    new = [
+        "12:00:09.0 ERROR OrderService#51 fallback taken for order 77: price lookup failed",
+        "12:00:09.5 ERROR OrderService#51 fallback taken for order 78: price lookup failed",
+        # fits a known template only if it widened: it must not
+        "12:00:10.0 INFO OrderService#42 order 5 placed for guest",
+    ]
+    assert miner.extend(pa.array(NORMAL + new)) == 2
+    assert miner.to_json()["templates"][: len(known)] == known
+    ids = miner.transform(pa.array(new)).column("template_id").to_pylist()
+    assert lf.UNSEEN not in ids and ids[0] == ids[1]
+
+
+def test_log_keys_below_warn_are_weak_evidence() -> None:
+    sep = " | "
+    tokens = [
+        "<pad>",
+        sep.join(["gateway", "api", "GET /x", "order", "ok"]),
+        sep.join(["log", "order", "INFO", "order <*> placed"]),
+        sep.join(["log", "order", "WARN", "stock low"]),
+        sep.join(["log", "order", "ERROR", "<unseen>"]),
+        sep.join(["log", "order", "DEBUG", "cache hit"]),
+    ]
+    assert lf.weak_log_keys(tokens).tolist() == [False, False, True, False, False, True]

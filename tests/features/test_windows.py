@@ -178,3 +178,18 @@ def test_tails_past_the_normal_range_weigh_how_well_they_are_known() -> None:
     assert z[-1] > 5  # far past a well-measured tail
     k = win._tail_values(np.array([2000.0]))
     np.testing.assert_allclose(win._beyond(np.array([0.5]), k), 0.5, rtol=0.01)  # near the edge
+
+
+def test_relevel_adds_a_new_level_and_leaves_levels_inside_the_range() -> None:
+    """A new deployment's level outside the learnt range joins the normal (the old level
+    stays normal too); a level inside the range changes nothing."""
+    rng = np.random.default_rng(1)
+    old = _one_feature(list(range(300)), rng.normal(10.0, 1.0, 300).tolist())
+    norm = win.Normalizer(recent=0).fit(old)
+    grid = norm.grid.copy()
+    assert norm.relevel(_one_feature([0, 1], [10.2, 9.9])) == {}
+    assert np.array_equal(norm.grid, grid)
+    assert norm.zscores(_one_feature([0], [20.0]))[0, 0] > 5
+    assert norm.relevel(_one_feature([0, 1], [20.0, 20.4])) == {"s": 1}
+    z = norm.zscores(_one_feature([0, 1, 2], [20.1, 10.0, 30.0]))[:, 0]
+    assert abs(z[0]) < 2.5 and abs(z[1]) < 2.5 and z[2] > 5

@@ -16,6 +16,7 @@ No pickle: weights are safetensors, everything else JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from spanomaly import __version__
 from spanomaly.detect import duration as _duration  # noqa: F401  (registers detectors)
 from spanomaly.detect import sequence as _sequence  # noqa: F401
 from spanomaly.detect.base import REGISTRY, split_rows
-from spanomaly.detect.trace import EventScores, TraceDetector
+from spanomaly.detect.trace import EventScores, Reason, TraceDetector
 from spanomaly.detect.trace_findings import (
     TraceResult,
     finding_id,  # noqa: F401  (a finding's id: part of the model's interface)
@@ -40,6 +41,7 @@ from spanomaly.detect.trace_findings import (
     trace_findings,
 )
 from spanomaly.errors import InputError, ModelError
+from spanomaly.features.logs import weak_log_keys
 from spanomaly.features.traces import FeatureConfig, Sequences, Vocabulary, sequences
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,27 @@ log = logging.getLogger(__name__)
 FORMAT = "spanomaly-trace-model"
 FORMAT_VERSION = 1
 ROLES = ("sequence", "duration")
+# an informational log line out of place (an unexpected template or order) is weak
+# evidence: its sequence score is held below the threshold, so alone it flags no trace
+WEAK_LOG_SHARE = 0.5
 SEQUENCE_DETECTORS = tuple(n for n, c in REGISTRY.items() if c.kind == "sequence")
 DURATION_DETECTORS = tuple(n for n, c in REGISTRY.items() if c.kind == "duration")
+
+
+def weakened(
+    ev: EventScores, weak: np.ndarray, offsets: np.ndarray, threshold: float
+) -> EventScores:
+    """The event scores with the weak events' held below the threshold and their rules off;
+    so is an event whose only fault is to follow a weak one (an unexpected or impossible
+    transition from an informational line: where a line falls among spans varies)."""
+    after = np.zeros_like(weak)
+    after[1:] = weak[:-1]
+    after[offsets[:-1]] = False
+    weak = weak | (after & (ev.reason != Reason.UNKNOWN))
+    score = ev.score.copy()
+    score[weak] = np.minimum(score[weak], WEAK_LOG_SHARE * threshold)
+    rule = ev.rule & ~weak
+    return dataclasses.replace(ev, score=score, rule=rule)
 
 
 class TraceModel:
@@ -164,14 +185,26 @@ class TraceModel:
         )
         result = TraceResult(trace_ids=data.trace_ids, start_ns=starts)
         per_event: dict[str, EventScores] = {}
+        weak = self._weak(data)
         for role, det in self.detectors_.items():
             ev = det.score_events(data)
+            if role == "sequence" and weak.any():
+                ev = weakened(ev, weak, data.offsets, det.threshold_)
             per_event[role] = ev
             raw = ev.trace_scores(data.offsets)
             rule = ev.trace_rule(data.offsets)
             result.scores[role] = raw / det.threshold_
             result.flagged[role] = (raw > det.threshold_) | rule
         return result, data, per_event
+
+    def _weak(self, data: Sequences) -> np.ndarray:
+        """Which events are informational log lines (weak evidence)."""
+        tokens = self.vocabulary_.tokens
+        if getattr(self, "_weak_ids", (None, None))[0] != len(tokens):
+            self._weak_ids = (len(tokens), weak_log_keys(tokens))
+        ids = self._weak_ids[1]
+        keys = np.asarray(data.keys, dtype=np.int64)
+        return ids[np.clip(keys, 0, len(ids) - 1)] if len(ids) else np.zeros(len(keys), bool)
 
     def detect(self, events: pa.Table) -> TraceResult:
         """Scores, decisions and a finding (with its explanation) per anomalous trace."""

@@ -160,6 +160,15 @@ class WindowModel:
         det.fit(matrix(norm.transform(w)), groups=w.groups(), validation=held)
         return norm, det
 
+    def relevel(self, windows: dict[str, InstanceWindows]) -> dict[str, dict[str, int]]:
+        """Move each source's normal levels to a new deployment's (`Normalizer.relevel`);
+        the detectors stay. Per source, the features moved per service."""
+        return {
+            source: norm.relevel(windows[source])
+            for source, (norm, _) in self.sources_.items()
+            if source in windows and windows[source].n
+        }
+
     # -- scoring --------------------------------------------------------------------------
 
     def detect(

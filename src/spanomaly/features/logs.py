@@ -180,6 +180,16 @@ class TemplateMiner:
             cluster.size += n - 1  # add counted one line; the text stands for n
         return self
 
+    def extend(self, bodies: pa.Array | pa.ChunkedArray) -> int:
+        """Mine the bodies no template fits into new templates, leaving every known
+        template as it is (its text is part of event keys a model learnt); how many new."""
+        before = self.n_templates
+        unseen = pc.equal(self.transform(bodies, params=False).column("template_id"), UNSEEN)
+        rest = pc.filter(bodies, unseen)
+        if len(rest):
+            self.partial_fit(rest)
+        return self.n_templates - before
+
     def _check(self) -> None:
         if not hasattr(self, "drain_"):
             raise ModelError("the log templates are not fitted")
@@ -274,6 +284,18 @@ class TemplateMiner:
 
 
 # -- log lines as trace events ---------------------------------------------------------------
+
+
+def weak_log_keys(tokens: list[str]) -> np.ndarray:
+    """Per event key: whether it is a log line below WARN (`log | service | severity |
+    template` with an informational severity), weak evidence of a fault."""
+    strong = ("WARN", "WARNING", *ERROR_SEVERITIES)
+    out = np.zeros(len(tokens), dtype=bool)
+    for i, token in enumerate(tokens):  # the vocabulary: hundreds of keys
+        if token.startswith(LOG_KEY_PREFIX):
+            parts = token.split(KEY_SEPARATOR)
+            out[i] = len(parts) < 3 or parts[2].upper() not in strong
+    return out
 
 
 def log_events(logs: pa.Table, miner: TemplateMiner) -> pa.Table:

@@ -522,6 +522,41 @@ class Normalizer:
         self.grid, self.upper, self.lower, self.count = grid, upper, lower, count
         return self
 
+    def relevel(
+        self, windows: InstanceWindows, outer: float = 0.05, share: float = 0.25
+    ) -> dict[str, int]:
+        """Move each service's normal to the level of a new deployment's normal windows.
+
+        Per (service, feature) whose median in `windows` lies outside the central
+        1 - 2 * outer of the learnt range, the normal becomes a mixture: the learnt
+        quantiles with the new values as a `share` of it, so both the old and the new level
+        are normal (a short period shows a level, not how it varies, and forgetting the old
+        one would flag its return). A level inside that range changes nothing, so a few
+        windows of a new deployment move only what they clearly show moved. Per service,
+        how many features moved.
+        """
+        svc = windows.column("service").astype(str)
+        index = {s: i for i, s in enumerate(self.services)}
+        cols = [windows.names.index(n) if n in windows.names else -1 for n in self.names]
+        lo, hi = int(outer * (GRID - 1)), int((1 - outer) * (GRID - 1))
+        moved: dict[str, int] = {}
+        X = self._fill_rates(windows.X)
+        for s in sorted(set(svc.tolist()) & set(index)):
+            rows, i = X[svc == s], index[s]
+            for j, c in enumerate(cols):
+                vals = rows[:, c] if c >= 0 else np.zeros(0)
+                vals = vals[np.isfinite(vals)]
+                if not len(vals):
+                    continue
+                level, g = float(np.median(vals)), self.grid[i, j]
+                if g[lo] <= level <= g[hi]:
+                    continue
+                reps = int(np.ceil(GRID * share / (1 - share) / len(vals)))
+                mixed = np.concatenate([g, np.repeat(vals, reps)])
+                self.grid[i, j] = np.quantile(mixed, np.linspace(0.0, 1.0, GRID))
+                moved[s] = moved.get(s, 0) + 1
+        return moved
+
     def _fill_rates(self, X: np.ndarray) -> np.ndarray:
         X = X.copy()
         for j, n in enumerate(self.names):

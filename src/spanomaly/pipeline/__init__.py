@@ -7,6 +7,7 @@
 - `training`: the normal period → features → trace model and window model;
 - `detection`: models → per chunk features → scores → confirmation → findings stored;
 - `feedback_update`: a false positive updates the trace model;
+- `adapt`: a short normal period of a new deployment updates the whole model;
 - `rank` and `evaluation`: root-cause ranking, and its figures against fault labels;
 - `online`, `demo`, `report`, `scaled`: the collector's detector, the main job, the HTML
   report, the Dask engine.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from spanomaly.pipeline.ingest import IngestReport, Progress, ingest, open_store, pull_prometheus
 
 if TYPE_CHECKING:
+    from spanomaly.pipeline.adapt import adapt
     from spanomaly.pipeline.detection import DETECT_CHUNK_S, detect, detect_points
     from spanomaly.pipeline.evaluation import evaluate
     from spanomaly.pipeline.feedback_update import feedback
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 # name -> submodule that defines it
 _LAZY = {
+    "adapt": "adapt",
     "DETECT_CHUNK_S": "detection",
     "detect": "detection",
     "detect_points": "detection",
@@ -80,6 +83,7 @@ __all__ = [
     "PointOptions",
     "Progress",
     "TrainOptions",
+    "adapt",
     "detect",
     "detect_points",
     "evaluate",
