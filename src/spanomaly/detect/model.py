@@ -10,6 +10,8 @@ Model directory (`spanomaly train --model DIR`):
     vocabulary.json           event keys (ids are positions; 0-3 are special tokens)
     sequence.safetensors      the sequence detector's arrays (LSTM weights or n-gram counts)
     duration.safetensors      the duration detector's arrays
+    line_counts.json          per span key, the fewest log lines a normal span wrote
+                              (`detect.line_counts`)
 
 No pickle: weights are safetensors, everything else JSON.
 """
@@ -32,6 +34,7 @@ from spanomaly import __version__
 from spanomaly.detect import duration as _duration  # noqa: F401  (registers detectors)
 from spanomaly.detect import sequence as _sequence  # noqa: F401
 from spanomaly.detect.base import REGISTRY, split_rows
+from spanomaly.detect.line_counts import LineCounts
 from spanomaly.detect.trace import EventScores, Reason, TraceDetector
 from spanomaly.detect.trace_findings import (
     TraceResult,
@@ -149,6 +152,7 @@ class TraceModel:
                 det.validation_fpr_,
                 seconds[role],
             )
+        self.line_counts_ = LineCounts().update(events)
         starts = events.column("start_ns").to_numpy()
         self.trained_on_ = {
             "from_ns": int(starts.min()),
@@ -188,8 +192,10 @@ class TraceModel:
         weak = self._weak(data)
         for role, det in self.detectors_.items():
             ev = det.score_events(data)
-            if role == "sequence" and weak.any():
-                ev = weakened(ev, weak, data.offsets, det.threshold_)
+            if role == "sequence":
+                if weak.any():
+                    ev = weakened(ev, weak, data.offsets, det.threshold_)
+                ev = self._missing_lines(ev, data)
             per_event[role] = ev
             raw = ev.trace_scores(data.offsets)
             rule = ev.trace_rule(data.offsets)
@@ -197,14 +203,24 @@ class TraceModel:
             result.flagged[role] = (raw > det.threshold_) | rule
         return result, data, per_event
 
+    def _missing_lines(self, ev: EventScores, data: Sequences) -> EventScores:
+        """The sequence scores with the spans that stopped writing their lines as rules."""
+        counts = getattr(self, "line_counts_", None)
+        if counts is None or data.events is None or not counts.fewest:
+            return ev
+        missing = counts.missing(data.events)
+        if not missing.any():
+            return ev
+        reason = ev.reason.copy()
+        reason[missing] = Reason.MISSING_LINES
+        return dataclasses.replace(ev, rule=ev.rule | missing, reason=reason)
+
     def _weak(self, data: Sequences) -> np.ndarray:
-        """Which events are informational log lines (weak evidence)."""
-        tokens = self.vocabulary_.tokens
-        if getattr(self, "_weak_ids", (None, None))[0] != len(tokens):
-            self._weak_ids = (len(tokens), weak_log_keys(tokens))
-        ids = self._weak_ids[1]
-        keys = np.asarray(data.keys, dtype=np.int64)
-        return ids[np.clip(keys, 0, len(ids) - 1)] if len(ids) else np.zeros(len(keys), bool)
+        """Which events are informational log lines (weak evidence), known keys or not."""
+        if data.events is not None:
+            return weak_log_keys(data.events.column("key"))
+        tokens = weak_log_keys(self.vocabulary_.tokens)
+        return tokens[np.asarray(data.keys, dtype=np.int64)] if len(tokens) else tokens
 
     def detect(self, events: pa.Table) -> TraceResult:
         """Scores, decisions and a finding (with its explanation) per anomalous trace."""
@@ -230,6 +246,7 @@ class TraceModel:
         if new_keys:
             self.vocabulary_.add(new_keys)
         data = self.sequences(events)
+        self.line_counts_.update(events)
         for det in self.detectors_.values():
             det.update(data)
         after, _, _ = self.score(events)
@@ -253,6 +270,7 @@ class TraceModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "vocabulary.json").write_text(self.vocabulary_.dumps())
+        self.line_counts_.save(directory)
         detectors = {}
         for role in ROLES:
             path = directory / f"{role}.safetensors"
@@ -321,6 +339,7 @@ class TraceModel:
             model.vocabulary_ = Vocabulary.from_json(
                 json.loads((directory / "vocabulary.json").read_text())
             )
+            model.line_counts_ = LineCounts.load(directory)
             model.detectors_ = {}
             for role, config in dets.items():
                 arrays = load_file(directory / f"{role}.safetensors")

@@ -41,6 +41,7 @@ class Reason(IntEnum):
     SLOW = 4  # the duration is above the normal range for the key and context
     SLOW_SELF = 5  # the self time is above the normal range
     EARLY_END = 6  # the trace ends where more events were expected (a missing call)
+    MISSING_LINES = 7  # the span wrote fewer log lines than any normal span of its key
 
 
 REASON_TEXT = {
@@ -51,6 +52,7 @@ REASON_TEXT = {
     Reason.SLOW: "slow span",
     Reason.SLOW_SELF: "slow self time",
     Reason.EARLY_END: "trace ended early",
+    Reason.MISSING_LINES: "log lines missing",
 }
 
 

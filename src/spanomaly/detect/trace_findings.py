@@ -473,6 +473,8 @@ def _reason_line(reason: Reason, details: dict[str, Any], at_end: bool) -> str:
         return f"trace ended early after {what}{top}"
     if reason == Reason.UNKNOWN:
         return f"unknown event {ev['key']}"
+    if reason == Reason.MISSING_LINES:
+        return f"log lines missing: {what} wrote fewer lines than any normal span of its kind"
     if reason == Reason.IMPOSSIBLE and seq is not None:
         return f"impossible transition {seq['previous']} -> {ev['key']}"
     p = f" (p={seq['p']:.2g})" if seq is not None else ""

@@ -286,16 +286,28 @@ class TemplateMiner:
 # -- log lines as trace events ---------------------------------------------------------------
 
 
-def weak_log_keys(tokens: list[str]) -> np.ndarray:
+def weak_log_keys(keys: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
     """Per event key: whether it is a log line below WARN (`log | service | severity |
-    template` with an informational severity), weak evidence of a fault."""
-    strong = ("WARN", "WARNING", *ERROR_SEVERITIES)
-    out = np.zeros(len(tokens), dtype=bool)
-    for i, token in enumerate(tokens):  # the vocabulary: hundreds of keys
-        if token.startswith(LOG_KEY_PREFIX):
-            parts = token.split(KEY_SEPARATOR)
-            out[i] = len(parts) < 3 or parts[2].upper() not in strong
-    return out
+    template` with an informational severity, `<unseen>` template or not), weak evidence
+    of a fault."""
+    keys = pa.array(keys, pa.string()) if isinstance(keys, list) else keys
+    if not len(keys):
+        return np.zeros(0, dtype=bool)
+    parts = pc.split_pattern(pc.fill_null(keys, ""), KEY_SEPARATOR, max_splits=3)
+    severity = pc.utf8_upper(
+        pc.fill_null(
+            pc.list_element(
+                pc.if_else(
+                    pc.greater(pc.list_value_length(parts), 2), parts, pa.scalar(["", "", ""])
+                ),
+                2,
+            ),
+            "",
+        )
+    )
+    strong = pc.is_in(severity, pa.array(["WARN", "WARNING", *ERROR_SEVERITIES]))
+    weak = pc.and_(pc.starts_with(keys, LOG_KEY_PREFIX), pc.invert(strong))
+    return np.asarray(pc.fill_null(weak, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def log_events(logs: pa.Table, miner: TemplateMiner) -> pa.Table:
@@ -338,16 +350,14 @@ def log_events(logs: pa.Table, miner: TemplateMiner) -> pa.Table:
 
 
 def sequence_events(log_rows: pa.Table) -> pa.Table:
-    """The log events that enter trace sequences: all but unseen lines below WARN.
+    """The log events that enter trace sequences: every line.
 
-    An informational line no template fits is mostly data of another length (Drain3
-    compares lines of equal token count only), not a fault; it still counts in the
-    instance windows' unseen share. Unseen warnings and errors stay: unknown events.
+    An informational line no template fits (`log | service | INFO | <unseen>`) is mostly
+    data of another length (Drain3 compares lines of equal token count only), not a
+    fault: it is weak evidence (`detect.model`), yet it is a line its span wrote, and a
+    span that stops writing its lines is (`detect.line_counts`).
     """
-    if log_rows.num_rows == 0:
-        return log_rows
-    serious = pc.is_in(log_rows.column("severity"), pa.array(("WARN", *ERROR_SEVERITIES)))
-    return log_rows.filter(pc.or_(pc.not_equal(log_rows.column("template_id"), UNSEEN), serious))
+    return log_rows
 
 
 def _empty_log_events() -> pa.Table:
