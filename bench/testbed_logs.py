@@ -22,21 +22,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(HERE))
+
+from run_copies import fresh_copy  # noqa: E402
 
 
 def _score(db: Path, out: Path, training: dict, logs: bool) -> dict:
     """Train on the run's normal period (with or without logs), detect, evaluate."""
-    import duckdb
-
     from spanomaly import pipeline
 
-    copy = out / f"{'with' if logs else 'without'}-logs.duckdb"
-    shutil.copy(db, copy)
-    con = duckdb.connect(str(copy))
-    con.execute("DELETE FROM findings")
-    con.close()
-    model = out / f"model-{'with' if logs else 'without'}-logs"
-    shutil.rmtree(model, ignore_errors=True)
+    copy, model = fresh_copy(db, out, f"{'with' if logs else 'without'}-logs")
     store = pipeline.open_store(str(copy))
     try:
         pipeline.train(

@@ -15,6 +15,8 @@ Model directory (`<model>/point/`):
     <source>-normalizer.json     the source's normaliser
     <source>-config.json         the source's detector (`detect.base` persistence)
     <source>-weights.safetensors
+    <source>-peers.json          the normal spread of instances against their peers and
+                                 the limit of the peer score (`detect.peer_check`)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from spanomaly.detect.base import FeatureInfo, detectors
+from spanomaly.detect.peer_check import PeerCheck
 from spanomaly.detect.point import PointDetector as Detector
 from spanomaly.detect.window_findings import FlaggedWindows, window_findings
 from spanomaly.errors import ModelError
@@ -122,6 +125,7 @@ class WindowModel:
         self.period_ = period
         self.logs_ = logs
         self.sources_: dict[str, tuple[Normalizer, Detector]] = {}
+        self.peers_: dict[str, PeerCheck] = {}
         self.trained_: dict[str, dict[str, Any] | None] = {}
         self.skipped_: dict[str, str] = {}
         for source, w in windows.items():
@@ -134,6 +138,7 @@ class WindowModel:
                 continue
             norm, det = self._fit_source(w, None if labels is None else labels[source])
             self.sources_[source] = (norm, det)
+            self.peers_[source] = PeerCheck().fit(w)
             self.trained_[source] = {
                 "windows": w.n,
                 "features": len(norm.feature_names()),
@@ -184,8 +189,9 @@ class WindowModel:
         idx = np.flatnonzero(np.asarray(keep))
         flagged = idx[scores[idx] > det.threshold_]
         levels = _levels(source, w, idx, scores, float(det.threshold_))
+        peers = self._peer_findings(source, w, idx, flagged)
         if not len(flagged):
-            return FINDINGS.empty_table(), len(idx), 0, levels
+            return peers, len(idx), len(flagged), levels
         found = FlaggedWindows(
             source=source,
             detector=self.detector,
@@ -199,7 +205,30 @@ class WindowModel:
             contributions=det.explain(X, groups=groups)[flagged],
             fault_types=det.predict_class(X[flagged]) if hasattr(det, "predict_class") else None,
         )
-        return window_findings(found, self.window_ns), len(idx), len(flagged), levels
+        found_rows = window_findings(found, self.window_ns)
+        return pa.concat_tables([found_rows, peers]), len(idx), len(flagged), levels
+
+    def _peer_findings(
+        self, source: str, w: InstanceWindows, idx: np.ndarray, flagged: np.ndarray
+    ) -> pa.Table:
+        """Findings of the windows of idx that deviate from their peers past the limit
+        (`detect.peer_check`) and that the detector did not flag already."""
+        from scipy.stats import norm as gauss
+
+        check = getattr(self, "peers_", {}).get(source)
+        if check is None or not np.isfinite(check.limit):
+            return FINDINGS.empty_table()
+        score, z = check.score(w)
+        rows = np.setdiff1d(idx[score[idx] > check.limit], flagged)
+        if not len(rows):
+            return FINDINGS.empty_table()
+        found = FlaggedWindows(
+            source=source, detector="peer", windows=w,
+            features=[f"p.{n}" for n in check.names], X=z, scores=score,
+            threshold=check.limit, rows=rows, surprise=-gauss.logsf(score[rows]),
+            contributions=z[rows],
+        )  # fmt: skip
+        return window_findings(found, self.window_ns)
 
     @staticmethod
     def _surprise(
@@ -244,6 +273,9 @@ class WindowModel:
         for source, (norm, det) in self.sources_.items():
             det.save(out, prefix=f"{source}-")
             (out / f"{source}-normalizer.json").write_text(json.dumps(norm.to_json()))
+            if source in getattr(self, "peers_", {}):
+                peers = self.peers_[source].to_json()
+                (out / f"{source}-peers.json").write_text(json.dumps(peers))
         (out / "config.json").write_text(json.dumps(self.config(), indent=2))
 
     @classmethod
@@ -264,7 +296,11 @@ class WindowModel:
                 json.loads((path / "profile.json").read_text())
             )
             model.sources_ = {}
+            model.peers_ = {}
             for source in config["sources"]:
+                peers = path / f"{source}-peers.json"
+                if peers.exists():  # a model of an earlier version has none
+                    model.peers_[source] = PeerCheck.from_json(json.loads(peers.read_text()))
                 norm = Normalizer.from_json(
                     json.loads((path / f"{source}-normalizer.json").read_text())
                 )
